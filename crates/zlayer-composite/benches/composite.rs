@@ -11,7 +11,10 @@ use zlayer_scene::{BBox, TokenGrid};
 struct Lcg(u64);
 impl Lcg {
     fn f(&mut self) -> f32 {
-        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         (self.0 >> 40) as f32 / (1u64 << 24) as f32
     }
 }
@@ -29,12 +32,22 @@ fn volume(c: &mut Criterion) {
     let occluders: Vec<Vec<usize>> = (0..K).map(|i| (i + 1..K).collect()).collect();
     let scenes = [
         // Boxes of 40–90% of each side, off-grid edges: a dense realistic layout.
-        ("boxes", (0..K).flat_map(|_| {
-            let (w, h) = (0.4 + 0.5 * r.f(), 0.4 + 0.5 * r.f());
-            let (x, y) = ((1.0 - w) * r.f(), (1.0 - h) * r.f());
-            let b = BBox::new((x * 1024.0) as f64 + 0.5, (y * 1024.0) as f64 + 0.5, ((x + w) * 1024.0) as f64, ((y + h) * 1024.0) as f64);
-            grid.soft_box_mask(b, 1024, 1024).data
-        }).collect::<Vec<f32>>()),
+        (
+            "boxes",
+            (0..K)
+                .flat_map(|_| {
+                    let (w, h) = (0.4 + 0.5 * r.f(), 0.4 + 0.5 * r.f());
+                    let (x, y) = ((1.0 - w) * r.f(), (1.0 - h) * r.f());
+                    let b = BBox::new(
+                        (x * 1024.0) as f64 + 0.5,
+                        (y * 1024.0) as f64 + 0.5,
+                        ((x + w) * 1024.0) as f64,
+                        ((y + h) * 1024.0) as f64,
+                    );
+                    grid.soft_box_mask(b, 1024, 1024).data
+                })
+                .collect::<Vec<f32>>(),
+        ),
         // Every layer covers the whole canvas: every byte of every layer is read.
         ("full", vec![1.0f32; K * l]),
     ];
@@ -43,7 +56,9 @@ fn volume(c: &mut Criterion) {
     let mut g = c.benchmark_group("volume_8x64x64x3072");
     g.sample_size(20);
     g.throughput(Throughput::Bytes((layers.len() * 4) as u64));
-    g.bench_function("memcpy", |b| b.iter(|| copy.copy_from_slice(black_box(&layers))));
+    g.bench_function("memcpy", |b| {
+        b.iter(|| copy.copy_from_slice(black_box(&layers)))
+    });
     for (name, masks) in &scenes {
         let read: f32 = masks.iter().filter(|&&m| m > 0.0).count() as f32 / masks.len() as f32;
         eprintln!("volume/{name}: {:.0}% of layer rows are read", read * 100.0);
@@ -61,7 +76,9 @@ fn porter_duff(c: &mut Criterion) {
     let px = |r: &mut Lcg| Straight([r.f(), r.f(), r.f(), r.f()]);
     {
         let one: Vec<Premul> = (0..N).map(|_| px(&mut r).premultiply()).collect();
-        let layers: Vec<Vec<Premul>> = (0..K).map(|k| one.iter().map(|p| p.scale(1.0 - k as f32 * 0.01)).collect()).collect();
+        let layers: Vec<Vec<Premul>> = (0..K)
+            .map(|k| one.iter().map(|p| p.scale(1.0 - k as f32 * 0.01)).collect())
+            .collect();
         drop(one);
         let refs: Vec<&[Premul]> = layers.iter().map(Vec::as_slice).collect();
         let mut out = vec![Premul::default(); N];
@@ -70,13 +87,19 @@ fn porter_duff(c: &mut Criterion) {
         g.throughput(Throughput::Bytes((K * N * 16) as u64));
         let flat: Vec<Premul> = layers.concat();
         let mut copy = vec![Premul::default(); flat.len()];
-        g.bench_function("memcpy", |b| b.iter(|| copy.copy_from_slice(black_box(&flat))));
+        g.bench_function("memcpy", |b| {
+            b.iter(|| copy.copy_from_slice(black_box(&flat)))
+        });
         drop((flat, copy));
-        g.bench_function("over", |b| b.iter(|| over_stack(black_box(&refs), &mut out)));
+        g.bench_function("over", |b| {
+            b.iter(|| over_stack(black_box(&refs), &mut out))
+        });
         g.finish();
     }
     {
-        let layers: Vec<Vec<Premul8>> = (0..K).map(|_| (0..N).map(|_| px(&mut r).to_u8().premultiply()).collect()).collect();
+        let layers: Vec<Vec<Premul8>> = (0..K)
+            .map(|_| (0..N).map(|_| px(&mut r).to_u8().premultiply()).collect())
+            .collect();
         let refs: Vec<&[Premul8]> = layers.iter().map(Vec::as_slice).collect();
         let mut out = vec![Premul8::default(); N];
         let mut g = c.benchmark_group("over_8x4096x4096_u8");
@@ -84,9 +107,13 @@ fn porter_duff(c: &mut Criterion) {
         g.throughput(Throughput::Bytes((K * N * 4) as u64));
         let flat: Vec<Premul8> = layers.concat();
         let mut copy = vec![Premul8::default(); flat.len()];
-        g.bench_function("memcpy", |b| b.iter(|| copy.copy_from_slice(black_box(&flat))));
+        g.bench_function("memcpy", |b| {
+            b.iter(|| copy.copy_from_slice(black_box(&flat)))
+        });
         drop((flat, copy));
-        g.bench_function("over", |b| b.iter(|| over_stack8(black_box(&refs), &mut out)));
+        g.bench_function("over", |b| {
+            b.iter(|| over_stack8(black_box(&refs), &mut out))
+        });
         g.finish();
     }
 }

@@ -58,7 +58,10 @@ pub fn atomic_write(
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
     let result = (|| {
         let mut f = std::fs::File::create(&tmp)?;
@@ -132,14 +135,26 @@ pub fn decode_png(bytes: &[u8]) -> Result<Image<Straight>, String> {
         d => return Err(format!("unsupported bit depth {d:?} after expansion")),
     };
     let pixels: Vec<Straight> = match info.color_type {
-        png::ColorType::Rgba => samples.chunks_exact(4).map(|c| Straight([c[0], c[1], c[2], c[3]])).collect(),
-        png::ColorType::Rgb => samples.chunks_exact(3).map(|c| Straight([c[0], c[1], c[2], 1.0])).collect(),
-        png::ColorType::GrayscaleAlpha => samples.chunks_exact(2).map(|c| Straight([c[0], c[0], c[0], c[1]])).collect(),
+        png::ColorType::Rgba => samples
+            .chunks_exact(4)
+            .map(|c| Straight([c[0], c[1], c[2], c[3]]))
+            .collect(),
+        png::ColorType::Rgb => samples
+            .chunks_exact(3)
+            .map(|c| Straight([c[0], c[1], c[2], 1.0]))
+            .collect(),
+        png::ColorType::GrayscaleAlpha => samples
+            .chunks_exact(2)
+            .map(|c| Straight([c[0], c[0], c[0], c[1]]))
+            .collect(),
         png::ColorType::Grayscale => samples.iter().map(|&g| Straight([g, g, g, 1.0])).collect(),
         png::ColorType::Indexed => return Err("palette was not expanded".into()),
     };
     if pixels.len() != w * h {
-        return Err(format!("decoded {} pixels for a {w}×{h} image", pixels.len()));
+        return Err(format!(
+            "decoded {} pixels for a {w}×{h} image",
+            pixels.len()
+        ));
     }
     Ok(Image {
         width: w,

@@ -69,7 +69,9 @@ impl LayerStack {
                 let sy = (y as i64 - l.y) as usize;
                 for x in x0..x1 {
                     let sx = (x as i64 - l.x) as usize;
-                    let src = img.pixels[sy * img.width + sx].premultiply().scale(l.opacity);
+                    let src = img.pixels[sy * img.width + sx]
+                        .premultiply()
+                        .scale(l.opacity);
                     let d = &mut out.pixels[y * self.width + x];
                     *d = src.over(*d);
                 }
@@ -95,15 +97,21 @@ pub fn thumbnail(img: &Image<Straight>, max_side: usize) -> Image<Straight> {
     let th = (img.height * max_side).div_ceil(longest).max(1);
     let mut out = Image::<Straight>::new(tw, th);
     for ty in 0..th {
-        let (ya, yb) = (ty * img.height / th, ((ty + 1) * img.height / th).max(ty * img.height / th + 1));
+        let (ya, yb) = (
+            ty * img.height / th,
+            ((ty + 1) * img.height / th).max(ty * img.height / th + 1),
+        );
         for tx in 0..tw {
-            let (xa, xb) = (tx * img.width / tw, ((tx + 1) * img.width / tw).max(tx * img.width / tw + 1));
+            let (xa, xb) = (
+                tx * img.width / tw,
+                ((tx + 1) * img.width / tw).max(tx * img.width / tw + 1),
+            );
             let mut acc = [0.0f32; 4];
             for y in ya..yb {
                 for x in xa..xb {
                     let p = img.pixels[y * img.width + x].premultiply();
-                    for c in 0..4 {
-                        acc[c] += p.0[c];
+                    for (a, v) in acc.iter_mut().zip(p.0) {
+                        *a += v;
                     }
                 }
             }

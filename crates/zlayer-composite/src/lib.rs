@@ -8,6 +8,7 @@
 //! - [`ora`]: OpenRaster export and import.
 #![warn(missing_docs)]
 
+pub mod annotate;
 pub mod io;
 pub mod layers;
 pub mod ora;

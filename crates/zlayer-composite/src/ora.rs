@@ -44,7 +44,8 @@ pub fn encode_ora(stack: &LayerStack, depth: BitDepth) -> Result<Vec<u8>, String
     let deflated = SimpleFileOptions::default().compression_method(CompressionMethod::Deflated);
     let err = |e: zip::result::ZipError| e.to_string();
     zip.start_file("mimetype", stored).map_err(err)?;
-    zip.write_all(MIMETYPE.as_bytes()).map_err(|e| e.to_string())?;
+    zip.write_all(MIMETYPE.as_bytes())
+        .map_err(|e| e.to_string())?;
 
     let mut xml = format!(
         "<?xml version='1.0' encoding='UTF-8'?>\n<image version=\"0.0.5\" w=\"{}\" h=\"{}\">\n <stack>\n",
@@ -65,13 +66,17 @@ pub fn encode_ora(stack: &LayerStack, depth: BitDepth) -> Result<Vec<u8>, String
     zip.write_all(xml.as_bytes()).map_err(|e| e.to_string())?;
 
     for (k, l) in stack.layers.iter().enumerate() {
-        zip.start_file(format!("data/layer{k:03}.png"), stored).map_err(err)?;
-        zip.write_all(&encode_png(&l.image, depth)?).map_err(|e| e.to_string())?;
+        zip.start_file(format!("data/layer{k:03}.png"), stored)
+            .map_err(err)?;
+        zip.write_all(&encode_png(&l.image, depth)?)
+            .map_err(|e| e.to_string())?;
     }
     let merged = stack.flatten();
     zip.start_file("mergedimage.png", stored).map_err(err)?;
-    zip.write_all(&encode_png(&merged, depth)?).map_err(|e| e.to_string())?;
-    zip.start_file("Thumbnails/thumbnail.png", stored).map_err(err)?;
+    zip.write_all(&encode_png(&merged, depth)?)
+        .map_err(|e| e.to_string())?;
+    zip.start_file("Thumbnails/thumbnail.png", stored)
+        .map_err(err)?;
     zip.write_all(&encode_png(&thumbnail(&merged, 256), BitDepth::Eight)?)
         .map_err(|e| e.to_string())?;
     Ok(zip.finish().map_err(err)?.into_inner())
@@ -79,7 +84,8 @@ pub fn encode_ora(stack: &LayerStack, depth: BitDepth) -> Result<Vec<u8>, String
 
 /// Writes a stack as an OpenRaster file, atomically.
 pub fn write_ora(path: &Path, stack: &LayerStack, depth: BitDepth) -> Result<(), OraError> {
-    let bytes = encode_ora(stack, depth).map_err(|r| OraError::Format(path.display().to_string(), r))?;
+    let bytes =
+        encode_ora(stack, depth).map_err(|r| OraError::Format(path.display().to_string(), r))?;
     atomic_write(path, |f| f.write_all(&bytes))?;
     Ok(())
 }
@@ -106,28 +112,43 @@ pub fn decode_ora(bytes: &[u8]) -> Result<LayerStack, OraError> {
     let mut read = |name: &str| -> Result<Vec<u8>, OraError> {
         let mut f = zip.by_name(name).map_err(zerr)?;
         let mut v = Vec::new();
-        f.read_to_end(&mut v).map_err(|e| ferr(format!("{name}: {e}")))?;
+        f.read_to_end(&mut v)
+            .map_err(|e| ferr(format!("{name}: {e}")))?;
         Ok(v)
     };
     let mime = read("mimetype")?;
     if mime != MIMETYPE.as_bytes() {
-        return Err(ferr(format!("mimetype is {:?}, expected {MIMETYPE:?}", String::from_utf8_lossy(&mime))));
+        return Err(ferr(format!(
+            "mimetype is {:?}, expected {MIMETYPE:?}",
+            String::from_utf8_lossy(&mime)
+        )));
     }
-    let xml = String::from_utf8(read("stack.xml")?).map_err(|_| ferr("stack.xml is not UTF-8".into()))?;
+    let xml =
+        String::from_utf8(read("stack.xml")?).map_err(|_| ferr("stack.xml is not UTF-8".into()))?;
     let doc = roxmltree::Document::parse(&xml).map_err(|e| ferr(format!("stack.xml: {e}")))?;
     let root = doc.root_element();
     let dim = |k: &str| -> Result<usize, OraError> {
         root.attribute(k)
             .and_then(|v| v.parse().ok())
-            .ok_or_else(|| ferr(format!("stack.xml: <image> needs a numeric {k:?} attribute")))
+            .ok_or_else(|| {
+                ferr(format!(
+                    "stack.xml: <image> needs a numeric {k:?} attribute"
+                ))
+            })
     };
     let (width, height) = (dim("w")?, dim("h")?);
     let mut layers = Vec::new();
     for node in root.descendants().filter(|n| n.has_tag_name("layer")) {
-        let src = node.attribute("src").ok_or_else(|| ferr("stack.xml: a <layer> has no src".into()))?;
+        let src = node
+            .attribute("src")
+            .ok_or_else(|| ferr("stack.xml: a <layer> has no src".into()))?;
         let png = read(src)?;
         let image = decode_png(&png).map_err(|r| ferr(format!("{src}: {r}")))?;
-        let num = |k: &str, d: f64| node.attribute(k).and_then(|v| v.parse::<f64>().ok()).unwrap_or(d);
+        let num = |k: &str, d: f64| {
+            node.attribute(k)
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(d)
+        };
         layers.push(Layer {
             name: node.attribute("name").unwrap_or("").to_string(),
             image,

@@ -92,7 +92,11 @@ impl<'a> VolumeInputs<'a> {
     }
 }
 
-/// Per-layer constants: α_i and exp(−σ_i), each (K, D).
+/// Channels handled together: long enough to amortise the per-layer bookkeeping, short
+/// enough that the weight and accumulators stay in L1.
+const CHUNK: usize = 256;
+
+/// Per-layer constants α_i and exp(−σ_i), (K, D).
 struct Constants {
     alpha: Vec<f32>,
     transmit: Vec<f32>,
@@ -100,110 +104,236 @@ struct Constants {
 
 impl Constants {
     fn new(x: &VolumeInputs) -> Self {
-        let transmit = x.sigma.iter().map(|&s| (-s).exp()).collect();
-        // −expm1(−σ), not 1 − exp(−σ): the latter cancels catastrophically for small σ.
-        let alpha = x.sigma.iter().map(|&s| -(-s).exp_m1()).collect();
-        Self { alpha, transmit }
-    }
-}
-
-/// Scratch for one token: edge factors exp(−σ_j b_j) (K, D) and the weight being built (D).
-struct Scratch {
-    factor: Vec<f32>,
-    w: Vec<f32>,
-}
-
-impl Scratch {
-    fn new(k: usize, d: usize) -> Self {
         Self {
-            factor: vec![0.0; k * d],
-            w: vec![0.0; d],
+            transmit: x.sigma.iter().map(|&s| (-s).exp()).collect(),
+            // −expm1(−σ), not 1 − exp(−σ): the latter cancels catastrophically for small σ.
+            alpha: x.sigma.iter().map(|&s| -(-s).exp_m1()).collect(),
         }
     }
 }
 
-/// Computes w_i(p) for every layer with b_i(p) > 0 at token `p`, handing each to `visit`.
-#[inline]
-fn token_weights(
-    x: &VolumeInputs,
-    c: &Constants,
-    s: &mut Scratch,
-    p: usize,
-    mut visit: impl FnMut(usize, &[f32]),
+/// The plan for one token: which layers cover it, and which occluder factor each multiplies
+/// by: exp(−σ_j) where b_j = 1, or exp(−σ_j b_j) (computed here) on box edges.
+struct Token {
+    /// (layer i, b_i(p), range of `factors`).
+    active: Vec<(usize, f32, std::ops::Range<usize>)>,
+    /// (occluder j, whether b_j is fractional).
+    factors: Vec<(usize, bool)>,
+    edge: Vec<f32>,
+}
+
+impl Token {
+    fn new(x: &VolumeInputs) -> Self {
+        Self {
+            active: Vec::with_capacity(x.k),
+            factors: Vec::new(),
+            edge: vec![0.0; x.k * x.d],
+        }
+    }
+
+    /// Plans token `p`; returns false when no layer covers it.
+    fn load(&mut self, x: &VolumeInputs, p: usize) -> bool {
+        let b = |j: usize| x.masks[j * x.l + p];
+        self.active.clear();
+        self.factors.clear();
+        for j in 0..x.k {
+            let bj = b(j);
+            if bj > 0.0 && bj < 1.0 {
+                let sig = &x.sigma[j * x.d..(j + 1) * x.d];
+                for (f, &sg) in self.edge[j * x.d..(j + 1) * x.d].iter_mut().zip(sig) {
+                    *f = (-sg * bj).exp();
+                }
+            }
+        }
+        for i in 0..x.k {
+            let bi = b(i);
+            if bi <= 0.0 {
+                continue;
+            }
+            let start = self.factors.len();
+            for &j in &x.occluders[i] {
+                let bj = b(j);
+                if bj > 0.0 {
+                    self.factors.push((j, bj < 1.0));
+                }
+            }
+            self.active.push((i, bi, start..self.factors.len()));
+        }
+        !self.active.is_empty()
+    }
+
+    /// Hands w_i(p) on channels `c0 .. c0 + n` for the active entry `a` to `sink(k, w)`.
+    ///
+    /// Occluder factors are multiplied in up to four per pass (the first pass also applies
+    /// α_i b_i, the last feeds `sink`), so a layer behind seven others costs two passes over
+    /// the channels, not nine. `w` is scratch of at least `n` values.
+    #[inline(always)]
+    fn weight(
+        &self,
+        x: &VolumeInputs,
+        c: &Constants,
+        a: usize,
+        c0: usize,
+        w: &mut [f32],
+        sink: &mut impl FnMut(usize, f32),
+    ) {
+        let (i, bi, ref fs) = self.active[a];
+        let n = w.len();
+        let alpha = &c.alpha[i * x.d + c0..][..n];
+        let factor = |&(j, edge): &(usize, bool)| {
+            let src = if edge { &self.edge } else { &c.transmit };
+            &src[j * x.d + c0..][..n]
+        };
+        let mut it = self.factors[fs.clone()].iter().map(factor);
+        let m = fs.len();
+        if m <= 3 {
+            let f: [&[f32]; 3] = [
+                it.next().unwrap_or(alpha),
+                it.next().unwrap_or(alpha),
+                it.next().unwrap_or(alpha),
+            ];
+            match m {
+                0 => pass::<0>(n, [], |k| alpha[k] * bi, sink),
+                1 => pass::<1>(n, [f[0]], |k| alpha[k] * bi, sink),
+                2 => pass::<2>(n, [f[0], f[1]], |k| alpha[k] * bi, sink),
+                _ => pass::<3>(n, f, |k| alpha[k] * bi, sink),
+            }
+            return;
+        }
+        let first = [it.next().unwrap(), it.next().unwrap(), it.next().unwrap()];
+        pass::<3>(n, first, |k| alpha[k] * bi, &mut |k, v| w[k] = v);
+        let mut left = m - 3;
+        while left > 4 {
+            let f = [
+                it.next().unwrap(),
+                it.next().unwrap(),
+                it.next().unwrap(),
+                it.next().unwrap(),
+            ];
+            let (f0, f1, f2, f3) = (&f[0][..n], &f[1][..n], &f[2][..n], &f[3][..n]);
+            let w = &mut w[..n];
+            for k in 0..n {
+                w[k] *= f0[k] * f1[k] * f2[k] * f3[k];
+            }
+            left -= 4;
+        }
+        let w = &w[..n];
+        let f = [
+            it.next().unwrap(),
+            it.next().unwrap_or(w),
+            it.next().unwrap_or(w),
+            it.next().unwrap_or(w),
+        ];
+        match left {
+            1 => pass::<1>(n, [f[0]], |k| w[k], sink),
+            2 => pass::<2>(n, [f[0], f[1]], |k| w[k], sink),
+            3 => pass::<3>(n, [f[0], f[1], f[2]], |k| w[k], sink),
+            _ => pass::<4>(n, f, |k| w[k], sink),
+        }
+    }
+}
+
+/// One pass over `n` channels: `out(k, base(k) · Π_f f[k])`, with the product unrolled.
+#[inline(always)]
+fn pass<const M: usize>(
+    n: usize,
+    fs: [&[f32]; M],
+    base: impl Fn(usize) -> f32,
+    out: &mut impl FnMut(usize, f32),
 ) {
-    let d = x.d;
-    let b = |j: usize| x.masks[j * x.l + p];
-    for j in 0..x.k {
-        let bj = b(j);
-        if bj > 0.0 && bj < 1.0 {
-            let sig = &x.sigma[j * d..(j + 1) * d];
-            for (f, &sg) in s.factor[j * d..(j + 1) * d].iter_mut().zip(sig) {
-                *f = (-sg * bj).exp();
+    let fs = fs.map(|f| &f[..n]);
+    for k in 0..n {
+        let mut v = base(k);
+        for f in &fs {
+            v *= f[k];
+        }
+        out(k, v);
+    }
+}
+
+/// Asks for the cache lines of `v[at .. at + CHUNK]`: each layer is a separate stream and
+/// the hardware prefetcher alone leaves the loads waiting on memory.
+#[inline(always)]
+fn prefetch(v: &[f32], at: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if at + CHUNK <= v.len() {
+        for line in (0..CHUNK).step_by(16) {
+            // SAFETY: prefetching is a hint; the address is inside `v`.
+            unsafe {
+                std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+                    v.as_ptr().add(at + line).cast(),
+                );
             }
         }
     }
-    for i in 0..x.k {
-        let bi = b(i);
-        if bi <= 0.0 {
+}
+
+#[inline(always)]
+fn compose_kernel(x: &VolumeInputs, out: &mut [f32]) {
+    let c = Constants::new(x);
+    let mut t = Token::new(x);
+    let (d, l) = (x.d, x.l);
+    let (mut w, mut den) = ([0.0f32; CHUNK], [0.0f32; CHUNK]);
+    for (p, o) in out.chunks_exact_mut(d).enumerate() {
+        if !t.load(x, p) {
+            o.fill(0.0);
             continue;
         }
-        for (wc, &a) in s.w.iter_mut().zip(&c.alpha[i * d..(i + 1) * d]) {
-            *wc = a * bi;
-        }
-        for &j in &x.occluders[i] {
-            let bj = b(j);
-            let f = if bj <= 0.0 {
-                continue;
-            } else if bj >= 1.0 {
-                &c.transmit[j * d..(j + 1) * d]
-            } else {
-                &s.factor[j * d..(j + 1) * d]
-            };
-            for (wc, &fc) in s.w.iter_mut().zip(f) {
-                *wc *= fc;
+        for c0 in (0..d).step_by(CHUNK) {
+            let n = CHUNK.min(d - c0);
+            let (w, den, num) = (&mut w[..n], &mut den[..n], &mut o[c0..c0 + n]);
+            num.fill(0.0);
+            den.fill(0.0);
+            for a in 0..t.active.len() {
+                let i = t.active[a].0;
+                let at = (i * l + p) * d + c0;
+                prefetch(x.layers, at + 2 * CHUNK);
+                let z = &x.layers[at..][..n];
+                t.weight(x, &c, a, c0, w, &mut |k, wk| {
+                    num[k] = wk.mul_add(z[k], num[k]);
+                    den[k] += wk;
+                });
+            }
+            for (nc, &dc) in num.iter_mut().zip(den.iter()) {
+                *nc = if dc > 0.0 { *nc / dc } else { 0.0 };
             }
         }
-        visit(i, &s.w);
     }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn compose_avx2(x: &VolumeInputs, out: &mut [f32]) {
+    compose_kernel(x, out)
 }
 
 /// Composes the layers into `out`, (L, D): Z of DESIGN.md §4.1.
 pub fn compose(x: &VolumeInputs, out: &mut [f32]) {
     assert_eq!(out.len(), x.l * x.d, "output must be L×D");
-    let c = Constants::new(x);
-    let mut s = Scratch::new(x.k, x.d);
-    let (d, l) = (x.d, x.l);
-    let mut den = vec![0.0f32; d];
-    for (p, o) in out.chunks_exact_mut(d).enumerate() {
-        o.fill(0.0);
-        den.fill(0.0);
-        let mut any = false;
-        token_weights(x, &c, &mut s, p, |i, w| {
-            any = true;
-            let z = &x.layers[(i * l + p) * d..(i * l + p + 1) * d];
-            for ((oc, dc), (&wc, &zc)) in o.iter_mut().zip(den.iter_mut()).zip(w.iter().zip(z)) {
-                *oc += wc * zc;
-                *dc += wc;
-            }
-        });
-        if any {
-            for (oc, &dc) in o.iter_mut().zip(&den) {
-                *oc = if dc > 0.0 { *oc / dc } else { 0.0 };
-            }
-        }
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        // SAFETY: the CPU has the features the function was compiled for.
+        return unsafe { compose_avx2(x, out) };
     }
+    compose_kernel(x, out)
 }
 
 /// The unnormalised weights w_i(p), (K, L, D); zero where b_i(p) = 0.
 pub fn weights(x: &VolumeInputs) -> Vec<f32> {
     let c = Constants::new(x);
-    let mut s = Scratch::new(x.k, x.d);
+    let mut t = Token::new(x);
     let (d, l) = (x.d, x.l);
     let mut out = vec![0.0f32; x.k * l * d];
+    let mut scratch = vec![0.0f32; d];
     for p in 0..l {
-        token_weights(x, &c, &mut s, p, |i, w| {
-            out[(i * l + p) * d..(i * l + p + 1) * d].copy_from_slice(w);
-        });
+        if !t.load(x, p) {
+            continue;
+        }
+        for a in 0..t.active.len() {
+            let i = t.active[a].0;
+            let dst = &mut out[(i * l + p) * d..(i * l + p + 1) * d];
+            t.weight(x, &c, a, 0, &mut scratch, &mut |k, wk| dst[k] = wk);
+        }
     }
     out
 }

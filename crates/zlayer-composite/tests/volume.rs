@@ -5,7 +5,14 @@ use proptest::prelude::*;
 use zlayer_composite::volume::{VolumeInputs, compose, weights};
 
 /// The formulas as written, in f64: exp of the summed optical depth, no shortcuts.
-fn naive(l: usize, d: usize, z: &[f32], sigma: &[f32], b: &[f32], occ: &[Vec<usize>]) -> (Vec<f64>, Vec<f64>) {
+fn naive(
+    l: usize,
+    d: usize,
+    z: &[f32],
+    sigma: &[f32],
+    b: &[f32],
+    occ: &[Vec<usize>],
+) -> (Vec<f64>, Vec<f64>) {
     let k = occ.len();
     let mut out = vec![0.0; l * d];
     let mut w_all = vec![0.0; k * l * d];
@@ -15,7 +22,11 @@ fn naive(l: usize, d: usize, z: &[f32], sigma: &[f32], b: &[f32], occ: &[Vec<usi
             for i in 0..k {
                 let s = |j: usize| sigma[j * d + c] as f64;
                 let alpha = 1.0 - (-s(i)).exp();
-                let t = (-occ[i].iter().map(|&j| s(j) * b[j * l + p] as f64).sum::<f64>()).exp();
+                let t = (-occ[i]
+                    .iter()
+                    .map(|&j| s(j) * b[j * l + p] as f64)
+                    .sum::<f64>())
+                .exp();
                 let w = t * alpha * b[i * l + p] as f64;
                 w_all[(i * l + p) * d + c] = w;
                 num += w * z[(i * l + p) * d + c] as f64;
@@ -28,8 +39,11 @@ fn naive(l: usize, d: usize, z: &[f32], sigma: &[f32], b: &[f32], occ: &[Vec<usi
 }
 
 /// A random acyclic occluder structure: j can occlude i only when j > i.
-fn case() -> impl Strategy<Value = (usize, usize, Vec<f32>, Vec<f32>, Vec<f32>, Vec<Vec<usize>>)> {
-    (1usize..6, 1usize..10, 1usize..6).prop_flat_map(|(k, l, d)| {
+/// (L, D, layers, sigma, masks, occluder sets).
+type Case = (usize, usize, Vec<f32>, Vec<f32>, Vec<f32>, Vec<Vec<usize>>);
+
+fn case() -> impl Strategy<Value = Case> {
+    (1usize..12, 1usize..8, 1usize..6).prop_flat_map(|(k, l, d)| {
         let mask = prop_oneof![Just(0.0f32), Just(1.0f32), 0.0f32..1.0];
         (
             Just(k),
@@ -41,7 +55,9 @@ fn case() -> impl Strategy<Value = (usize, usize, Vec<f32>, Vec<f32>, Vec<f32>, 
             prop::collection::vec(prop::collection::vec(any::<bool>(), k), k),
         )
             .prop_map(|(k, l, d, z, s, b, adj)| {
-                let occ = (0..k).map(|i| (i + 1..k).filter(|&j| adj[i][j]).collect()).collect();
+                let occ = (0..k)
+                    .map(|i| (i + 1..k).filter(|&j| adj[i][j]).collect())
+                    .collect();
                 (l, d, z, s, b, occ)
             })
     })
@@ -89,7 +105,11 @@ fn infinite_density_front_wins_everywhere_it_covers() {
     let x = VolumeInputs::new(l, d, &z, &s, &b, &occ).unwrap();
     let mut out = [0.0; 3];
     compose(&x, &mut out);
-    assert_eq!(out, [1.0, 5.0, 5.0], "outside the front box the back layer shows");
+    assert_eq!(
+        out,
+        [1.0, 5.0, 5.0],
+        "outside the front box the back layer shows"
+    );
 }
 
 #[test]
@@ -122,6 +142,9 @@ fn nothing_covers_gives_zero() {
 #[test]
 fn shape_errors_name_the_tensor() {
     let e = VolumeInputs::new(2, 3, &[0.0; 5], &[0.0; 3], &[0.0; 2], &[vec![]]).unwrap_err();
-    assert_eq!(e.to_string(), "volume composition: layers has 5 values, expected 6 (K=1 layers, L=2 tokens, D=3 channels)");
+    assert_eq!(
+        e.to_string(),
+        "volume composition: layers has 5 values, expected 6 (K=1 layers, L=2 tokens, D=3 channels)"
+    );
     assert!(VolumeInputs::new(1, 1, &[0.0; 2], &[0.0; 2], &[0.0; 2], &[vec![5], vec![]]).is_err());
 }

@@ -118,3 +118,25 @@ fn parity_scene_tokens_match_the_official_index_lists() {
         assert_eq!(scene.scene.graph().occluders(i), &occ[..], "O_{i}");
     }
 }
+
+#[test]
+fn json_schema_lists_exactly_the_native_fields() {
+    let schema: Value =
+        serde_json::from_str(include_str!("../../../docs/scene.schema.json")).unwrap();
+    let full = r#"{"width": 8, "height": 8, "seed": 1, "prompt": "p", "caption": "c",
+        "instances": [{"id": "a", "caption": "x", "category": "k", "bbox": [0,0,4,4],
+                       "mask": [[0,0,4,0,4,4]], "occludes": ["b"], "opacity": 0.5},
+                      {"id": "b", "caption": "y", "bbox": [1,1,5,5]}]}"#;
+    let scene = import_str(full).unwrap().scene;
+    let v: Value = serde_json::from_str(&export(&scene, Format::Native).unwrap()).unwrap();
+    let keys = |o: &Value| -> Vec<String> {
+        let mut k: Vec<String> = o.as_object().unwrap().keys().cloned().collect();
+        k.sort();
+        k
+    };
+    assert_eq!(keys(&schema["properties"]), keys(&v));
+    assert_eq!(
+        keys(&schema["$defs"]["instance"]["properties"]),
+        keys(&v["instances"][0])
+    );
+}

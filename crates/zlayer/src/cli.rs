@@ -1,0 +1,132 @@
+//! Command-line flags and dispatch.
+
+use clap::{Parser, Subcommand, ValueEnum};
+use std::fmt;
+use std::path::PathBuf;
+
+/// zlayer: compose images from parts that know who stands in front of whom.
+///
+/// A scene is JSON: a canvas, a prompt, and instances with amodal boxes ("the whole object,
+/// hidden part included"), captions and `occludes` relations. zlayer reads its own format and
+/// the ones users already have (OcclusionFormer, InstanceAssemble, LaRender, GLIGEN,
+/// InstaOrder), detected automatically. See docs/scene-format.md.
+#[derive(Debug, Parser)]
+#[command(name = "zlayer", version, about, long_about, after_help = EXAMPLES)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+const EXAMPLES: &str = "Examples:
+  zlayer validate examples/sphere-cube.json
+  zlayer preview examples/dense-8.json -o preview.png
+  zlayer convert examples/larender-still-life.json --to occlusionformer
+  zlayer compose back.png middle.png front.png -o stack.ora";
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Check a scene and print it in normalised native form.
+    ///
+    /// The normalised scene goes to stdout, warnings and errors to stderr. Exits with 2
+    /// when the scene is invalid, naming the JSON path and instance of each problem.
+    Validate {
+        /// Scene file, in any supported format.
+        file: PathBuf,
+        /// Print one JSON object (scene, format, depth levels, diagnostics) instead.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Draw what a scene declares, before anything is generated.
+    ///
+    /// Amodal boxes are coloured by depth level (front-most first in the legend), each
+    /// labelled with its id and caption; an arrow goes from every occluder to what it
+    /// covers; overlaps are hatched: grey where the order is declared, magenta where it is not.
+    Preview {
+        /// Scene file, in any supported format.
+        file: PathBuf,
+        /// Output PNG.
+        #[arg(short, long)]
+        output: PathBuf,
+        /// Longest side of the picture in pixels.
+        #[arg(long, default_value_t = 768, value_parser = clap::value_parser!(u32).range(64..=8192))]
+        size: u32,
+    },
+    /// Rewrite a scene in another format.
+    Convert {
+        /// Scene file, in any supported format.
+        file: PathBuf,
+        /// Target format.
+        #[arg(long, value_enum)]
+        to: Target,
+        /// Output file; stdout when absent.
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+    },
+    /// Stack PNG layers by source-over, first file at the bottom.
+    ///
+    /// Writes a flattened PNG, or an OpenRaster (.ora) file that GIMP and Krita open with
+    /// every layer kept, chosen by the output's extension.
+    Compose {
+        /// Layer PNGs, bottom first.
+        #[arg(required = true)]
+        layers: Vec<PathBuf>,
+        /// Output .png or .ora.
+        #[arg(short, long)]
+        output: PathBuf,
+        /// Write 16-bit PNGs instead of 8-bit.
+        #[arg(long)]
+        sixteen_bit: bool,
+    },
+}
+
+/// Formats `convert` can write.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum Target {
+    /// zlayer's native JSON.
+    Native,
+    /// The official OcclusionFormer layout JSON.
+    Occlusionformer,
+}
+
+/// A failure, with the exit code it maps to.
+#[derive(Debug)]
+pub enum Failure {
+    /// Bad input: exit code 2.
+    User(String),
+    /// Anything else: exit code 1.
+    Internal(String),
+}
+
+impl Failure {
+    /// The process exit code.
+    pub fn code(&self) -> u8 {
+        match self {
+            Failure::User(_) => 2,
+            Failure::Internal(_) => 1,
+        }
+    }
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Failure::User(m) | Failure::Internal(m) => f.write_str(m),
+        }
+    }
+}
+
+/// Runs one command.
+pub fn run(cli: Cli) -> Result<(), Failure> {
+    match cli.command {
+        Command::Validate { file, json } => crate::scene_cmd::validate(&file, json),
+        Command::Preview { file, output, size } => crate::preview::run(&file, &output, size),
+        Command::Convert { file, to, output } => {
+            crate::scene_cmd::convert(&file, to, output.as_deref())
+        }
+        Command::Compose {
+            layers,
+            output,
+            sixteen_bit,
+        } => crate::compose::run(&layers, &output, sixteen_bit),
+    }
+}

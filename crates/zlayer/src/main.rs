@@ -1,0 +1,23 @@
+//! `zlayer`: validate, preview, convert and compose layered scenes.
+//!
+//! The binary is thin: it parses flags, calls the library crates and prints. Exit codes:
+//! 0 success, 2 bad input (an invalid scene, a missing file, a wrong flag), 1 anything else.
+
+mod cli;
+mod compose;
+mod preview;
+mod scene_cmd;
+
+use clap::Parser;
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let args = cli::Cli::parse();
+    match cli::run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::from(e.code())
+        }
+    }
+}

@@ -1,0 +1,250 @@
+//! The `zlayer` command as a user runs it: exit codes, messages, files written.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn zlayer(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_zlayer"))
+        .args(args)
+        .current_dir(repo())
+        .output()
+        .expect("runs")
+}
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("zlayer-cli-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+#[test]
+fn every_example_validates_except_the_cycle() {
+    for entry in std::fs::read_dir(repo().join("examples")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "json") {
+            continue;
+        }
+        let out = zlayer(&["validate", path.to_str().unwrap()]);
+        let stderr = text(&out.stderr);
+        assert!(!stderr.contains("panicked"), "{stderr}");
+        if path.file_name().unwrap() == "cycle-rejected.json" {
+            assert_eq!(out.status.code(), Some(2));
+            assert!(
+                stderr.contains("occlusion cycle: \"a\" (red sphere) occludes \"b\""),
+                "{stderr}"
+            );
+        } else {
+            assert_eq!(out.status.code(), Some(0), "{}: {stderr}", path.display());
+            assert!(stderr.contains("valid"), "{stderr}");
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            assert!(
+                v["instances"].is_array(),
+                "stdout is the normalised native scene"
+            );
+        }
+    }
+}
+
+#[test]
+fn validate_json_reports_diagnostics_for_machines() {
+    let out = zlayer(&["validate", "--json", "examples/cycle-rejected.json"]);
+    assert_eq!(out.status.code(), Some(2));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["ok"], false);
+    assert_eq!(v["diagnostics"][0]["severity"], "error");
+    assert_eq!(v["diagnostics"][0]["path"], "instances[0].occludes");
+    assert_eq!(v["diagnostics"][0]["instance"], "a");
+
+    let out = zlayer(&["validate", "--json", "examples/three-level-stack.json"]);
+    assert_eq!(out.status.code(), Some(0));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["format"], "native");
+    assert_eq!(v["depth_levels"], serde_json::json!([2, 1, 0]));
+    assert_eq!(v["draw_order"], serde_json::json!([0, 1, 2]));
+}
+
+#[test]
+fn missing_and_broken_files_are_user_errors() {
+    let out = zlayer(&["validate", "no/such/scene.json"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).starts_with("no/such/scene.json: error: cannot read the file"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let dir = tmp("broken");
+    let bad = dir.join("bad.json");
+    std::fs::write(&bad, "{\"width\": 10,").unwrap();
+    let out = zlayer(&["validate", bad.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("malformed JSON"));
+
+    std::fs::write(&bad, [0xff, 0xfe, 0x00]).unwrap();
+    let out = zlayer(&[
+        "preview",
+        bad.to_str().unwrap(),
+        "-o",
+        dir.join("x.png").to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("not UTF-8"));
+}
+
+#[test]
+fn convert_larender_to_the_official_format_and_back() {
+    let dir = tmp("convert");
+    let of = dir.join("of.json");
+    let out = zlayer(&[
+        "convert",
+        "examples/larender-still-life.json",
+        "--to",
+        "occlusionformer",
+        "-o",
+        of.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&of).unwrap()).unwrap();
+    // LaRender's last object is front-most: the stick covers both others.
+    assert_eq!(v["annos"][2]["occludes"], "1,2");
+    let out = zlayer(&["convert", of.to_str().unwrap(), "--to", "native"]);
+    assert_eq!(out.status.code(), Some(0));
+    let n: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(n["instances"][2]["occludes"], serde_json::json!(["1", "2"]));
+}
+
+#[test]
+fn preview_writes_a_png_of_the_requested_size() {
+    let dir = tmp("preview");
+    let png = dir.join("p.png");
+    let out = zlayer(&[
+        "preview",
+        "examples/dense-8.json",
+        "-o",
+        png.to_str().unwrap(),
+        "--size",
+        "300",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let img = zlayer_composite::read_png(&png).unwrap();
+    assert_eq!(img.width, 300);
+    assert!(img.height > 300, "a legend strip sits below the canvas");
+    let out = zlayer(&[
+        "preview",
+        "examples/cycle-rejected.json",
+        "-o",
+        png.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(2), "a rejected scene is not drawn");
+}
+
+#[test]
+fn preview_matches_the_golden_image() {
+    let golden = repo().join("crates/zlayer/tests/golden/preview-sphere-cube.png");
+    let dir = tmp("golden");
+    let png = dir.join("p.png");
+    let out = zlayer(&[
+        "preview",
+        "examples/sphere-cube.json",
+        "-o",
+        png.to_str().unwrap(),
+        "--size",
+        "256",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    if std::env::var_os("ZLAYER_BLESS").is_some() {
+        std::fs::copy(&png, &golden).unwrap();
+    }
+    let (got, want) = (
+        zlayer_composite::read_png(&png).unwrap(),
+        zlayer_composite::read_png(&golden).unwrap(),
+    );
+    assert_eq!((got.width, got.height), (want.width, want.height));
+    let differing = got
+        .pixels
+        .iter()
+        .zip(&want.pixels)
+        .filter(|(a, b)| {
+            a.0.iter()
+                .zip(b.0)
+                .any(|(x, y)| (x - y).abs() > 2.0 / 255.0)
+        })
+        .count();
+    assert!(
+        differing * 1000 < got.pixels.len(),
+        "{differing} pixels differ from the golden image; run with ZLAYER_BLESS=1 after checking the new one"
+    );
+}
+
+#[test]
+fn compose_png_and_ora() {
+    let dir = tmp("compose");
+    let mk = |name: &str, rgba: [f32; 4]| {
+        let p = dir.join(name);
+        let img = zlayer_composite::Image {
+            width: 4,
+            height: 3,
+            pixels: vec![zlayer_composite::Straight(rgba); 12],
+        };
+        zlayer_composite::write_png(&p, &img, zlayer_composite::BitDepth::Eight).unwrap();
+        p.to_str().unwrap().to_string()
+    };
+    let back = mk("back.png", [0.0, 0.0, 1.0, 1.0]);
+    let front = mk("front.png", [1.0, 0.0, 0.0, 0.6]);
+    let flat = dir.join("flat.png");
+    let out = zlayer(&["compose", &back, &front, "-o", flat.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let img = zlayer_composite::read_png(&flat).unwrap();
+    let p = img.pixels[0].0;
+    assert!(
+        (p[0] - 0.6).abs() < 0.003 && (p[2] - 0.4).abs() < 0.003 && p[3] == 1.0,
+        "{p:?}"
+    );
+
+    let ora = dir.join("stack.ora");
+    let out = zlayer(&["compose", &back, &front, "-o", ora.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0));
+    let stack = zlayer_composite::ora::read_ora(&ora).unwrap();
+    assert_eq!(
+        stack
+            .layers
+            .iter()
+            .map(|l| l.name.as_str())
+            .collect::<Vec<_>>(),
+        ["back", "front"]
+    );
+
+    let out = zlayer(&["compose", &back, "-o", dir.join("x.jpg").to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains(".png (flattened) or .ora"));
+    let out = zlayer(&["compose", "missing.png", "-o", flat.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("missing.png"));
+}
+
+#[test]
+fn help_teaches_with_examples() {
+    let out = zlayer(&["--help"]);
+    let s = text(&out.stdout);
+    for needle in [
+        "validate",
+        "preview",
+        "convert",
+        "compose",
+        "Examples:",
+        "OcclusionFormer",
+    ] {
+        assert!(s.contains(needle), "missing {needle:?} in --help:\n{s}");
+    }
+    let out = zlayer(&["preview", "--help"]);
+    assert!(text(&out.stdout).contains("magenta"));
+}
