@@ -13,6 +13,23 @@ pub type Rgba = [u8; 4];
 /// A rectangle `[x, y, width, height]` in pixels.
 pub type Xywh = [f32; 4];
 
+const LEVEL_COLOURS: [Rgba; 8] = [
+    [230, 25, 75, 255],
+    [245, 130, 48, 255],
+    [60, 180, 75, 255],
+    [0, 130, 200, 255],
+    [145, 30, 180, 255],
+    [70, 240, 240, 255],
+    [128, 128, 0, 255],
+    [0, 0, 128, 255],
+];
+
+/// The colour that marks depth level (or rank) `level` in every picture zlayer draws;
+/// it cycles after eight.
+pub fn level_colour(level: usize) -> Rgba {
+    LEVEL_COLOURS[level % LEVEL_COLOURS.len()]
+}
+
 /// A drawing surface.
 pub struct Canvas {
     pixmap: Pixmap,

@@ -104,6 +104,26 @@ pub fn encode_png(img: &Image<Straight>, depth: BitDepth) -> Result<Vec<u8>, Str
     Ok(buf)
 }
 
+/// Encodes 8-bit grey values (e.g. a mask) as a greyscale PNG.
+pub fn encode_grey_png(width: usize, height: usize, values: &[u8]) -> Result<Vec<u8>, String> {
+    if values.len() != width * height {
+        return Err(format!(
+            "{} values for a {width}×{height} image",
+            values.len()
+        ));
+    }
+    let mut buf = Vec::new();
+    {
+        let mut enc = png::Encoder::new(&mut buf, width as u32, height as u32);
+        enc.set_color(png::ColorType::Grayscale);
+        enc.set_depth(png::BitDepth::Eight);
+        let mut w = enc.write_header().map_err(|e| e.to_string())?;
+        w.write_image_data(values).map_err(|e| e.to_string())?;
+        w.finish().map_err(|e| e.to_string())?;
+    }
+    Ok(buf)
+}
+
 /// Writes a straight-alpha image as PNG, atomically.
 pub fn write_png(path: &Path, img: &Image<Straight>, depth: BitDepth) -> Result<(), IoError> {
     let bytes = encode_png(img, depth).map_err(|reason| IoError::Encode {

@@ -62,6 +62,16 @@ enum Command {
         #[arg(short, long)]
         output: Option<PathBuf>,
     },
+    /// Generate SA-Z-synth scenes: images with exact amodal/visible masks, RGBA layers, Z-order.
+    ///
+    /// Three modes: `--n N --out DIR` writes a dataset; `--show K -o sheet.png` draws a
+    /// contact sheet; `--vocab` prints the closed vocabulary as JSON. Scene k of a seed is
+    /// byte-identical on every run; an interrupted dataset run resumes at the first missing shard.
+    #[command(after_help = "Examples:
+  zlayer synth --n 10000 --size 64 --split complex --seed 0 --out data/complex-64
+  zlayer synth --show 16 --split regular -o sheet.png
+  zlayer synth --vocab")]
+    Synth(crate::synth_cmd::SynthArgs),
     /// Stack PNG layers by source-over, first file at the bottom.
     ///
     /// Writes a flattened PNG, or an OpenRaster (.ora) file that GIMP and Krita open with
@@ -115,6 +125,18 @@ impl fmt::Display for Failure {
     }
 }
 
+/// Writes to stdout; a closed pipe (`zlayer ... | head`) ends the output quietly.
+pub fn print_stdout(text: &str) -> Result<(), Failure> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(Failure::Internal(format!("cannot write to stdout: {e}")))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Runs one command.
 pub fn run(cli: Cli) -> Result<(), Failure> {
     match cli.command {
@@ -128,5 +150,6 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
             output,
             sixteen_bit,
         } => crate::compose::run(&layers, &output, sixteen_bit),
+        Command::Synth(args) => crate::synth_cmd::run(args),
     }
 }

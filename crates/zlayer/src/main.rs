@@ -7,6 +7,7 @@ mod cli;
 mod compose;
 mod preview;
 mod scene_cmd;
+mod synth_cmd;
 
 use clap::Parser;
 use std::process::ExitCode;

@@ -7,28 +7,13 @@
 
 use crate::cli::Failure;
 use std::path::Path;
-use zlayer_composite::annotate::{Canvas, Rgba};
+use zlayer_composite::annotate::{Canvas, Rgba, level_colour};
 use zlayer_composite::{BitDepth, write_png};
 use zlayer_scene::ValidScene;
 
-const LEVEL_COLOURS: [Rgba; 8] = [
-    [230, 25, 75, 255],
-    [245, 130, 48, 255],
-    [60, 180, 75, 255],
-    [0, 130, 200, 255],
-    [145, 30, 180, 255],
-    [70, 240, 240, 255],
-    [128, 128, 0, 255],
-    [0, 0, 128, 255],
-];
 const ORDERED: Rgba = [60, 60, 60, 110];
 const UNORDERED: Rgba = [255, 0, 200, 220];
 const INK: Rgba = [20, 20, 20, 255];
-
-/// Colour of a depth level (cycles after eight).
-pub fn level_colour(level: usize) -> Rgba {
-    LEVEL_COLOURS[level % LEVEL_COLOURS.len()]
-}
 
 /// Runs the command.
 pub fn run(file: &Path, output: &Path, size: u32) -> Result<(), Failure> {

@@ -48,7 +48,7 @@ pub fn validate(file: &Path, json: bool) -> Result<(), Failure> {
         let s = l.scene.scene();
         let g = l.scene.graph();
         let native = export(s, Format::Native).map_err(|e| Failure::Internal(e.to_string()))?;
-        print!("{native}");
+        crate::cli::print_stdout(&native)?;
         eprintln!(
             "{}: valid {} scene, {}×{}, {} instances, {} depth levels, {} occlusion relations, {} unordered pairs",
             file.display(),

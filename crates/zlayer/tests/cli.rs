@@ -248,3 +248,94 @@ fn help_teaches_with_examples() {
     let out = zlayer(&["preview", "--help"]);
     assert!(text(&out.stdout).contains("magenta"));
 }
+
+#[test]
+fn synth_writes_a_dataset_and_resumes() {
+    let dir = tmp("synth");
+    let out = dir.join("data");
+    let args = [
+        "synth",
+        "--n",
+        "25",
+        "--size",
+        "32",
+        "--split",
+        "regular",
+        "--seed",
+        "3",
+        "--shard-size",
+        "10",
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    let run = zlayer(&args);
+    assert_eq!(run.status.code(), Some(0), "{}", text(&run.stderr));
+    assert!(
+        text(&run.stderr).contains("wrote 25 scenes"),
+        "{}",
+        text(&run.stderr)
+    );
+    let info: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("dataset.json")).unwrap()).unwrap();
+    assert_eq!(
+        info["dataset"]["shards"],
+        serde_json::json!(["shard-00000", "shard-00001", "shard-00002"])
+    );
+    assert!(info["vocabulary"]["shapes"].as_array().unwrap().len() >= 10);
+    let first = std::fs::read(out.join("shard-00001.safetensors")).unwrap();
+    // A second run finds every shard complete and rewrites nothing.
+    std::fs::remove_file(out.join("shard-00002.jsonl")).unwrap();
+    let again = zlayer(&args);
+    assert!(
+        text(&again.stderr).contains("wrote 5 scenes")
+            && text(&again.stderr).contains("20 already there"),
+        "{}",
+        text(&again.stderr)
+    );
+    assert_eq!(
+        std::fs::read(out.join("shard-00001.safetensors")).unwrap(),
+        first
+    );
+    assert!(out.join("shard-00002.jsonl").exists());
+}
+
+#[test]
+fn synth_png_sheet_vocab_and_mode_errors() {
+    let dir = tmp("synth-modes");
+    let run = zlayer(&[
+        "synth",
+        "--n",
+        "2",
+        "--format",
+        "png",
+        "--size",
+        "32",
+        "--out",
+        dir.join("png").to_str().unwrap(),
+    ]);
+    assert_eq!(run.status.code(), Some(0), "{}", text(&run.stderr));
+    assert!(
+        dir.join("png/000001/image.png").exists() && dir.join("png/000001/scene.json").exists()
+    );
+    let sheet = dir.join("sheet.png");
+    let run = zlayer(&[
+        "synth",
+        "--show",
+        "4",
+        "--split",
+        "simple",
+        "-o",
+        sheet.to_str().unwrap(),
+    ]);
+    assert_eq!(run.status.code(), Some(0), "{}", text(&run.stderr));
+    assert!(zlayer_composite::read_png(&sheet).unwrap().width > 256);
+    let run = zlayer(&["synth", "--vocab"]);
+    let v: serde_json::Value = serde_json::from_slice(&run.stdout).unwrap();
+    assert_eq!(v["grammar"], "<colour> [<pattern>] [glass] <shape>");
+    let run = zlayer(&["synth", "--show", "4"]);
+    assert_eq!(run.status.code(), Some(2));
+    assert!(text(&run.stderr).contains("--show needs -o"));
+    let run = zlayer(&["synth"]);
+    assert_eq!(run.status.code(), Some(2));
+    assert!(text(&run.stderr).contains("choose one mode"));
+}
