@@ -1,0 +1,14 @@
+//! Metrics for zlayer. Every definition is DESIGN.md §5, cited in each doc comment.
+//!
+//! - [`occlusion`]: pairwise order accuracy, InstaOrder Occ. F1 and Dep. WHDR.
+//! - [`layout`]: mask IoU, mIoU and O-mIoU, and OverLayBench's box-based mIoU / O-mIoU.
+//! - [`matting`]: SAD, MSE, Grad, Conn (the DIM protocol as mmeval implements it).
+//! - [`boundary`]: error against signed distance, halo-band L1, DAVIS boundary F, boundary IoU.
+//! - [`grid`]: distance transforms and connected components they share.
+#![warn(missing_docs)]
+
+pub mod boundary;
+pub mod grid;
+pub mod layout;
+pub mod matting;
+pub mod occlusion;
