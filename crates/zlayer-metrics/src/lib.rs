@@ -4,6 +4,7 @@
 //! - [`layout`]: mask IoU, mIoU and O-mIoU, and OverLayBench's box-based mIoU / O-mIoU.
 //! - [`matting`]: SAD, MSE, Grad, Conn (the DIM protocol as mmeval implements it).
 //! - [`boundary`]: error against signed distance, halo-band L1, DAVIS boundary F, boundary IoU.
+//! - [`segment`]: which pixel of a synthetic-world image belongs to which instance.
 //! - [`grid`]: distance transforms and connected components they share.
 #![warn(missing_docs)]
 
@@ -12,3 +13,4 @@ pub mod grid;
 pub mod layout;
 pub mod matting;
 pub mod occlusion;
+pub mod segment;

@@ -315,7 +315,7 @@ fn shading(shape: Shape, u: f32, v: f32) -> (f32, f32) {
             // Light from the upper left, towards the viewer.
             let lambert = (-0.45 * dx - 0.55 * dy + 0.70 * dz).max(0.0);
             let spec = (-0.3 * dx - 0.4 * dy + 0.87 * dz).max(0.0).powi(24);
-            (0.55 + 0.55 * lambert, 0.55 * spec)
+            (0.55 + 0.55 * lambert, 0.35 * spec)
         }
         Shape::Cube => {
             let top_edge = if u < 0.5 {
@@ -324,7 +324,8 @@ fn shading(shape: Shape, u: f32, v: f32) -> (f32, f32) {
                 0.25 + 0.5 * (1.0 - u)
             };
             if v < top_edge {
-                (1.0, 0.25)
+                // Lit by brightening, not by mixing in white, so the colour stays recognisable.
+                (1.25, 0.0)
             } else if u < 0.5 {
                 (0.85, 0.0)
             } else {

@@ -12,6 +12,7 @@
 //! "Overlap probability" is the chance that a new box is placed against an existing one
 //! (its centre at 30–80% of the way from that box's centre to just touching), rather than
 //! uniformly. Colours are distinct within a scene; the Z-order is a random permutation.
+//! Glass (15% of instances) comes only in chromatic colours.
 
 use crate::vocab::{Background, Colour, Look, Material, Pattern, Shape};
 
@@ -205,7 +206,10 @@ pub fn sample(seed: u64, index: u64, params: &Params) -> SceneSpec {
             0..=2 => Pattern::Solid,
             p => Pattern::ALL[p - 2],
         };
-        let material = if rng.f32() < 0.15 {
+        // Glass only in chromatic colours: black or white glass reads as a darker or lighter
+        // background, which no segmenter can tell apart.
+        let chromatic = !matches!(colour, Colour::Black | Colour::White);
+        let material = if rng.f32() < 0.15 && chromatic {
             Material::Glass
         } else {
             Material::Opaque
