@@ -5,10 +5,12 @@
 //! - [`matting`]: SAD, MSE, Grad, Conn (the DIM protocol as mmeval implements it).
 //! - [`boundary`]: error against signed distance, halo-band L1, DAVIS boundary F, boundary IoU.
 //! - [`segment`]: which pixel of a synthetic-world image belongs to which instance.
+//! - [`eval`]: scoring generated images of synthetic scenes against their ground truth.
 //! - [`grid`]: distance transforms and connected components they share.
 #![warn(missing_docs)]
 
 pub mod boundary;
+pub mod eval;
 pub mod grid;
 pub mod layout;
 pub mod matting;

@@ -55,15 +55,15 @@ fn fit2(p: V3, u: V3, w: V3, xr: (f32, f32), yr: (f32, f32)) -> (f32, f32, f32) 
     let (uu, uw, ww) = (dot(u, u), dot(u, w), dot(w, w));
     let (pu, pw) = (dot(p, u), dot(p, w));
     let det = uu * ww - uw * uw;
-    let (mut x, mut y) = if det.abs() > 1e-9 {
-        ((pu * ww - pw * uw) / det, (pw * uu - pu * uw) / det)
+    let x0 = if det.abs() > 1e-9 {
+        (pu * ww - pw * uw) / det
     } else {
-        (pu / uu.max(1e-9), 0.0)
+        pu / uu.max(1e-9)
     };
-    // Clamp, then refit the free coefficient once against the clamped one.
-    x = x.clamp(xr.0, xr.1);
-    y = ((pw - x * uw) / ww.max(1e-9)).clamp(yr.0, yr.1);
-    x = ((pu - y * uw) / uu.max(1e-9)).clamp(xr.0, xr.1);
+    // Clamp, then refit each coefficient once against the other's clamped value.
+    let x = x0.clamp(xr.0, xr.1);
+    let y = ((pw - x * uw) / ww.max(1e-9)).clamp(yr.0, yr.1);
+    let x = ((pu - y * uw) / uu.max(1e-9)).clamp(xr.0, xr.1);
     let r = sub(
         p,
         [
@@ -169,16 +169,18 @@ mod tests {
             rgb: [35, 65, 215],
             glass: false,
         };
-        // Dark red (shade 0.6), lit red (with white), dark blue, and grey (rejected).
+        // Dark red (shade 0.6), lit red (with white), dark blue, and grey like the background
+        // seen outside the boxes (the fifth pixel).
         let img = [
             [120, 15, 21],
             [225, 94, 100],
             [21, 39, 129],
             [128, 128, 128],
+            [128, 128, 128],
         ];
         assert_eq!(
-            segment(&img, 4, 1, &[red, blue]),
-            vec![Some(0), Some(0), Some(1), None]
+            segment(&img, 5, 1, &[red, blue]),
+            vec![Some(0), Some(0), Some(1), None, None]
         );
     }
 

@@ -72,6 +72,15 @@ enum Command {
   zlayer synth --show 16 --split regular -o sheet.png
   zlayer synth --vocab")]
     Synth(crate::synth_cmd::SynthArgs),
+    /// Score generated images of synthetic scenes: occlusion order, layout, boundaries.
+    ///
+    /// Each predicted image is segmented by the declared instances' colours and boxes, then
+    /// compared with the exact ground truth. Writes summary.json, summary.md and
+    /// per_scene.csv (and metrics.png with --plot); prints the table. See docs/metrics.md.
+    #[command(after_help = "Example:
+  zlayer synth --n 300 --split complex --format png --out gt/complex
+  zlayer eval --pred generated/ --gt gt/ --split complex --plot")]
+    Eval(crate::eval_cmd::EvalArgs),
     /// Stack PNG layers by source-over, first file at the bottom.
     ///
     /// Writes a flattened PNG, or an OpenRaster (.ora) file that GIMP and Krita open with
@@ -151,5 +160,6 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
             sixteen_bit,
         } => crate::compose::run(&layers, &output, sixteen_bit),
         Command::Synth(args) => crate::synth_cmd::run(args),
+        Command::Eval(args) => crate::eval_cmd::run(args),
     }
 }

@@ -5,6 +5,7 @@
 
 mod cli;
 mod compose;
+mod eval_cmd;
 mod preview;
 mod scene_cmd;
 mod synth_cmd;

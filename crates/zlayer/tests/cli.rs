@@ -339,3 +339,68 @@ fn synth_png_sheet_vocab_and_mode_errors() {
     assert_eq!(run.status.code(), Some(2));
     assert!(text(&run.stderr).contains("choose one mode"));
 }
+
+#[test]
+fn eval_scores_ground_truth_against_itself_and_names_bad_input() {
+    let dir = tmp("eval");
+    let gt = dir.join("gt");
+    let run = zlayer(&[
+        "synth",
+        "--n",
+        "12",
+        "--split",
+        "regular",
+        "--format",
+        "png",
+        "--out",
+        gt.join("regular").to_str().unwrap(),
+    ]);
+    assert_eq!(run.status.code(), Some(0), "{}", text(&run.stderr));
+    let out = dir.join("out");
+    let run = zlayer(&[
+        "eval",
+        "--pred",
+        gt.to_str().unwrap(),
+        "--gt",
+        gt.to_str().unwrap(),
+        "--split",
+        "regular",
+        "--plot",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(run.status.code(), Some(0), "{}", text(&run.stderr));
+    assert!(
+        text(&run.stdout).contains("| order acc. | Occ. F1 |"),
+        "{}",
+        text(&run.stdout)
+    );
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["summary"]["scenes"], 12);
+    assert_eq!(
+        std::fs::read_to_string(out.join("per_scene.csv"))
+            .unwrap()
+            .lines()
+            .count(),
+        13
+    );
+    assert!(out.join("metrics.png").exists());
+
+    let run = zlayer(&[
+        "eval",
+        "--pred",
+        dir.to_str().unwrap(),
+        "--gt",
+        gt.join("regular").to_str().unwrap(),
+    ]);
+    assert_eq!(run.status.code(), Some(2));
+    assert!(
+        text(&run.stderr).contains("no prediction for scene"),
+        "{}",
+        text(&run.stderr)
+    );
+    let run = zlayer(&["eval", "--pred", "nope", "--gt", gt.to_str().unwrap()]);
+    assert_eq!(run.status.code(), Some(2));
+    assert!(text(&run.stderr).contains("--pred nope: not a folder"));
+}

@@ -1,0 +1,443 @@
+//! Evaluating generated images of synthetic scenes against their ground truth.
+//!
+//! Ground truth is a folder per scene as `zlayer synth --format png` writes it (`scene.json`,
+//! `amodal-K.png`, `visible-K.png`). Predictions are images named after those folders:
+//! `PRED/<name>.png` or `PRED/<name>/image.png`. Each predicted image is segmented
+//! ([`crate::segment`]) with the ground-truth boxes and caption colours, then scored:
+//!
+//! - occlusion: for every declared (ordered) overlapping pair, the front is the instance
+//!   owning more of the ground-truth amodal overlap; accuracy, Occ. F1, WHDR;
+//! - layout: visible-mask IoU per instance (mIoU), the same inside each pair's amodal overlap
+//!   (O-mIoU), and OverLayBench's box mIoU / O-mIoU from the segmented masks' boxes;
+//! - boundary: DAVIS boundary F and Boundary IoU of each segmented mask.
+//!
+//! A scene whose declared order is cyclic is reported as `cyclic` and not scored; pairs
+//! declared in both directions are counted as `ambiguous`, and pairs whose order even the
+//! ground-truth image cannot show as `hidden`; both are left out of the order scores. A pair
+//! is hidden when the front instance is visible in fewer than max(10, 10%) of their amodal
+//! overlap pixels (a third instance covers the rest, or only an anti-aliased sliver shows),
+//! or when both are glass (a mix of two translucent colours reads the same in either order).
+
+use crate::boundary::{boundary_f, boundary_iou};
+use crate::layout::{BoxScore, LabeledBox, box_scores, mask_iou, mean, region_iou};
+use crate::occlusion::{OcclusionScore, front_by_ownership, score};
+use crate::segment::{Target, segment};
+use rayon::prelude::*;
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+use zlayer_scene::{BBox, Scene, SceneError};
+use zlayer_synth::vocab::{Look, Material};
+
+/// Why an evaluation could not run; every message names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum EvalError {
+    /// A file is missing or unreadable.
+    #[error("{0}: {1}")]
+    File(PathBuf, String),
+    /// A ground-truth scene is invalid for a reason other than a cycle.
+    #[error("{0}: invalid scene:\n{1}")]
+    Scene(PathBuf, SceneError),
+    /// Prediction and ground truth differ in size.
+    #[error("{0}: the image is {1}×{2}, the ground truth {3}×{4}")]
+    Size(PathBuf, usize, usize, usize, usize),
+    /// A folder holds nothing to evaluate.
+    #[error("{0}: no ground-truth scenes (folders with scene.json) found")]
+    Empty(PathBuf),
+}
+
+/// One ground-truth scene in memory.
+#[derive(Debug, Clone)]
+pub struct GtScene {
+    /// Folder name.
+    pub name: String,
+    /// The scene (boxes, captions, order).
+    pub scene: Scene,
+    /// Ordered pairs (front, back); `None` if the order is cyclic.
+    pub pairs: Option<Vec<(usize, usize)>>,
+    /// Pairs declared both ways.
+    pub ambiguous: usize,
+    /// Amodal masks, 0–255.
+    pub amodal: Vec<Vec<u8>>,
+    /// Visible masks, 0–255.
+    pub visible: Vec<Vec<u8>>,
+    /// Width and height.
+    pub size: (usize, usize),
+}
+
+/// The scores of one scene.
+#[derive(Debug, Clone, Serialize)]
+pub struct SceneResult {
+    /// Folder name.
+    pub name: String,
+    /// `scored` or `cyclic`.
+    pub status: &'static str,
+    /// Instances.
+    pub instances: usize,
+    /// Pairs declared both ways (not scored for order).
+    pub ambiguous_pairs: usize,
+    /// Pairs whose order the ground-truth image cannot show (not scored for order).
+    pub hidden_pairs: usize,
+    /// Order scores.
+    pub occlusion: Option<OcclusionScore>,
+    /// Mean visible-mask IoU.
+    pub mask_miou: Option<f64>,
+    /// Mean visible-mask IoU inside the pairs' amodal overlaps.
+    pub mask_o_miou: Option<f64>,
+    /// OverLayBench box scores.
+    pub boxes: Option<BoxScore>,
+    /// Mean DAVIS boundary F.
+    pub boundary_f: Option<f64>,
+    /// Mean Boundary IoU.
+    pub boundary_iou: Option<f64>,
+}
+
+fn file_err(p: &Path, e: impl std::fmt::Display) -> EvalError {
+    EvalError::File(p.to_path_buf(), e.to_string())
+}
+
+fn read_mask(path: &Path) -> Result<(usize, usize, Vec<u8>), EvalError> {
+    let m = zlayer_composite::io::read_mask_png(path).map_err(|e| file_err(path, e))?;
+    Ok((
+        m.width,
+        m.height,
+        m.data
+            .iter()
+            .map(|&v| zlayer_composite::rgba::quantize8(v))
+            .collect(),
+    ))
+}
+
+/// Loads a ground-truth folder.
+pub fn load_gt(dir: &Path) -> Result<GtScene, EvalError> {
+    let sp = dir.join("scene.json");
+    let text = std::fs::read_to_string(&sp).map_err(|e| file_err(&sp, e))?;
+    let imported = zlayer_scene::import_str(&text).map_err(|e| EvalError::Scene(sp.clone(), e))?;
+    let scene = imported.scene.clone();
+    let (pairs, ambiguous) = match zlayer_scene::validate(imported) {
+        Ok(l) => (
+            Some(l.scene.graph().edges().collect()),
+            l.scene.graph().unordered_pairs().len(),
+        ),
+        Err(e) if e.errors().all(|d| d.message.starts_with("occlusion cycle")) => (None, 0),
+        Err(e) => return Err(EvalError::Scene(sp, e)),
+    };
+    let (mut amodal, mut visible, mut size) = (
+        Vec::new(),
+        Vec::new(),
+        (scene.width as usize, scene.height as usize),
+    );
+    for k in 0..scene.instances.len() {
+        let (w, h, a) = read_mask(&dir.join(format!("amodal-{k}.png")))?;
+        let (_, _, v) = read_mask(&dir.join(format!("visible-{k}.png")))?;
+        size = (w, h);
+        amodal.push(a);
+        visible.push(v);
+    }
+    Ok(GtScene {
+        name: dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        scene,
+        pairs,
+        ambiguous,
+        amodal,
+        visible,
+        size,
+    })
+}
+
+/// Segmenter targets from a scene's boxes and caption colours.
+pub fn targets(scene: &Scene) -> Result<Vec<Target>, String> {
+    scene
+        .instances
+        .iter()
+        .map(|i| {
+            let look = Look::parse(&i.caption).map_err(|e| format!("instance {:?}: {e}", i.id))?;
+            Ok(Target {
+                bbox: i.bbox.to_array(),
+                rgb: look.colour.rgb(),
+                glass: look.material == Material::Glass,
+            })
+        })
+        .collect()
+}
+
+fn tight(mask: &[bool], w: usize) -> Option<BBox> {
+    let mut b: Option<[usize; 4]> = None;
+    for (p, _) in mask.iter().enumerate().filter(|(_, m)| **m) {
+        let (x, y) = (p % w, p / w);
+        b = Some(match b {
+            None => [x, y, x + 1, y + 1],
+            Some([a, c, d, e]) => [a.min(x), c.min(y), d.max(x + 1), e.max(y + 1)],
+        });
+    }
+    b.map(|[a, c, d, e]| BBox::new(a as f64, c as f64, d as f64, e as f64))
+}
+
+/// Scores a predicted RGB image of a ground-truth scene.
+pub fn evaluate(gt: &GtScene, image: &[[u8; 3]], targets: &[Target]) -> SceneResult {
+    let (w, h) = gt.size;
+    let n = gt.scene.instances.len();
+    let mut r = SceneResult {
+        name: gt.name.clone(),
+        status: "cyclic",
+        instances: n,
+        ambiguous_pairs: gt.ambiguous,
+        hidden_pairs: 0,
+        occlusion: None,
+        mask_miou: None,
+        mask_o_miou: None,
+        boxes: None,
+        boundary_f: None,
+        boundary_iou: None,
+    };
+    let Some(pairs) = &gt.pairs else { return r };
+    r.status = "scored";
+    let labels = segment(image, w, h, targets);
+    let pred: Vec<Vec<bool>> = (0..n)
+        .map(|k| labels.iter().map(|&l| l == Some(k)).collect())
+        .collect();
+    let truth: Vec<Vec<bool>> = gt
+        .visible
+        .iter()
+        .map(|v| v.iter().map(|&x| x >= 128).collect())
+        .collect();
+    // Score only pairs whose order the ground-truth image shows.
+    let (mut shown, mut regions) = (Vec::new(), Vec::new());
+    for &(i, j) in pairs {
+        let region: Vec<bool> = gt.amodal[i]
+            .iter()
+            .zip(&gt.amodal[j])
+            .map(|(&a, &b)| a >= 128 && b >= 128)
+            .collect();
+        let area = region.iter().filter(|&&x| x).count();
+        let front = region
+            .iter()
+            .zip(&truth[i])
+            .filter(|&(&r, &t)| r && t)
+            .count();
+        let translucent = targets[i].glass && targets[j].glass;
+        if front >= (area / 10).max(10) && !translucent {
+            shown.push((i, j));
+            regions.push(region);
+        } else {
+            r.hidden_pairs += 1;
+        }
+    }
+    let fronts: Vec<Option<usize>> = shown
+        .iter()
+        .zip(&regions)
+        .map(|(&(i, j), reg)| front_by_ownership(&labels, reg, i, j))
+        .collect();
+    r.occlusion = Some(score(&shown, &fronts));
+    r.mask_miou = mean((0..n).map(|k| mask_iou(&pred[k], &truth[k])));
+    r.mask_o_miou = mean(shown.iter().zip(&regions).flat_map(|(&(i, j), reg)| {
+        [mean([
+            region_iou(&pred[i], &truth[i], reg),
+            region_iou(&pred[j], &truth[j], reg),
+        ])]
+    }));
+    let category = |k: usize| {
+        gt.scene.instances[k]
+            .category
+            .clone()
+            .unwrap_or_else(|| gt.scene.instances[k].caption.clone())
+    };
+    let gt_boxes: Vec<LabeledBox> = (0..n)
+        .map(|k| LabeledBox {
+            bbox: gt.scene.instances[k].bbox,
+            category: category(k),
+        })
+        .collect();
+    let pred_boxes: Vec<LabeledBox> = (0..n)
+        .filter_map(|k| {
+            tight(&pred[k], w).map(|b| LabeledBox {
+                bbox: b,
+                category: category(k),
+            })
+        })
+        .collect();
+    r.boxes = Some(box_scores(&gt_boxes, &pred_boxes));
+    let present: Vec<usize> = (0..n).filter(|&k| truth[k].iter().any(|&t| t)).collect();
+    r.boundary_f = mean(
+        present
+            .iter()
+            .map(|&k| Some(boundary_f(&pred[k], &truth[k], w, h))),
+    );
+    r.boundary_iou = mean(
+        present
+            .iter()
+            .map(|&k| Some(boundary_iou(&pred[k], &truth[k], w, h))),
+    );
+    r
+}
+
+/// The predicted image for a scene: `PRED/<name>.png` or `PRED/<name>/image.png`.
+pub fn pred_path(pred: &Path, name: &str) -> Result<PathBuf, EvalError> {
+    let a = pred.join(format!("{name}.png"));
+    let b = pred.join(name).join("image.png");
+    if a.is_file() {
+        Ok(a)
+    } else if b.is_file() {
+        Ok(b)
+    } else {
+        Err(file_err(
+            &a,
+            format!(
+                "no prediction for scene {name:?} (looked for {} and {})",
+                a.display(),
+                b.display()
+            ),
+        ))
+    }
+}
+
+fn read_rgb(path: &Path) -> Result<(usize, usize, Vec<[u8; 3]>), EvalError> {
+    let img = zlayer_composite::read_png(path).map_err(|e| file_err(path, e))?;
+    let px = img.pixels.iter().map(|p| {
+        let [r, g, b, _] = p.to_u8().0;
+        [r, g, b]
+    });
+    Ok((img.width, img.height, px.collect()))
+}
+
+/// Evaluates every ground-truth scene folder under `gt` against `pred`, in parallel.
+pub fn evaluate_dirs(pred: &Path, gt: &Path) -> Result<Vec<SceneResult>, EvalError> {
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(gt)
+        .map_err(|e| file_err(gt, e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.join("scene.json").is_file())
+        .collect();
+    if dirs.is_empty() {
+        return Err(EvalError::Empty(gt.to_path_buf()));
+    }
+    dirs.sort();
+    dirs.par_iter()
+        .map(|d| {
+            let g = load_gt(d)?;
+            let path = pred_path(pred, &g.name)?;
+            let (w, h, image) = read_rgb(&path)?;
+            if (w, h) != g.size {
+                return Err(EvalError::Size(path, w, h, g.size.0, g.size.1));
+            }
+            let t = targets(&g.scene).map_err(|m| file_err(&d.join("scene.json"), m))?;
+            Ok(evaluate(&g, &image, &t))
+        })
+        .collect()
+}
+
+/// Means over scenes.
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    /// Scenes evaluated.
+    pub scenes: usize,
+    /// Scenes not scored because their order is cyclic.
+    pub cyclic: usize,
+    /// Ordered pairs scored.
+    pub pairs: usize,
+    /// Pairs declared both ways, left out.
+    pub ambiguous_pairs: usize,
+    /// Pairs whose order the ground-truth image cannot show, left out.
+    pub hidden_pairs: usize,
+    /// Pairwise order accuracy over all pairs (micro average).
+    pub order_accuracy: Option<f64>,
+    /// Occ. F1, averaged over images.
+    pub occ_f1: Option<f64>,
+    /// Dep. WHDR (percent), averaged over images with pairs.
+    pub whdr: Option<f64>,
+    /// Mask mIoU.
+    pub mask_miou: Option<f64>,
+    /// Mask O-mIoU.
+    pub mask_o_miou: Option<f64>,
+    /// OverLayBench box mIoU.
+    pub box_miou: Option<f64>,
+    /// OverLayBench box O-mIoU.
+    pub box_o_miou: Option<f64>,
+    /// DAVIS boundary F.
+    pub boundary_f: Option<f64>,
+    /// Boundary IoU.
+    pub boundary_iou: Option<f64>,
+}
+
+/// Averages per-scene results (per image, then over images, as the definitions say).
+pub fn summarize(rs: &[SceneResult]) -> Summary {
+    let occ: Vec<&OcclusionScore> = rs.iter().filter_map(|r| r.occlusion.as_ref()).collect();
+    let (pairs, correct) = occ
+        .iter()
+        .fold((0, 0), |(p, c), o| (p + o.pairs, c + o.correct));
+    Summary {
+        scenes: rs.len(),
+        cyclic: rs.iter().filter(|r| r.status == "cyclic").count(),
+        pairs,
+        ambiguous_pairs: rs.iter().map(|r| r.ambiguous_pairs).sum(),
+        hidden_pairs: rs.iter().map(|r| r.hidden_pairs).sum(),
+        order_accuracy: (pairs > 0).then(|| correct as f64 / pairs as f64),
+        occ_f1: mean(occ.iter().map(|o| Some(o.occ_f1))),
+        whdr: mean(occ.iter().map(|o| o.whdr)),
+        mask_miou: mean(rs.iter().map(|r| r.mask_miou)),
+        mask_o_miou: mean(rs.iter().map(|r| r.mask_o_miou)),
+        box_miou: mean(rs.iter().map(|r| r.boxes.and_then(|b| b.miou))),
+        box_o_miou: mean(rs.iter().map(|r| r.boxes.and_then(|b| b.o_miou))),
+        boundary_f: mean(rs.iter().map(|r| r.boundary_f)),
+        boundary_iou: mean(rs.iter().map(|r| r.boundary_iou)),
+    }
+}
+
+fn cell(v: Option<f64>) -> String {
+    v.map_or("–".into(), |x| format!("{x:.4}"))
+}
+
+/// The summary as a Markdown table.
+pub fn markdown(s: &Summary, title: &str) -> String {
+    format!(
+        "# {title}\n\n{} scenes ({} cyclic, not scored), {} ordered pairs scored ({} ambiguous and {} hidden pairs left out).\n\n\
+         | order acc. | Occ. F1 | WHDR (%) | mIoU (mask) | O-mIoU (mask) | mIoU (box) | O-mIoU (box) | boundary F | boundary IoU |\n\
+         |---|---|---|---|---|---|---|---|---|\n| {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+        s.scenes,
+        s.cyclic,
+        s.pairs,
+        s.ambiguous_pairs,
+        s.hidden_pairs,
+        cell(s.order_accuracy),
+        cell(s.occ_f1),
+        cell(s.whdr),
+        cell(s.mask_miou),
+        cell(s.mask_o_miou),
+        cell(s.box_miou),
+        cell(s.box_o_miou),
+        cell(s.boundary_f),
+        cell(s.boundary_iou)
+    )
+}
+
+/// Per-scene results as CSV.
+pub fn csv(rs: &[SceneResult]) -> String {
+    let mut out = String::from(
+        "scene,status,instances,pairs,correct,ambiguous_pairs,hidden_pairs,order_accuracy,occ_f1,whdr,mask_miou,mask_o_miou,box_miou,box_o_miou,boundary_f,boundary_iou\n",
+    );
+    let f = |v: Option<f64>| v.map_or(String::new(), |x| format!("{x:.6}"));
+    for r in rs {
+        let o = r.occlusion.as_ref();
+        out += &format!(
+            "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}\n",
+            r.name,
+            r.status,
+            r.instances,
+            o.map_or(0, |o| o.pairs),
+            o.map_or(0, |o| o.correct),
+            r.ambiguous_pairs,
+            r.hidden_pairs,
+            f(o.and_then(|o| o.accuracy)),
+            f(o.map(|o| o.occ_f1)),
+            f(o.and_then(|o| o.whdr)),
+            f(r.mask_miou),
+            f(r.mask_o_miou),
+            f(r.boxes.and_then(|b| b.miou)),
+            f(r.boxes.and_then(|b| b.o_miou)),
+            f(r.boundary_f),
+            f(r.boundary_iou)
+        );
+    }
+    out
+}

@@ -1,0 +1,119 @@
+//! `zlayer eval`: score generated images of synthetic scenes against their ground truth.
+
+use crate::cli::Failure;
+use clap::Args;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use zlayer_composite::annotate::{Canvas, level_colour};
+use zlayer_composite::{BitDepth, atomic_write, write_png};
+use zlayer_metrics::eval::{Summary, csv, evaluate_dirs, markdown, summarize};
+
+/// Flags of `zlayer eval`.
+#[derive(Debug, Args)]
+pub struct EvalArgs {
+    /// Predicted images: `<name>.png` or `<name>/image.png` per ground-truth scene.
+    #[arg(long)]
+    pred: PathBuf,
+    /// Ground truth: one folder per scene, as `zlayer synth --format png` writes them.
+    #[arg(long)]
+    gt: PathBuf,
+    /// Evaluate only this split's subfolder (`GT/<split>`, `PRED/<split>`).
+    #[arg(long)]
+    split: Option<String>,
+    /// Where to write summary.json, summary.md and per_scene.csv (default: PRED/eval).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Also draw the summary as a bar chart (metrics.png).
+    #[arg(long)]
+    plot: bool,
+}
+
+fn user(e: impl std::fmt::Display) -> Failure {
+    Failure::User(e.to_string())
+}
+
+/// Runs the command.
+pub fn run(a: EvalArgs) -> Result<(), Failure> {
+    let (mut pred, mut gt) = (a.pred.clone(), a.gt.clone());
+    if let Some(s) = &a.split {
+        if !["simple", "regular", "complex"].contains(&s.as_str()) {
+            return Err(user(format!(
+                "--split {s:?}: use simple, regular or complex"
+            )));
+        }
+        gt = gt.join(s);
+        if pred.join(s).is_dir() {
+            pred = pred.join(s);
+        }
+        if !gt.is_dir() {
+            return Err(user(format!("{}: no such split folder", gt.display())));
+        }
+    }
+    for (flag, d) in [("--pred", &pred), ("--gt", &gt)] {
+        if !d.is_dir() {
+            return Err(user(format!("{flag} {}: not a folder", d.display())));
+        }
+    }
+    let start = std::time::Instant::now();
+    let results = evaluate_dirs(&pred, &gt).map_err(user)?;
+    let summary = summarize(&results);
+    let out = a.out.unwrap_or_else(|| pred.join("eval"));
+    std::fs::create_dir_all(&out).map_err(|e| user(format!("{}: {e}", out.display())))?;
+    let title = format!("zlayer eval: {} against {}", pred.display(), gt.display());
+    let md = markdown(&summary, &title);
+    let json =
+        serde_json::to_string_pretty(&serde_json::json!({"summary": summary, "scenes": results}))
+            .expect("plain data serialises");
+    for (name, text) in [
+        ("summary.json", json.as_str()),
+        ("summary.md", md.as_str()),
+        ("per_scene.csv", csv(&results).as_str()),
+    ] {
+        atomic_write(&out.join(name), |f| f.write_all(text.as_bytes())).map_err(user)?;
+    }
+    if a.plot {
+        plot(&summary, &out.join("metrics.png"))?;
+    }
+    crate::cli::print_stdout(&md)?;
+    eprintln!(
+        "evaluated {} scenes in {:.2} s; wrote {}",
+        summary.scenes,
+        start.elapsed().as_secs_f64(),
+        out.display()
+    );
+    Ok(())
+}
+
+/// A horizontal bar chart of the summary's [0, 1] metrics.
+fn plot(s: &Summary, path: &Path) -> Result<(), Failure> {
+    let bars = [
+        ("order accuracy", s.order_accuracy),
+        ("Occ. F1", s.occ_f1),
+        ("mIoU (mask)", s.mask_miou),
+        ("O-mIoU (mask)", s.mask_o_miou),
+        ("mIoU (box)", s.box_miou),
+        ("O-mIoU (box)", s.box_o_miou),
+        ("boundary F", s.boundary_f),
+        ("boundary IoU", s.boundary_iou),
+    ];
+    let (w, row) = (640.0, 28.0);
+    let mut c = Canvas::new(w as u32, (row * bars.len() as f32 + 40.0) as u32, [255; 4])
+        .ok_or_else(|| Failure::Internal("no canvas".into()))?;
+    c.text(
+        10.0,
+        8.0,
+        &format!("{} scenes, {} pairs", s.scenes, s.pairs),
+        1.0,
+        [20, 20, 20, 255],
+    );
+    for (k, (name, v)) in bars.iter().enumerate() {
+        let y = 30.0 + k as f32 * row;
+        c.text(10.0, y + 6.0, name, 1.0, [20, 20, 20, 255]);
+        c.fill_rect([140.0, y, 400.0, row - 8.0], [235, 235, 235, 255]);
+        if let Some(v) = v {
+            c.fill_rect([140.0, y, 400.0 * *v as f32, row - 8.0], level_colour(k));
+            c.text(550.0, y + 6.0, &format!("{v:.3}"), 1.0, [20, 20, 20, 255]);
+        }
+    }
+    write_png(path, &c.to_image(), BitDepth::Eight).map_err(user)
+}
