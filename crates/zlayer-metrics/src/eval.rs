@@ -25,7 +25,8 @@ use crate::segment::{Target, segment};
 use rayon::prelude::*;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
-use zlayer_scene::{BBox, Scene, SceneError};
+use zlayer_scene::raster::tight_box;
+use zlayer_scene::{Scene, SceneError};
 use zlayer_synth::vocab::{Look, Material};
 
 /// Why an evaluation could not run; every message names the file.
@@ -163,18 +164,6 @@ pub fn targets(scene: &Scene) -> Result<Vec<Target>, String> {
         .collect()
 }
 
-fn tight(mask: &[bool], w: usize) -> Option<BBox> {
-    let mut b: Option<[usize; 4]> = None;
-    for (p, _) in mask.iter().enumerate().filter(|(_, m)| **m) {
-        let (x, y) = (p % w, p / w);
-        b = Some(match b {
-            None => [x, y, x + 1, y + 1],
-            Some([a, c, d, e]) => [a.min(x), c.min(y), d.max(x + 1), e.max(y + 1)],
-        });
-    }
-    b.map(|[a, c, d, e]| BBox::new(a as f64, c as f64, d as f64, e as f64))
-}
-
 /// Scores a predicted RGB image of a ground-truth scene.
 pub fn evaluate(gt: &GtScene, image: &[[u8; 3]], targets: &[Target]) -> SceneResult {
     let (w, h) = gt.size;
@@ -252,7 +241,7 @@ pub fn evaluate(gt: &GtScene, image: &[[u8; 3]], targets: &[Target]) -> SceneRes
         .collect();
     let pred_boxes: Vec<LabeledBox> = (0..n)
         .filter_map(|k| {
-            tight(&pred[k], w).map(|b| LabeledBox {
+            tight_box(&pred[k], w, |on| on).map(|b| LabeledBox {
                 bbox: b,
                 category: category(k),
             })

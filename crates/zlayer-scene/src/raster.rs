@@ -296,6 +296,19 @@ impl Mask {
     }
 }
 
+/// The smallest integer box holding every pixel of a row-major mask for which `on` holds.
+pub fn tight_box<T: Copy>(mask: &[T], width: usize, on: impl Fn(T) -> bool) -> Option<BBox> {
+    let mut b: Option<[usize; 4]> = None;
+    for (p, _) in mask.iter().enumerate().filter(|&(_, &m)| on(m)) {
+        let (x, y) = (p % width, p / width);
+        b = Some(match b {
+            None => [x, y, x + 1, y + 1],
+            Some([x1, y1, x2, y2]) => [x1.min(x), y1.min(y), x2.max(x + 1), y2.max(y + 1)],
+        });
+    }
+    b.map(|[x1, y1, x2, y2]| BBox::new(x1 as f64, y1 as f64, x2 as f64, y2 as f64))
+}
+
 /// The run lengths of either spelling of COCO RLE counts.
 pub fn rle_runs(counts: &RleCounts) -> Result<Vec<u64>, MaskError> {
     match counts {

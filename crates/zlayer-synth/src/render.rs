@@ -15,6 +15,7 @@ use crate::sample::{InstanceSpec, SceneSpec, prompt};
 use crate::vocab::{Background, Pattern, Shape};
 use tiny_skia::{FillRule, Mask, PathBuilder, Rect, Transform};
 use zlayer_composite::rgba::{Premul8, Straight8, over_stack8};
+use zlayer_scene::raster::tight_box;
 use zlayer_scene::{BBox, Instance, Scene};
 
 /// A rendered scene with its ground truth. All rasters are `size × size`, row-major.
@@ -105,7 +106,10 @@ fn to_scene(spec: &SceneSpec, amodal: &[Vec<u8>]) -> Scene {
     let size = spec.params.size;
     let n = spec.instances.len();
     let min = min_overlap_px(size);
-    let boxes: Vec<Option<BBox>> = amodal.iter().map(|m| tight_box(m, size as usize)).collect();
+    let boxes: Vec<Option<BBox>> = amodal
+        .iter()
+        .map(|m| tight_box(m, size as usize, |v| v > 0))
+        .collect();
     let overlap = |i: usize, j: usize| match (boxes[i], boxes[j]) {
         (Some(a), Some(b)) if a.overlaps(b) => {
             amodal[i]
@@ -152,21 +156,6 @@ fn to_scene(spec: &SceneSpec, amodal: &[Vec<u8>]) -> Scene {
         caption: None,
         instances,
     }
-}
-
-/// The smallest integer box holding every pixel with non-zero coverage.
-pub fn tight_box(mask: &[u8], size: usize) -> Option<BBox> {
-    let (mut x1, mut y1, mut x2, mut y2) = (usize::MAX, usize::MAX, 0, 0);
-    for (p, &v) in mask.iter().enumerate() {
-        if v > 0 {
-            let (x, y) = (p % size, p / size);
-            x1 = x1.min(x);
-            y1 = y1.min(y);
-            x2 = x2.max(x + 1);
-            y2 = y2.max(y + 1);
-        }
-    }
-    (x1 != usize::MAX).then(|| BBox::new(x1 as f64, y1 as f64, x2 as f64, y2 as f64))
 }
 
 /// The shape's silhouette inside its box.
