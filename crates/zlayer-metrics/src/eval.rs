@@ -1,15 +1,21 @@
 //! Evaluating generated images of synthetic scenes against their ground truth.
 //!
 //! Ground truth is a folder per scene as `zlayer synth --format png` writes it (`scene.json`,
-//! `amodal-K.png`, `visible-K.png`). Predictions are images named after those folders:
-//! `PRED/<name>.png` or `PRED/<name>/image.png`. Each predicted image is segmented
-//! ([`crate::segment`]) with the ground-truth boxes and caption colours, then scored:
+//! `image.png`, `amodal-K.png`, `visible-K.png`, `layer-K.png`). Predictions are images named
+//! after those folders: `PRED/<name>.png` or `PRED/<name>/image.png`. A prediction folder may
+//! also hold per-instance masks, which are then used instead of segmenting the image:
+//! `visible-K.png` (who owns each pixel), `amodal-K.png` (the boxes), `layer-K.png` (alpha,
+//! for the matting errors). Otherwise the image is segmented ([`crate::segment`]) with the
+//! ground-truth boxes and caption colours. Then:
 //!
 //! - occlusion: for every declared (ordered) overlapping pair, the front is the instance
 //!   owning more of the ground-truth amodal overlap; accuracy, Occ. F1, WHDR;
 //! - layout: visible-mask IoU per instance (mIoU), the same inside each pair's amodal overlap
 //!   (O-mIoU), and OverLayBench's box mIoU / O-mIoU from the segmented masks' boxes;
-//! - boundary: DAVIS boundary F and Boundary IoU of each segmented mask.
+//! - boundary: DAVIS boundary F and Boundary IoU of each mask; the image error against signed
+//!   distance to the foreground silhouette (PELC's curve) and within 2 px of it (halo L1);
+//! - matting (with predicted layers): SAD, MSE, Grad, Conn of each instance's alpha, over the
+//!   ground-truth alpha's unknown band and over the whole image.
 //!
 //! A scene whose declared order is cyclic is reported as `cyclic` and not scored; pairs
 //! declared in both directions are counted as `ambiguous`, and pairs whose order even the
@@ -18,8 +24,9 @@
 //! overlap pixels (a third instance covers the rest, or only an anti-aliased sliver shows),
 //! or when both are glass (a mix of two translucent colours reads the same in either order).
 
-use crate::boundary::{boundary_f, boundary_iou};
+use crate::boundary::{DistanceBin, boundary_f, boundary_iou, error_by_distance, halo_l1};
 use crate::layout::{BoxScore, LabeledBox, box_scores, mask_iou, mean, region_iou};
+use crate::matting::{Matting, Region, matting_regions};
 use crate::occlusion::{OcclusionScore, front_by_ownership, score};
 use crate::segment::{Target, segment};
 use rayon::prelude::*;
@@ -63,6 +70,23 @@ pub struct GtScene {
     pub visible: Vec<Vec<u8>>,
     /// Width and height.
     pub size: (usize, usize),
+    /// The ground-truth image.
+    pub image: Vec<[u8; 3]>,
+    /// Per-instance layer alpha (0–255), loaded only when predictions have layers.
+    pub alpha: Option<Vec<Vec<u8>>>,
+}
+
+/// A prediction: the image, and per-instance masks when the model wrote them.
+#[derive(Debug, Clone, Default)]
+pub struct Prediction {
+    /// RGB image.
+    pub image: Vec<[u8; 3]>,
+    /// Visible masks (0–255), used instead of segmenting.
+    pub visible: Option<Vec<Vec<u8>>>,
+    /// Amodal masks (0–255), whose boxes are compared with the ground-truth boxes.
+    pub amodal: Option<Vec<Vec<u8>>>,
+    /// Layer alphas (0–255), for the matting errors.
+    pub alpha: Option<Vec<Vec<u8>>>,
 }
 
 /// The scores of one scene.
@@ -90,6 +114,15 @@ pub struct SceneResult {
     pub boundary_f: Option<f64>,
     /// Mean Boundary IoU.
     pub boundary_iou: Option<f64>,
+    /// Mean absolute image error within 2 px of the foreground silhouette.
+    pub halo_l1: Option<f64>,
+    /// Image error binned by signed distance to the silhouette (summed into the summary).
+    #[serde(skip)]
+    pub curve: Vec<crate::boundary::DistanceBin>,
+    /// Mean matting errors over instances, in the ground-truth alpha's unknown band.
+    pub matting: Option<crate::matting::Matting>,
+    /// The same over the whole image.
+    pub matting_whole: Option<crate::matting::Matting>,
 }
 
 fn file_err(p: &Path, e: impl std::fmt::Display) -> EvalError {
@@ -145,7 +178,25 @@ pub fn load_gt(dir: &Path) -> Result<GtScene, EvalError> {
         amodal,
         visible,
         size,
+        image: read_rgb(&dir.join("image.png"))?.2,
+        alpha: None,
     })
+}
+
+/// Per-instance ground-truth layer alphas, for the matting errors.
+pub fn load_gt_alpha(dir: &Path, n: usize) -> Result<Vec<Vec<u8>>, EvalError> {
+    (0..n)
+        .map(|k| read_alpha(&dir.join(format!("layer-{k}.png"))))
+        .collect()
+}
+
+fn read_alpha(path: &Path) -> Result<Vec<u8>, EvalError> {
+    let img = zlayer_composite::read_png(path).map_err(|e| file_err(path, e))?;
+    Ok(img
+        .pixels
+        .iter()
+        .map(|p| zlayer_composite::rgba::quantize8(p.0[3]))
+        .collect())
 }
 
 /// Segmenter targets from a scene's boxes and caption colours.
@@ -164,8 +215,19 @@ pub fn targets(scene: &Scene) -> Result<Vec<Target>, String> {
         .collect()
 }
 
-/// Scores a predicted RGB image of a ground-truth scene.
-pub fn evaluate(gt: &GtScene, image: &[[u8; 3]], targets: &[Target]) -> SceneResult {
+/// Pixel owners from predicted visible masks: the instance with the highest coverage, if ≥ 0.5.
+fn owners(visible: &[Vec<u8>], px: usize) -> Vec<Option<usize>> {
+    (0..px)
+        .map(|p| {
+            (0..visible.len())
+                .filter(|&k| visible[k][p] >= 128)
+                .max_by_key(|&k| visible[k][p])
+        })
+        .collect()
+}
+
+/// Scores a prediction of a ground-truth scene.
+pub fn evaluate(gt: &GtScene, pred: &Prediction, targets: &[Target]) -> SceneResult {
     let (w, h) = gt.size;
     let n = gt.scene.instances.len();
     let mut r = SceneResult {
@@ -180,11 +242,18 @@ pub fn evaluate(gt: &GtScene, image: &[[u8; 3]], targets: &[Target]) -> SceneRes
         boxes: None,
         boundary_f: None,
         boundary_iou: None,
+        halo_l1: None,
+        curve: Vec::new(),
+        matting: None,
+        matting_whole: None,
     };
     let Some(pairs) = &gt.pairs else { return r };
     r.status = "scored";
-    let labels = segment(image, w, h, targets);
-    let pred: Vec<Vec<bool>> = (0..n)
+    let labels = match &pred.visible {
+        Some(v) => owners(v, w * h),
+        None => segment(&pred.image, w, h, targets),
+    };
+    let mask: Vec<Vec<bool>> = (0..n)
         .map(|k| labels.iter().map(|&l| l == Some(k)).collect())
         .collect();
     let truth: Vec<Vec<bool>> = gt
@@ -220,12 +289,12 @@ pub fn evaluate(gt: &GtScene, image: &[[u8; 3]], targets: &[Target]) -> SceneRes
         .map(|(&(i, j), reg)| front_by_ownership(&labels, reg, i, j))
         .collect();
     r.occlusion = Some(score(&shown, &fronts));
-    r.mask_miou = mean((0..n).map(|k| mask_iou(&pred[k], &truth[k])));
-    r.mask_o_miou = mean(shown.iter().zip(&regions).flat_map(|(&(i, j), reg)| {
-        [mean([
-            region_iou(&pred[i], &truth[i], reg),
-            region_iou(&pred[j], &truth[j], reg),
-        ])]
+    r.mask_miou = mean((0..n).map(|k| mask_iou(&mask[k], &truth[k])));
+    r.mask_o_miou = mean(shown.iter().zip(&regions).map(|(&(i, j), reg)| {
+        mean([
+            region_iou(&mask[i], &truth[i], reg),
+            region_iou(&mask[j], &truth[j], reg),
+        ])
     }));
     let category = |k: usize| {
         gt.scene.instances[k]
@@ -239,9 +308,13 @@ pub fn evaluate(gt: &GtScene, image: &[[u8; 3]], targets: &[Target]) -> SceneRes
             category: category(k),
         })
         .collect();
+    let pred_box = |k: usize| match &pred.amodal {
+        Some(a) => tight_box(&a[k], w, |v| v > 0),
+        None => tight_box(&mask[k], w, |on| on),
+    };
     let pred_boxes: Vec<LabeledBox> = (0..n)
         .filter_map(|k| {
-            tight_box(&pred[k], w, |on| on).map(|b| LabeledBox {
+            pred_box(k).map(|b| LabeledBox {
                 bbox: b,
                 category: category(k),
             })
@@ -252,15 +325,67 @@ pub fn evaluate(gt: &GtScene, image: &[[u8; 3]], targets: &[Target]) -> SceneRes
     r.boundary_f = mean(
         present
             .iter()
-            .map(|&k| Some(boundary_f(&pred[k], &truth[k], w, h))),
+            .map(|&k| Some(boundary_f(&mask[k], &truth[k], w, h))),
     );
     r.boundary_iou = mean(
         present
             .iter()
-            .map(|&k| Some(boundary_iou(&pred[k], &truth[k], w, h))),
+            .map(|&k| Some(boundary_iou(&mask[k], &truth[k], w, h))),
     );
+    // Image error around the foreground silhouette.
+    let fg: Vec<bool> = (0..w * h)
+        .map(|p| gt.amodal.iter().any(|a| a[p] >= 128))
+        .collect();
+    let err: Vec<f64> = pred
+        .image
+        .iter()
+        .zip(&gt.image)
+        .map(|(a, b)| {
+            (0..3)
+                .map(|c| (a[c] as f64 - b[c] as f64).abs())
+                .sum::<f64>()
+                / (3.0 * 255.0)
+        })
+        .collect();
+    r.halo_l1 = halo_l1(&err, &fg, w, h, 2.0);
+    r.curve = error_by_distance(&err, &fg, w, h, CURVE_MAX);
+    if let (Some(pa), Some(ga)) = (&pred.alpha, &gt.alpha) {
+        let f = |v: &[u8]| v.iter().map(|&x| x as f64 / 255.0).collect::<Vec<f64>>();
+        let per: Vec<(Matting, Matting)> = (0..n)
+            .map(|k| {
+                let (p, g) = (f(&pa[k]), f(&ga[k]));
+                let trimap: Vec<u8> = ga[k]
+                    .iter()
+                    .map(|&a| match a {
+                        0 => 0,
+                        255 => 255,
+                        _ => 128,
+                    })
+                    .collect();
+                let m = matting_regions(&p, &g, w, h, &[Region::Unknown(&trimap), Region::Whole]);
+                (m[0], m[1])
+            })
+            .collect();
+        let avg = |pick: fn(&(Matting, Matting)) -> Matting| {
+            let k = per.len().max(1) as f64;
+            let sum = per.iter().map(pick).fold([0.0; 4], |a, m| {
+                [a[0] + m.sad, a[1] + m.mse, a[2] + m.grad, a[3] + m.conn]
+            });
+            Matting {
+                sad: sum[0] / k,
+                mse: sum[1] / k,
+                grad: sum[2] / k,
+                conn: sum[3] / k,
+            }
+        };
+        r.matting = Some(avg(|m| m.0));
+        r.matting_whole = Some(avg(|m| m.1));
+    }
     r
 }
+
+/// Signed distances (px) the error curve spans on either side of the silhouette.
+pub const CURVE_MAX: i32 = 8;
 
 /// The predicted image for a scene: `PRED/<name>.png` or `PRED/<name>/image.png`.
 pub fn pred_path(pred: &Path, name: &str) -> Result<PathBuf, EvalError> {
@@ -304,16 +429,57 @@ pub fn evaluate_dirs(pred: &Path, gt: &Path) -> Result<Vec<SceneResult>, EvalErr
     dirs.sort();
     dirs.par_iter()
         .map(|d| {
-            let g = load_gt(d)?;
-            let path = pred_path(pred, &g.name)?;
-            let (w, h, image) = read_rgb(&path)?;
-            if (w, h) != g.size {
-                return Err(EvalError::Size(path, w, h, g.size.0, g.size.1));
+            let mut g = load_gt(d)?;
+            let pred = load_prediction(pred, &g)?;
+            if pred.alpha.is_some() {
+                g.alpha = Some(load_gt_alpha(d, g.scene.instances.len())?);
             }
             let t = targets(&g.scene).map_err(|m| file_err(&d.join("scene.json"), m))?;
-            Ok(evaluate(&g, &image, &t))
+            Ok(evaluate(&g, &pred, &t))
         })
         .collect()
+}
+
+/// Reads a scene's prediction: the image, and the per-instance masks its folder holds.
+pub fn load_prediction(pred: &Path, g: &GtScene) -> Result<Prediction, EvalError> {
+    let path = pred_path(pred, &g.name)?;
+    let (w, h, image) = read_rgb(&path)?;
+    if (w, h) != g.size {
+        return Err(EvalError::Size(path, w, h, g.size.0, g.size.1));
+    }
+    let dir = pred.join(&g.name);
+    let n = g.scene.instances.len();
+    let masks = |stem: &str| -> Result<Option<Vec<Vec<u8>>>, EvalError> {
+        if n == 0 || !dir.join(format!("{stem}-0.png")).is_file() {
+            return Ok(None);
+        }
+        (0..n)
+            .map(|k| {
+                let p = dir.join(format!("{stem}-{k}.png"));
+                let (mw, mh, m) = read_mask(&p)?;
+                if (mw, mh) != g.size {
+                    return Err(EvalError::Size(p, mw, mh, g.size.0, g.size.1));
+                }
+                Ok(m)
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(Some)
+    };
+    let alpha = if n > 0 && dir.join("layer-0.png").is_file() {
+        Some(
+            (0..n)
+                .map(|k| read_alpha(&dir.join(format!("layer-{k}.png"))))
+                .collect::<Result<Vec<_>, _>>()?,
+        )
+    } else {
+        None
+    };
+    Ok(Prediction {
+        image,
+        visible: masks("visible")?,
+        amodal: masks("amodal")?,
+        alpha,
+    })
 }
 
 /// Means over scenes.
@@ -347,6 +513,51 @@ pub struct Summary {
     pub boundary_f: Option<f64>,
     /// Boundary IoU.
     pub boundary_iou: Option<f64>,
+    /// Halo L1 (mean absolute error in [0, 1] within 2 px of the silhouette).
+    pub halo_l1: Option<f64>,
+    /// Image error against signed distance to the silhouette, pooled over scenes.
+    pub error_curve: Vec<DistanceBin>,
+    /// Matting errors in the unknown band, mean over scenes with predicted layers.
+    pub matting: Option<Matting>,
+    /// Matting errors over whole images.
+    pub matting_whole: Option<Matting>,
+}
+
+fn mean_matting<'a>(ms: impl Iterator<Item = &'a Matting>) -> Option<Matting> {
+    let (sum, n) = ms.fold(([0.0; 4], 0usize), |(a, n), m| {
+        (
+            [a[0] + m.sad, a[1] + m.mse, a[2] + m.grad, a[3] + m.conn],
+            n + 1,
+        )
+    });
+    (n > 0).then(|| {
+        let k = n as f64;
+        Matting {
+            sad: sum[0] / k,
+            mse: sum[1] / k,
+            grad: sum[2] / k,
+            conn: sum[3] / k,
+        }
+    })
+}
+
+/// Pools per-scene curves: each bin's mean weighted by its pixel count.
+fn pool_curves(rs: &[SceneResult]) -> Vec<DistanceBin> {
+    let n = (2 * CURVE_MAX + 1) as usize;
+    let (mut sum, mut cnt) = (vec![0.0; n], vec![0usize; n]);
+    for b in rs.iter().flat_map(|r| &r.curve) {
+        let k = (b.distance + CURVE_MAX) as usize;
+        sum[k] += b.mean_error * b.count as f64;
+        cnt[k] += b.count;
+    }
+    (0..n)
+        .filter(|&k| cnt[k] > 0)
+        .map(|k| DistanceBin {
+            distance: k as i32 - CURVE_MAX,
+            mean_error: sum[k] / cnt[k] as f64,
+            count: cnt[k],
+        })
+        .collect()
 }
 
 /// Averages per-scene results (per image, then over images, as the definitions say).
@@ -370,6 +581,10 @@ pub fn summarize(rs: &[SceneResult]) -> Summary {
         box_o_miou: mean(rs.iter().map(|r| r.boxes.and_then(|b| b.o_miou))),
         boundary_f: mean(rs.iter().map(|r| r.boundary_f)),
         boundary_iou: mean(rs.iter().map(|r| r.boundary_iou)),
+        halo_l1: mean(rs.iter().map(|r| r.halo_l1)),
+        error_curve: pool_curves(rs),
+        matting: mean_matting(rs.iter().filter_map(|r| r.matting.as_ref())),
+        matting_whole: mean_matting(rs.iter().filter_map(|r| r.matting_whole.as_ref())),
     }
 }
 
@@ -397,19 +612,44 @@ pub fn markdown(s: &Summary, title: &str) -> String {
         cell(s.box_o_miou),
         cell(s.boundary_f),
         cell(s.boundary_iou)
-    )
+    ) + &extra_tables(s)
+}
+
+fn extra_tables(s: &Summary) -> String {
+    let mut out = format!(
+        "\nHalo L1 (within 2 px of the silhouette): {}\n",
+        cell(s.halo_l1)
+    );
+    if !s.error_curve.is_empty() {
+        out += "\n| signed distance (px) | mean abs. error | pixels |\n|---|---|---|\n";
+        for b in &s.error_curve {
+            out += &format!("| {} | {:.5} | {} |\n", b.distance, b.mean_error, b.count);
+        }
+    }
+    for (name, m) in [
+        ("unknown band", s.matting),
+        ("whole image", s.matting_whole),
+    ] {
+        if let Some(m) = m {
+            out += &format!(
+                "\nMatting ({name}): SAD {:.5}, MSE {:.6}, Grad {:.5}, Conn {:.5}\n",
+                m.sad, m.mse, m.grad, m.conn
+            );
+        }
+    }
+    out
 }
 
 /// Per-scene results as CSV.
 pub fn csv(rs: &[SceneResult]) -> String {
     let mut out = String::from(
-        "scene,status,instances,pairs,correct,ambiguous_pairs,hidden_pairs,order_accuracy,occ_f1,whdr,mask_miou,mask_o_miou,box_miou,box_o_miou,boundary_f,boundary_iou\n",
+        "scene,status,instances,pairs,correct,ambiguous_pairs,hidden_pairs,order_accuracy,occ_f1,whdr,mask_miou,mask_o_miou,box_miou,box_o_miou,boundary_f,boundary_iou,halo_l1,sad,mse,grad,conn\n",
     );
     let f = |v: Option<f64>| v.map_or(String::new(), |x| format!("{x:.6}"));
     for r in rs {
         let o = r.occlusion.as_ref();
         out += &format!(
-            "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}\n",
+            "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}\n",
             r.name,
             r.status,
             r.instances,
@@ -425,7 +665,12 @@ pub fn csv(rs: &[SceneResult]) -> String {
             f(r.boxes.and_then(|b| b.miou)),
             f(r.boxes.and_then(|b| b.o_miou)),
             f(r.boundary_f),
-            f(r.boundary_iou)
+            f(r.boundary_iou),
+            f(r.halo_l1),
+            f(r.matting.map(|m| m.sad)),
+            f(r.matting.map(|m| m.mse)),
+            f(r.matting.map(|m| m.grad)),
+            f(r.matting.map(|m| m.conn))
         );
     }
     out

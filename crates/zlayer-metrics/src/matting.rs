@@ -40,12 +40,32 @@ pub struct Matting {
 
 /// All four errors of a `w × h` prediction against the ground truth.
 pub fn matting(pred: &[f64], gt: &[f64], w: usize, h: usize, region: Region) -> Matting {
-    Matting {
-        sad: sad(pred, gt, region),
-        mse: mse(pred, gt, region),
-        grad: grad(pred, gt, w, h, region),
-        conn: conn(pred, gt, w, h, region),
-    }
+    matting_regions(pred, gt, w, h, &[region])[0]
+}
+
+/// All four errors over several regions at once: the gradient and connectivity maps, which
+/// do not depend on the region, are computed once.
+pub fn matting_regions(
+    pred: &[f64],
+    gt: &[f64],
+    w: usize,
+    h: usize,
+    regions: &[Region],
+) -> Vec<Matting> {
+    let (gp, gg) = grad_maps(pred, gt, w, h);
+    let (pp, pg) = conn_maps(pred, gt, w, h);
+    let sum = |r: &Region, f: &dyn Fn(usize) -> f64| {
+        (0..w * h).filter(|&p| r.contains(p)).map(f).sum::<f64>()
+    };
+    regions
+        .iter()
+        .map(|r| Matting {
+            sad: sad(pred, gt, *r),
+            mse: mse(pred, gt, *r),
+            grad: sum(r, &|p| (gp[p] - gg[p]).powi(2)) / 1000.0,
+            conn: sum(r, &|p| (pp[p] - pg[p]).abs()) / 1000.0,
+        })
+        .collect()
 }
 
 /// SAD = Σ_U |p − g| / 1000.
@@ -67,44 +87,59 @@ pub fn mse(pred: &[f64], gt: &[f64], region: Region) -> f64 {
     if n == 0 { 0.0 } else { sum / n as f64 }
 }
 
-/// The 9×9 Gaussian-derivative kernel hx(i, j) = G(u_i)·G′(u_j), σ = 1.4, unit Frobenius norm.
-/// Its half size, ceil(σ·sqrt(−2 ln(√(2π)·σ·0.01))) = 4, is the DIM reference's.
-fn gauss_kernel(sigma: f64) -> (usize, Vec<f64>) {
+/// The 9×9 Gaussian-derivative kernel hx(i, j) = G(u_i)·G′(u_j), σ = 1.4, unit Frobenius
+/// norm, as its two separable factors (G, G′ / norm). Its half size,
+/// ceil(σ·sqrt(−2 ln(√(2π)·σ·0.01))) = 4, is the DIM reference's.
+fn gauss_factors(sigma: f64) -> (usize, Vec<f64>, Vec<f64>) {
     let half = (sigma * (-2.0 * ((2.0 * std::f64::consts::PI).sqrt() * sigma * 1e-2).ln()).sqrt())
         .ceil() as usize;
-    let n = 2 * half + 1;
     let g = |x: f64| {
         (-x * x / (2.0 * sigma * sigma)).exp() / (sigma * (2.0 * std::f64::consts::PI).sqrt())
     };
-    let dg = |x: f64| -x * g(x) / (sigma * sigma);
-    let mut k: Vec<f64> = (0..n * n)
-        .map(|idx| g((idx / n) as f64 - half as f64) * dg((idx % n) as f64 - half as f64))
-        .collect();
-    let norm = k.iter().map(|v| v * v).sum::<f64>().sqrt();
-    k.iter_mut().for_each(|v| *v /= norm);
-    (half, k)
+    let u: Vec<f64> = (0..2 * half + 1).map(|i| i as f64 - half as f64).collect();
+    let gs: Vec<f64> = u.iter().map(|&x| g(x)).collect();
+    let ds: Vec<f64> = u.iter().map(|&x| -x * g(x) / (sigma * sigma)).collect();
+    // ‖G ⊗ G′‖_F = ‖G‖·‖G′‖.
+    let norm =
+        gs.iter().map(|v| v * v).sum::<f64>().sqrt() * ds.iter().map(|v| v * v).sum::<f64>().sqrt();
+    (half, gs, ds.iter().map(|v| v / norm).collect())
 }
 
-/// Gradient magnitude by correlating with hx and hy = hxᵀ, replicate border.
-fn gauss_gradient(img: &[f64], w: usize, h: usize, half: usize, k: &[f64]) -> Vec<f64> {
-    let n = 2 * half + 1;
-    let clamp = |v: isize, hi: usize| v.clamp(0, hi as isize - 1) as usize;
+/// Correlates rows with `kx` and then columns with `ky`, replicate border.
+fn separable(img: &[f64], w: usize, h: usize, half: usize, kx: &[f64], ky: &[f64]) -> Vec<f64> {
+    let at = |v: usize, d: usize, n: usize| (v + d).saturating_sub(half).min(n - 1);
+    let mut rows = vec![0.0; w * h];
+    for y in 0..h {
+        for x in 0..w {
+            rows[y * w + x] = kx
+                .iter()
+                .enumerate()
+                .map(|(j, k)| k * img[y * w + at(x, j, w)])
+                .sum();
+        }
+    }
     let mut out = vec![0.0; w * h];
     for y in 0..h {
         for x in 0..w {
-            let (mut gx, mut gy) = (0.0, 0.0);
-            for i in 0..n {
-                let yy = clamp(y as isize + i as isize - half as isize, h);
-                for j in 0..n {
-                    let v = img[yy * w + clamp(x as isize + j as isize - half as isize, w)];
-                    gx += k[i * n + j] * v;
-                    gy += k[j * n + i] * v;
-                }
-            }
-            out[y * w + x] = (gx * gx + gy * gy).sqrt();
+            out[y * w + x] = ky
+                .iter()
+                .enumerate()
+                .map(|(i, k)| k * rows[at(y, i, h) * w + x])
+                .sum();
         }
     }
     out
+}
+
+/// Gradient magnitude with hx and hy = hxᵀ: hx is G′ along rows and G along columns.
+fn gauss_gradient(img: &[f64], w: usize, h: usize) -> Vec<f64> {
+    let (half, g, dg) = gauss_factors(1.4);
+    let gx = separable(img, w, h, half, &dg, &g);
+    let gy = separable(img, w, h, half, &g, &dg);
+    gx.iter()
+        .zip(&gy)
+        .map(|(a, b)| (a * a + b * b).sqrt())
+        .collect()
 }
 
 /// Min-max normalisation to [0, 1]; a constant image becomes all zeros (as OpenCV does).
@@ -129,14 +164,14 @@ fn min_max(v: &[f64]) -> Vec<f64> {
 /// Grad = Σ_U (|∇p| − |∇g|)² / 1000, after min-max normalising p and g, with the 9×9
 /// Gaussian-derivative filter of σ = 1.4 and replicate borders.
 pub fn grad(pred: &[f64], gt: &[f64], w: usize, h: usize, region: Region) -> f64 {
-    let (half, k) = gauss_kernel(1.4);
-    let gp = gauss_gradient(&min_max(pred), w, h, half, &k);
-    let gg = gauss_gradient(&min_max(gt), w, h, half, &k);
-    (0..w * h)
-        .filter(|&p| region.contains(p))
-        .map(|p| (gp[p] - gg[p]).powi(2))
-        .sum::<f64>()
-        / 1000.0
+    matting(pred, gt, w, h, region).grad
+}
+
+fn grad_maps(pred: &[f64], gt: &[f64], w: usize, h: usize) -> (Vec<f64>, Vec<f64>) {
+    (
+        gauss_gradient(&min_max(pred), w, h),
+        gauss_gradient(&min_max(gt), w, h),
+    )
 }
 
 /// Conn: at thresholds t = 0.1, 0.2, …, 1, the largest 4-connected component of
@@ -144,6 +179,11 @@ pub fn grad(pred: &[f64], gt: &[f64], w: usize, h: usize, region: Region) -> f64
 /// leaves that component (1 if it never does). φ = 1 − d·[d ≥ 0.15] with d = α − l.
 /// Conn = Σ_U |φ_p − φ_g| / 1000.
 pub fn conn(pred: &[f64], gt: &[f64], w: usize, h: usize, region: Region) -> f64 {
+    matting(pred, gt, w, h, region).conn
+}
+
+/// φ_p and φ_g of the connectivity error.
+fn conn_maps(pred: &[f64], gt: &[f64], w: usize, h: usize) -> (Vec<f64>, Vec<f64>) {
     let mut level = vec![-1.0f64; w * h];
     for i in 1..=10 {
         // i·0.1 in f64, exactly the values numpy.arange(0, 1.1, 0.1) produces.
@@ -151,16 +191,16 @@ pub fn conn(pred: &[f64], gt: &[f64], w: usize, h: usize, region: Region) -> f64
         let both: Vec<bool> = (0..w * h).map(|p| pred[p] >= t && gt[p] >= t).collect();
         let (labels, sizes) = crate::grid::components4(&both, w, h);
         // The first of the largest components, as numpy's argmax picks it.
-        let largest = sizes.iter().enumerate().fold(
-            None,
-            |best: Option<(usize, usize)>, (k, &s)| match best {
-                Some((_, bs)) if bs >= s => best,
-                _ => Some((k, s)),
-            },
-        );
-        let keep = largest.map(|(k, _)| k as u32 + 1);
+        let mut keep = 0u32;
+        let mut best = 0usize;
+        for (k, &s) in sizes.iter().enumerate() {
+            if s > best {
+                best = s;
+                keep = k as u32 + 1;
+            }
+        }
         for p in 0..w * h {
-            if level[p] == -1.0 && Some(labels[p]) != keep.filter(|_| labels[p] != 0) {
+            if level[p] == -1.0 && (labels[p] == 0 || labels[p] != keep) {
                 level[p] = prev;
             }
         }
@@ -169,9 +209,8 @@ pub fn conn(pred: &[f64], gt: &[f64], w: usize, h: usize, region: Region) -> f64
         let d = a - if l == -1.0 { 1.0 } else { l };
         1.0 - if d >= 0.15 { d } else { 0.0 }
     };
-    (0..w * h)
-        .filter(|&p| region.contains(p))
-        .map(|p| (phi(pred[p], level[p]) - phi(gt[p], level[p])).abs())
-        .sum::<f64>()
-        / 1000.0
+    (
+        (0..w * h).map(|p| phi(pred[p], level[p])).collect(),
+        (0..w * h).map(|p| phi(gt[p], level[p])).collect(),
+    )
 }

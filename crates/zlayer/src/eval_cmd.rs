@@ -23,7 +23,7 @@ pub struct EvalArgs {
     /// Where to write summary.json, summary.md and per_scene.csv (default: PRED/eval).
     #[arg(long)]
     out: Option<PathBuf>,
-    /// Also draw the summary as a bar chart (metrics.png).
+    /// Also draw the summary (metrics.png) and the error-vs-distance curve (halo.png).
     #[arg(long)]
     plot: bool,
 }
@@ -73,6 +73,7 @@ pub fn run(a: EvalArgs) -> Result<(), Failure> {
     }
     if a.plot {
         plot(&summary, &out.join("metrics.png"))?;
+        plot_curve(&summary, &out.join("halo.png"))?;
     }
     crate::cli::print_stdout(&md)?;
     eprintln!(
@@ -114,6 +115,51 @@ fn plot(s: &Summary, path: &Path) -> Result<(), Failure> {
             c.fill_rect([140.0, y, 400.0 * *v as f32, row - 8.0], level_colour(k));
             c.text(550.0, y + 6.0, &format!("{v:.3}"), 1.0, [20, 20, 20, 255]);
         }
+    }
+    write_png(path, &c.to_image(), BitDepth::Eight).map_err(user)
+}
+
+/// The image error against signed distance to the silhouette (PELC's halo curve).
+fn plot_curve(s: &Summary, path: &Path) -> Result<(), Failure> {
+    let (w, h, m) = (640.0, 360.0, 50.0);
+    let mut c = Canvas::new(w as u32, h as u32, [255; 4])
+        .ok_or_else(|| Failure::Internal("no canvas".into()))?;
+    let ink = [20, 20, 20, 255];
+    c.text(
+        m,
+        12.0,
+        "mean abs. image error vs signed distance to the silhouette (px)",
+        1.0,
+        ink,
+    );
+    let ymax = s
+        .error_curve
+        .iter()
+        .map(|b| b.mean_error)
+        .fold(1e-3, f64::max) as f32;
+    let d = zlayer_metrics::eval::CURVE_MAX as f32;
+    let px = |dist: f32| m + (dist + d) / (2.0 * d) * (w - 2.0 * m);
+    let py = |e: f32| h - m - e / ymax * (h - 2.0 * m);
+    c.line((m, h - m), (w - m, h - m), ink, 1.0);
+    c.line((px(0.0), m), (px(0.0), h - m), [180, 180, 180, 255], 1.0);
+    c.text(px(0.0) - 20.0, h - m + 8.0, "edge", 1.0, ink);
+    c.text(m, h - m + 8.0, &format!("-{d} (inside)"), 1.0, ink);
+    c.text(
+        w - m - 90.0,
+        h - m + 8.0,
+        &format!("+{d} (outside)"),
+        1.0,
+        ink,
+    );
+    c.text(4.0, m - 4.0, &format!("{ymax:.3}"), 1.0, ink);
+    for pair in s.error_curve.windows(2) {
+        let (a, b) = (&pair[0], &pair[1]);
+        c.line(
+            (px(a.distance as f32), py(a.mean_error as f32)),
+            (px(b.distance as f32), py(b.mean_error as f32)),
+            level_colour(3),
+            2.0,
+        );
     }
     write_png(path, &c.to_image(), BitDepth::Eight).map_err(user)
 }

@@ -385,7 +385,10 @@ fn eval_scores_ground_truth_against_itself_and_names_bad_input() {
             .count(),
         13
     );
-    assert!(out.join("metrics.png").exists());
+    assert!(out.join("metrics.png").exists() && out.join("halo.png").exists());
+    // The ground-truth folders hold masks, so ground truth against itself is perfect.
+    assert_eq!(summary["summary"]["order_accuracy"], 1.0);
+    assert_eq!(summary["summary"]["mask_miou"], 1.0);
 
     let run = zlayer(&[
         "eval",
