@@ -1,0 +1,138 @@
+//! Model shapes as plain data, with named presets (`tiny` for CPU, `flux_dev` for the real
+//! weights). `validate` checks the invariants and names both values when they disagree.
+
+/// The shape of a Flux-style MM-DiT.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// Channels of an image token (latent channels × patch²).
+    pub in_channels: usize,
+    /// Width of the residual stream.
+    pub hidden_size: usize,
+    /// Attention heads.
+    pub num_heads: usize,
+    /// Double-stream (separate image/text weights) blocks.
+    pub depth: usize,
+    /// Single-stream (joint) blocks.
+    pub depth_single_blocks: usize,
+    /// MLP width ÷ hidden size.
+    pub mlp_ratio: f64,
+    /// Width of the text encoder's sequence output.
+    pub context_in_dim: usize,
+    /// Width of the pooled text vector.
+    pub vec_in_dim: usize,
+    /// RoPE dimensions per axis (layer, row, col); they sum to the head dimension.
+    pub axes_dim: [usize; 3],
+    /// RoPE base.
+    pub theta: f64,
+    /// Bias on the fused q/k/v projections.
+    pub qkv_bias: bool,
+    /// Whether a distilled guidance scale is embedded (Flux.1-dev).
+    pub guidance_embed: bool,
+}
+
+/// A config whose numbers do not fit together.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("invalid model config: {0}")]
+pub struct ConfigError(pub String);
+
+impl Config {
+    /// The CPU preset: 16×16 latent tokens of 8 channels, trains on 2 cores.
+    pub fn tiny() -> Self {
+        Self {
+            in_channels: 8,
+            hidden_size: 128,
+            num_heads: 4,
+            depth: 2,
+            depth_single_blocks: 4,
+            mlp_ratio: 4.0,
+            context_in_dim: 128,
+            vec_in_dim: 128,
+            axes_dim: [8, 12, 12],
+            theta: 10_000.0,
+            qkv_bias: true,
+            guidance_embed: false,
+        }
+    }
+
+    /// FLUX.1-dev's shapes (black-forest-labs/flux, `configs["flux-dev"]`).
+    pub fn flux_dev() -> Self {
+        Self {
+            in_channels: 64,
+            hidden_size: 3072,
+            num_heads: 24,
+            depth: 19,
+            depth_single_blocks: 38,
+            mlp_ratio: 4.0,
+            context_in_dim: 4096,
+            vec_in_dim: 768,
+            axes_dim: [16, 56, 56],
+            theta: 10_000.0,
+            qkv_bias: true,
+            guidance_embed: true,
+        }
+    }
+
+    /// Head dimension.
+    pub fn head_dim(&self) -> usize {
+        self.hidden_size / self.num_heads
+    }
+
+    /// MLP hidden width.
+    pub fn mlp_hidden(&self) -> usize {
+        (self.hidden_size as f64 * self.mlp_ratio) as usize
+    }
+
+    /// Checks that the numbers fit together.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let e = |m: String| Err(ConfigError(m));
+        if self.num_heads == 0 || !self.hidden_size.is_multiple_of(self.num_heads) {
+            return e(format!(
+                "hidden {} is not divisible by {} heads",
+                self.hidden_size, self.num_heads
+            ));
+        }
+        let sum: usize = self.axes_dim.iter().sum();
+        if sum != self.head_dim() {
+            return e(format!(
+                "RoPE axes {:?} sum to {sum}, but the head dimension is {}",
+                self.axes_dim,
+                self.head_dim()
+            ));
+        }
+        if let Some(a) = self.axes_dim.iter().find(|a| !a.is_multiple_of(2)) {
+            return e(format!(
+                "RoPE axis dimension {a} is odd; each axis rotates pairs"
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn presets_are_valid_and_errors_name_both_values() {
+        Config::tiny().validate().unwrap();
+        Config::flux_dev().validate().unwrap();
+        let bad = Config {
+            num_heads: 5,
+            ..Config::tiny()
+        };
+        assert_eq!(
+            bad.validate().unwrap_err().to_string(),
+            "invalid model config: hidden 128 is not divisible by 5 heads"
+        );
+        let bad = Config {
+            axes_dim: [8, 12, 10],
+            ..Config::tiny()
+        };
+        assert!(
+            bad.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("sum to 30, but the head dimension is 32")
+        );
+    }
+}

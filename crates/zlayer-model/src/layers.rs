@@ -1,0 +1,183 @@
+//! Building blocks, all written with ops that have a backward pass in candle 0.11.
+//!
+//! candle's fused `softmax_last_dim`, `rms_norm`, `layer_norm` and rope kernels have no
+//! backward (DESIGN.md §6): gradients silently stop there. Everything here is composed from
+//! plain ops instead, and `tests/gradients.rs` asserts every parameter receives a gradient.
+//! Structure and names follow black-forest-labs/flux `modules/layers.py`.
+
+use candle_core::{D, DType, Result, Tensor};
+use candle_nn::{Linear, Module, VarBuilder};
+
+/// RMS normalisation over the last dimension with a learned scale (`…scale` key).
+pub fn rms_norm(x: &Tensor, scale: &Tensor, eps: f64) -> Result<Tensor> {
+    let rms = (x.sqr()?.mean_keepdim(D::Minus1)? + eps)?.sqrt()?;
+    x.broadcast_div(&rms)?.broadcast_mul(scale)
+}
+
+/// Layer normalisation over the last dimension, without affine parameters (eps 1e-6).
+pub fn layer_norm(x: &Tensor) -> Result<Tensor> {
+    let mean = x.mean_keepdim(D::Minus1)?;
+    let xc = x.broadcast_sub(&mean)?;
+    let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
+    xc.broadcast_div(&(var + 1e-6)?.sqrt()?)
+}
+
+/// Sinusoidal embedding of timesteps `t` (B,) scaled by 1000, as Flux does: (B, dim).
+pub fn timestep_embedding(t: &Tensor, dim: usize) -> Result<Tensor> {
+    const MAX_PERIOD: f64 = 10_000.0;
+    let dev = t.device();
+    let half = dim / 2;
+    let freqs = (Tensor::arange(0u32, half as u32, dev)?.to_dtype(DType::F32)?
+        * (-MAX_PERIOD.ln() / half as f64))?
+        .exp()?;
+    let args =
+        (t.to_dtype(DType::F32)?.unsqueeze(1)? * 1000.0)?.broadcast_mul(&freqs.unsqueeze(0)?)?; // (B, half)
+    Tensor::cat(&[args.cos()?, args.sin()?], D::Minus1)?.to_dtype(t.dtype())
+}
+
+/// RoPE angles for ids (B, L, 3): returns (cos, sin), each (B, 1, L, head_dim/2).
+pub fn rope(ids: &Tensor, axes_dim: &[usize; 3], theta: f64) -> Result<(Tensor, Tensor)> {
+    let dev = ids.device();
+    let mut angles = Vec::with_capacity(3);
+    for (a, &d) in axes_dim.iter().enumerate() {
+        let pos = ids.narrow(D::Minus1, a, 1)?.to_dtype(DType::F32)?; // (B, L, 1)
+        let omega =
+            (Tensor::arange_step(0f32, d as f32, 2.0, dev)? * (-theta.ln() / d as f64))?.exp()?; // (d/2,)
+        angles.push(pos.broadcast_mul(&omega.unsqueeze(0)?.unsqueeze(0)?)?); // (B, L, d/2)
+    }
+    let ang = Tensor::cat(&angles, D::Minus1)?.unsqueeze(1)?; // (B, 1, L, head_dim/2)
+    Ok((ang.cos()?, ang.sin()?))
+}
+
+/// Rotates consecutive pairs (x₀, x₁) of the last dimension: (B, H, L, D).
+pub fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    let (b, h, l, d) = x.dims4()?;
+    let x = x.reshape((b, h, l, d / 2, 2))?;
+    let (x0, x1) = (
+        x.narrow(D::Minus1, 0, 1)?.squeeze(D::Minus1)?,
+        x.narrow(D::Minus1, 1, 1)?.squeeze(D::Minus1)?,
+    );
+    let cos = cos.to_dtype(x0.dtype())?;
+    let sin = sin.to_dtype(x0.dtype())?;
+    let r0 = (x0.broadcast_mul(&cos)? - x1.broadcast_mul(&sin)?)?;
+    let r1 = (x0.broadcast_mul(&sin)? + x1.broadcast_mul(&cos)?)?;
+    Tensor::stack(&[r0, r1], D::Minus1)?.reshape((b, h, l, d))
+}
+
+/// Scaled dot-product attention with RoPE: q, k, v (B, H, L, D) → (B, L, H·D).
+pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, pe: &(Tensor, Tensor)) -> Result<Tensor> {
+    let (q, k) = (apply_rope(q, &pe.0, &pe.1)?, apply_rope(k, &pe.0, &pe.1)?);
+    let (b, h, l, d) = q.dims4()?;
+    let scores = (q.matmul(&k.t()?)? / (d as f64).sqrt())?; // (B, H, L, L)
+    let probs = candle_nn::ops::softmax(&scores, D::Minus1)?;
+    probs.matmul(v)?.transpose(1, 2)?.reshape((b, l, h * d))
+}
+
+/// Two linears with SiLU between (`in_layer`, `out_layer`).
+#[derive(Debug, Clone)]
+pub struct MlpEmbedder {
+    in_layer: Linear,
+    out_layer: Linear,
+}
+
+impl MlpEmbedder {
+    /// Loads `in_layer` and `out_layer`.
+    pub fn new(in_sz: usize, h_sz: usize, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            in_layer: candle_nn::linear(in_sz, h_sz, vb.pp("in_layer"))?,
+            out_layer: candle_nn::linear(h_sz, h_sz, vb.pp("out_layer"))?,
+        })
+    }
+}
+
+impl Module for MlpEmbedder {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.out_layer.forward(&self.in_layer.forward(x)?.silu()?)
+    }
+}
+
+/// Shift, scale and gate from the conditioning vector.
+#[derive(Debug, Clone)]
+pub struct ModulationOut {
+    /// Added after normalisation.
+    pub shift: Tensor,
+    /// Multiplies (1 + scale) after normalisation.
+    pub scale: Tensor,
+    /// Multiplies the residual branch.
+    pub gate: Tensor,
+}
+
+impl ModulationOut {
+    /// `(1 + scale) · x + shift`.
+    pub fn modulate(&self, x: &Tensor) -> Result<Tensor> {
+        x.broadcast_mul(&(&self.scale + 1.0)?)?
+            .broadcast_add(&self.shift)
+    }
+}
+
+/// `lin(silu(vec))` split into one or two (shift, scale, gate) triples.
+#[derive(Debug, Clone)]
+pub struct Modulation {
+    lin: Linear,
+    double: bool,
+}
+
+impl Modulation {
+    /// Loads `lin` with 3 or 6 outputs per hidden unit.
+    pub fn new(dim: usize, double: bool, vb: VarBuilder) -> Result<Self> {
+        let mult = if double { 6 } else { 3 };
+        Ok(Self {
+            lin: candle_nn::linear(dim, mult * dim, vb.pp("lin"))?,
+            double,
+        })
+    }
+
+    /// The triples, each (B, 1, dim).
+    pub fn forward(&self, vec: &Tensor) -> Result<Vec<ModulationOut>> {
+        let out = self.lin.forward(&vec.silu()?)?.unsqueeze(1)?;
+        let parts = out.chunk(if self.double { 6 } else { 3 }, D::Minus1)?;
+        Ok(parts
+            .chunks(3)
+            .map(|c| ModulationOut {
+                shift: c[0].clone(),
+                scale: c[1].clone(),
+                gate: c[2].clone(),
+            })
+            .collect())
+    }
+}
+
+/// RMS norms on queries and keys (`query_norm.scale`, `key_norm.scale`).
+#[derive(Debug, Clone)]
+pub struct QkNorm {
+    query: Tensor,
+    key: Tensor,
+}
+
+impl QkNorm {
+    /// Loads the two scales.
+    pub fn new(dim: usize, vb: VarBuilder) -> Result<Self> {
+        let init = candle_nn::Init::Const(1.0);
+        Ok(Self {
+            query: vb.get_with_hints(dim, "query_norm.scale", init)?,
+            key: vb.get_with_hints(dim, "key_norm.scale", init)?,
+        })
+    }
+
+    /// Normalises q and k.
+    pub fn forward(&self, q: &Tensor, k: &Tensor) -> Result<(Tensor, Tensor)> {
+        Ok((
+            rms_norm(q, &self.query, 1e-6)?,
+            rms_norm(k, &self.key, 1e-6)?,
+        ))
+    }
+}
+
+/// Splits fused q/k/v (B, L, 3·H·D) into three (B, H, L, D) tensors.
+pub fn split_qkv(qkv: &Tensor, heads: usize) -> Result<(Tensor, Tensor, Tensor)> {
+    let (b, l, three_hd) = qkv.dims3()?;
+    let qkv = qkv
+        .reshape((b, l, 3, heads, three_hd / 3 / heads))?
+        .permute((2, 0, 3, 1, 4))?; // (3, B, H, L, D)
+    Ok((qkv.get(0)?, qkv.get(1)?, qkv.get(2)?))
+}

@@ -1,0 +1,14 @@
+//! zlayer's models in candle. The same block code runs the `tiny` CPU preset and the
+//! Flux.1-dev shape.
+//!
+//! - [`config`]: shapes as data, with presets.
+//! - [`layers`]: differentiable building blocks (norms, RoPE, attention, modulation).
+//! - [`dit`]: the Flux-style MM-DiT.
+#![warn(missing_docs)]
+
+pub mod config;
+pub mod dit;
+pub mod layers;
+
+pub use config::Config;
+pub use dit::{Flux, FluxInput};
