@@ -4,11 +4,13 @@
 //! - [`config`]: shapes as data, with presets.
 //! - [`layers`]: differentiable building blocks (norms, RoPE, attention, modulation).
 //! - [`dit`]: the Flux-style MM-DiT.
+//! - [`sampling`]: rectified flow: noise, schedule, Euler `denoise`, guidance, training pairs.
 #![warn(missing_docs)]
 
 pub mod config;
 pub mod dit;
 pub mod layers;
+pub mod sampling;
 
 pub use config::Config;
 pub use dit::{Flux, FluxInput};

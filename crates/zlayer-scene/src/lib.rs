@@ -11,6 +11,7 @@ mod diag;
 pub mod formats;
 mod graph;
 pub mod raster;
+pub mod rng;
 mod scene;
 mod validate;
 

@@ -1,7 +1,7 @@
 //! The scene sampler: from (seed, index, split, size) to a [`SceneSpec`], deterministically.
 //!
-//! Randomness comes from our own SplitMix64, not a crate, so that scene k of seed s stays
-//! byte-identical across dependency upgrades. Splits follow OverLayBench's easy/medium/hard:
+//! Randomness comes from zlayer's own SplitMix64 (`zlayer_scene::rng`), not a crate, so that
+//! scene k of seed s stays byte-identical across dependency upgrades. Splits follow OverLayBench's easy/medium/hard:
 //!
 //! | split | instances | overlap probability | box side (fraction of canvas) |
 //! |---|---|---|---|
@@ -16,47 +16,7 @@
 
 use crate::vocab::{Background, Colour, Look, Material, Pattern, Shape};
 
-/// SplitMix64: tiny, fast, and fixed forever, so datasets regenerate byte-identically.
-#[derive(Debug, Clone)]
-pub struct Rng(u64);
-
-impl Rng {
-    /// A generator from a seed.
-    pub fn new(seed: u64) -> Self {
-        Self(seed)
-    }
-
-    /// The next 64 random bits.
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in [0, 1).
-    pub fn f32(&mut self) -> f32 {
-        (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32
-    }
-
-    /// Uniform in [a, b).
-    pub fn range(&mut self, a: f32, b: f32) -> f32 {
-        a + (b - a) * self.f32()
-    }
-
-    /// Uniform in 0..n (n > 0).
-    pub fn below(&mut self, n: usize) -> usize {
-        (self.next_u64() % n as u64) as usize
-    }
-
-    /// Fisher-Yates shuffle.
-    pub fn shuffle<T>(&mut self, v: &mut [T]) {
-        for i in (1..v.len()).rev() {
-            v.swap(i, self.below(i + 1));
-        }
-    }
-}
+pub use zlayer_scene::rng::Rng;
 
 /// Scene difficulty, as OverLayBench's simple/regular/complex.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
