@@ -4,6 +4,8 @@
 //! - [`config`]: shapes as data, with presets.
 //! - [`layers`]: differentiable building blocks (norms, RoPE, attention, modulation).
 //! - [`dit`]: the Flux-style MM-DiT.
+//! - [`text`]: word-level tokenizer and the tiny text encoder.
+//! - [`vae`]: the small KL autoencoder (nearest-then-conv upsampling).
 //! - [`sampling`]: rectified flow: noise, schedule, Euler `denoise`, guidance, training pairs.
 #![warn(missing_docs)]
 
@@ -11,6 +13,8 @@ pub mod config;
 pub mod dit;
 pub mod layers;
 pub mod sampling;
+pub mod text;
+pub mod vae;
 
 pub use config::Config;
 pub use dit::{Flux, FluxInput};

@@ -1,0 +1,253 @@
+//! A small convolutional KL autoencoder: 4× downsampling to `latent` channels.
+//!
+//! Upsampling is nearest-neighbour by 2 followed by a convolution, because candle's
+//! transposed convolution has no backward (DESIGN.md §6). Group norm is written with plain
+//! ops for the same reason. `encode` returns the posterior mean (deterministic); sampling
+//! the posterior is only for training. Latents are normalised like Flux's VAE,
+//! `(z − shift)·scale`, with statistics measured after training and stored with the weights.
+
+use candle_core::{D, Result, Tensor};
+use candle_nn::{Conv2d, Conv2dConfig, Module, VarBuilder};
+
+/// VAE shape.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VaeConfig {
+    /// Image channels.
+    pub image_channels: usize,
+    /// Width of the first and last stages.
+    pub channels: usize,
+    /// Latent channels.
+    pub latent: usize,
+    /// Groups of the group norms.
+    pub groups: usize,
+}
+
+impl VaeConfig {
+    /// The CPU preset: RGB, 32 channels, 8 latent channels.
+    pub fn tiny() -> Self {
+        Self {
+            image_channels: 3,
+            channels: 32,
+            latent: 8,
+            groups: 8,
+        }
+    }
+
+    /// Spatial reduction.
+    pub const FACTOR: usize = 4;
+}
+
+fn conv(i: usize, o: usize, k: usize, stride: usize, vb: VarBuilder) -> Result<Conv2d> {
+    candle_nn::conv2d(
+        i,
+        o,
+        k,
+        Conv2dConfig {
+            padding: k / 2,
+            stride,
+            ..Default::default()
+        },
+        vb,
+    )
+}
+
+/// Group norm with a learned affine (`weight`, `bias`), composed from plain ops.
+#[derive(Debug, Clone)]
+struct GroupNorm {
+    weight: Tensor,
+    bias: Tensor,
+    groups: usize,
+}
+
+impl GroupNorm {
+    fn new(c: usize, groups: usize, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            weight: vb.get_with_hints(c, "weight", candle_nn::Init::Const(1.0))?,
+            bias: vb.get_with_hints(c, "bias", candle_nn::Init::Const(0.0))?,
+            groups,
+        })
+    }
+}
+
+impl Module for GroupNorm {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let (b, c, h, w) = x.dims4()?;
+        let g = x.reshape((b, self.groups, c / self.groups * h * w))?;
+        let g = g.broadcast_sub(&g.mean_keepdim(D::Minus1)?)?;
+        let var = g.sqr()?.mean_keepdim(D::Minus1)?;
+        let x = g
+            .broadcast_div(&(var + 1e-6)?.sqrt()?)?
+            .reshape((b, c, h, w))?;
+        x.broadcast_mul(&self.weight.reshape((1, c, 1, 1))?)?
+            .broadcast_add(&self.bias.reshape((1, c, 1, 1))?)
+    }
+}
+
+/// norm → SiLU → conv, twice, plus the input.
+#[derive(Debug, Clone)]
+struct ResBlock {
+    n1: GroupNorm,
+    c1: Conv2d,
+    n2: GroupNorm,
+    c2: Conv2d,
+}
+
+impl ResBlock {
+    fn new(c: usize, groups: usize, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            n1: GroupNorm::new(c, groups, vb.pp("norm1"))?,
+            c1: conv(c, c, 3, 1, vb.pp("conv1"))?,
+            n2: GroupNorm::new(c, groups, vb.pp("norm2"))?,
+            c2: conv(c, c, 3, 1, vb.pp("conv2"))?,
+        })
+    }
+}
+
+impl Module for ResBlock {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let h = self.c1.forward(&self.n1.forward(x)?.silu()?)?;
+        x + self.c2.forward(&self.n2.forward(&h)?.silu()?)?
+    }
+}
+
+/// Encoder and decoder.
+#[derive(Debug, Clone)]
+pub struct Vae {
+    enc_in: Conv2d,
+    enc: Vec<(ResBlock, Conv2d)>,
+    enc_mid: ResBlock,
+    enc_norm: GroupNorm,
+    enc_out: Conv2d,
+    dec_in: Conv2d,
+    dec_mid: ResBlock,
+    dec: Vec<(Conv2d, ResBlock)>,
+    dec_norm: GroupNorm,
+    dec_out: Conv2d,
+}
+
+impl Vae {
+    /// Builds both halves (`encoder.*`, `decoder.*`).
+    pub fn new(cfg: &VaeConfig, vb: VarBuilder) -> Result<Self> {
+        let (c, g) = (cfg.channels, cfg.groups);
+        let (e, d) = (vb.pp("encoder"), vb.pp("decoder"));
+        Ok(Self {
+            enc_in: conv(cfg.image_channels, c, 3, 1, e.pp("conv_in"))?,
+            enc: (0..2)
+                .map(|i| {
+                    Ok((
+                        ResBlock::new(c, g, e.pp("down").pp(i).pp("block"))?,
+                        conv(c, c, 3, 2, e.pp("down").pp(i).pp("downsample"))?,
+                    ))
+                })
+                .collect::<Result<_>>()?,
+            enc_mid: ResBlock::new(c, g, e.pp("mid"))?,
+            enc_norm: GroupNorm::new(c, g, e.pp("norm_out"))?,
+            enc_out: conv(c, 2 * cfg.latent, 3, 1, e.pp("conv_out"))?,
+            dec_in: conv(cfg.latent, c, 3, 1, d.pp("conv_in"))?,
+            dec_mid: ResBlock::new(c, g, d.pp("mid"))?,
+            dec: (0..2)
+                .map(|i| {
+                    Ok((
+                        conv(c, c, 3, 1, d.pp("up").pp(i).pp("upsample"))?,
+                        ResBlock::new(c, g, d.pp("up").pp(i).pp("block"))?,
+                    ))
+                })
+                .collect::<Result<_>>()?,
+            dec_norm: GroupNorm::new(c, g, d.pp("norm_out"))?,
+            dec_out: conv(c, cfg.image_channels, 3, 1, d.pp("conv_out"))?,
+        })
+    }
+
+    /// Posterior mean and log-variance of images (B, C, H, W) in [−1, 1]: each (B, latent, H/4, W/4).
+    pub fn posterior(&self, x: &Tensor) -> Result<(Tensor, Tensor)> {
+        let mut h = self.enc_in.forward(x)?;
+        for (block, down) in &self.enc {
+            h = down.forward(&block.forward(&h)?)?;
+        }
+        let h = self
+            .enc_out
+            .forward(&self.enc_norm.forward(&self.enc_mid.forward(&h)?)?.silu()?)?;
+        let parts = h.chunk(2, 1)?;
+        Ok((parts[0].clone(), parts[1].clamp(-30.0, 20.0)?))
+    }
+
+    /// The posterior mean: deterministic latents.
+    pub fn encode(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(self.posterior(x)?.0)
+    }
+
+    /// Images (B, C, H, W) from latents (B, latent, h, w).
+    pub fn decode(&self, z: &Tensor) -> Result<Tensor> {
+        let mut h = self.dec_mid.forward(&self.dec_in.forward(z)?)?;
+        for (up, block) in &self.dec {
+            let (_, _, hh, ww) = h.dims4()?;
+            h = block.forward(&up.forward(&h.upsample_nearest2d(2 * hh, 2 * ww)?)?)?;
+        }
+        self.dec_out.forward(&self.dec_norm.forward(&h)?.silu()?)
+    }
+
+    /// Training loss: reconstruction MSE of a posterior sample plus `beta`·KL to N(0, 1),
+    /// with the noise `eps` given (so a step is reproducible). Returns (total, mse, kl).
+    pub fn loss(&self, x: &Tensor, eps: &Tensor, beta: f64) -> Result<(Tensor, Tensor, Tensor)> {
+        let (mean, logvar) = self.posterior(x)?;
+        let z = (&mean + (logvar.clone() * 0.5)?.exp()?.mul(eps)?)?;
+        let mse = (self.decode(&z)? - x)?.sqr()?.mean_all()?;
+        // KL(N(μ, σ²) ‖ N(0, 1)) = ½ (μ² + σ² − 1 − log σ²), averaged per element.
+        let kl = ((mean.sqr()? + logvar.exp()?)?.affine(1.0, -1.0)? - &logvar)?
+            .mean_all()?
+            .affine(0.5, 0.0)?;
+        let total = (&mse + kl.affine(beta, 0.0)?)?;
+        Ok((total, mse, kl))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{DType, Device};
+    use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarMap};
+
+    #[test]
+    fn shapes_gradients_and_a_short_overfit() -> Result<()> {
+        let dev = Device::Cpu;
+        let cfg = VaeConfig {
+            channels: 16,
+            ..VaeConfig::tiny()
+        };
+        let vm = VarMap::new();
+        let vae = Vae::new(&cfg, VarBuilder::from_varmap(&vm, DType::F32, &dev))?;
+        let x = Tensor::rand(0f32, 1.0, (2, 3, 16, 16), &dev)?.affine(2.0, -1.0)?;
+        let z = vae.encode(&x)?;
+        assert_eq!(z.dims(), &[2, 8, 4, 4]);
+        assert_eq!(vae.decode(&z)?.dims(), &[2, 3, 16, 16]);
+        let eps = crate::sampling::noise((2, 8, 4, 4), 1, &dev)?;
+        let (total, _, _) = vae.loss(&x, &eps, 1e-3)?;
+        let grads = total.backward()?;
+        for (name, var) in vm.data().lock().unwrap().iter() {
+            let g = grads.get(var.as_tensor()).map(|g| {
+                g.abs()
+                    .and_then(|a| a.sum_all())
+                    .and_then(|s| s.to_scalar::<f32>())
+            });
+            assert!(
+                matches!(g, Some(Ok(v)) if v > 0.0),
+                "no gradient reaches {name}"
+            );
+        }
+        let mut opt = AdamW::new(
+            vm.all_vars(),
+            ParamsAdamW {
+                lr: 2e-3,
+                weight_decay: 0.0,
+                ..Default::default()
+            },
+        )?;
+        let first = vae.loss(&x, &eps, 1e-3)?.1.to_scalar::<f32>()?;
+        for _ in 0..30 {
+            opt.backward_step(&vae.loss(&x, &eps, 1e-3)?.0)?;
+        }
+        let end = vae.loss(&x, &eps, 1e-3)?.1.to_scalar::<f32>()?;
+        assert!(end < 0.5 * first, "reconstruction {first} → {end}");
+        Ok(())
+    }
+}
