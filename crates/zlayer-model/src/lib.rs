@@ -6,12 +6,14 @@
 //! - [`dit`]: the Flux-style MM-DiT.
 //! - [`text`]: word-level tokenizer and the tiny text encoder.
 //! - [`vae`]: the small KL autoencoder (nearest-then-conv upsampling).
+//! - [`optim`]: AdamW with saved state, clipping, warmup/cosine, EMA, exact-resume checkpoints.
 //! - [`sampling`]: rectified flow: noise, schedule, Euler `denoise`, guidance, training pairs.
 #![warn(missing_docs)]
 
 pub mod config;
 pub mod dit;
 pub mod layers;
+pub mod optim;
 pub mod sampling;
 pub mod text;
 pub mod vae;
