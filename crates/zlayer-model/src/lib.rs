@@ -7,6 +7,7 @@
 //! - [`text`]: word-level tokenizer and the tiny text encoder.
 //! - [`vae`]: the small KL autoencoder (nearest-then-conv upsampling).
 //! - [`optim`]: AdamW with saved state, clipping, warmup/cosine, EMA, exact-resume checkpoints.
+//! - [`train`]: training loops (data as a function of the step), PSNR, latent statistics, f16 export.
 //! - [`sampling`]: rectified flow: noise, schedule, Euler `denoise`, guidance, training pairs.
 #![warn(missing_docs)]
 
@@ -16,6 +17,7 @@ pub mod layers;
 pub mod optim;
 pub mod sampling;
 pub mod text;
+pub mod train;
 pub mod vae;
 
 pub use config::Config;

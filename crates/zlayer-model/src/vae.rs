@@ -7,27 +7,28 @@
 //! `(z − shift)·scale`, with statistics measured after training and stored with the weights.
 
 use candle_core::{D, Result, Tensor};
-use candle_nn::{Conv2d, Conv2dConfig, Module, VarBuilder};
+use candle_nn::{Conv2dConfig, Module, VarBuilder};
 
-/// VAE shape.
+/// VAE shape: three stages at full, half and quarter resolution.
 #[derive(Debug, Clone, PartialEq)]
 pub struct VaeConfig {
     /// Image channels.
     pub image_channels: usize,
-    /// Width of the first and last stages.
-    pub channels: usize,
+    /// Channels of the full-, half- and quarter-resolution stages: few at full resolution,
+    /// where convolutions cost the most.
+    pub channels: [usize; 3],
     /// Latent channels.
     pub latent: usize,
-    /// Groups of the group norms.
+    /// Groups of the group norms (divides every stage's channels).
     pub groups: usize,
 }
 
 impl VaeConfig {
-    /// The CPU preset: RGB, 32 channels, 8 latent channels.
+    /// The CPU preset: RGB, stages of 16/32/64 channels, 8 latent channels.
     pub fn tiny() -> Self {
         Self {
             image_channels: 3,
-            channels: 32,
+            channels: [16, 32, 64],
             latent: 8,
             groups: 8,
         }
@@ -37,18 +38,70 @@ impl VaeConfig {
     pub const FACTOR: usize = 4;
 }
 
-fn conv(i: usize, o: usize, k: usize, stride: usize, vb: VarBuilder) -> Result<Conv2d> {
-    candle_nn::conv2d(
-        i,
-        o,
+fn conv(i: usize, o: usize, k: usize, stride: usize, vb: VarBuilder) -> Result<Conv> {
+    let cfg = Conv2dConfig {
+        padding: k / 2,
+        stride,
+        ..Default::default()
+    };
+    let inner = candle_nn::conv2d(i, o, k, cfg, vb)?;
+    Ok(Conv {
+        weight: inner.weight().clone(),
+        bias: inner.bias().cloned(),
         k,
-        Conv2dConfig {
-            padding: k / 2,
-            stride,
-            ..Default::default()
-        },
-        vb,
-    )
+        stride,
+    })
+}
+
+/// A "same"-padded convolution computed as im2col + one matmul, from plain ops.
+///
+/// candle's CPU convolution backward runs through slow dot-product loops (most of a VAE
+/// step); shifted slices, a concatenation and a matmul all have fast backward passes.
+/// Same weights and keys (`weight`, `bias`) as `candle_nn::Conv2d`.
+#[derive(Debug, Clone)]
+pub struct Conv {
+    weight: Tensor,
+    bias: Option<Tensor>,
+    k: usize,
+    stride: usize,
+}
+
+impl Module for Conv {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let (b, c, h, w) = x.dims4()?;
+        let (k, p, st) = (self.k, self.k / 2, self.stride);
+        let xp = x.pad_with_zeros(2, p, p)?.pad_with_zeros(3, p, p)?;
+        let (ho, wo) = ((h + 2 * p - k) / st + 1, (w + 2 * p - k) / st + 1);
+        let mut cols = Vec::with_capacity(k * k);
+        for i in 0..k {
+            for j in 0..k {
+                let s = xp
+                    .narrow(2, i, st * (ho - 1) + 1)?
+                    .narrow(3, j, st * (wo - 1) + 1)?;
+                let s = if st == 1 {
+                    s
+                } else {
+                    // Every st-th row and column: pad to a multiple of st, fold, take index 0.
+                    let s = s
+                        .pad_with_zeros(2, 0, st - 1)?
+                        .pad_with_zeros(3, 0, st - 1)?;
+                    s.reshape((b, c, ho, st, wo, st))?
+                        .narrow(3, 0, 1)?
+                        .narrow(5, 0, 1)?
+                        .reshape((b, c, ho, wo))?
+                };
+                cols.push(s);
+            }
+        }
+        let col = Tensor::cat(&cols, 1)?.reshape((b, k * k * c, ho * wo))?; // (B, k²C, HoWo), (i, j) major
+        let o = self.weight.dim(0)?;
+        let wmat = self.weight.permute((0, 2, 3, 1))?.reshape((o, k * k * c))?; // same (i, j, c) order
+        let out = wmat.broadcast_matmul(&col)?.reshape((b, o, ho, wo))?;
+        match &self.bias {
+            Some(bias) => out.broadcast_add(&bias.reshape((1, o, 1, 1))?),
+            None => Ok(out),
+        }
+    }
 }
 
 /// Group norm with a learned affine (`weight`, `bias`), composed from plain ops.
@@ -87,9 +140,9 @@ impl Module for GroupNorm {
 #[derive(Debug, Clone)]
 struct ResBlock {
     n1: GroupNorm,
-    c1: Conv2d,
+    c1: Conv,
     n2: GroupNorm,
-    c2: Conv2d,
+    c2: Conv,
 }
 
 impl ResBlock {
@@ -113,60 +166,61 @@ impl Module for ResBlock {
 /// Encoder and decoder.
 #[derive(Debug, Clone)]
 pub struct Vae {
-    enc_in: Conv2d,
-    enc: Vec<(ResBlock, Conv2d)>,
-    enc_mid: ResBlock,
+    enc_in: Conv,
+    enc: Vec<(Conv, ResBlock)>,
     enc_norm: GroupNorm,
-    enc_out: Conv2d,
-    dec_in: Conv2d,
+    enc_out: Conv,
+    dec_in: Conv,
     dec_mid: ResBlock,
-    dec: Vec<(Conv2d, ResBlock)>,
+    dec: Vec<(Conv, ResBlock)>,
     dec_norm: GroupNorm,
-    dec_out: Conv2d,
+    dec_out: Conv,
 }
 
 impl Vae {
     /// Builds both halves (`encoder.*`, `decoder.*`).
     pub fn new(cfg: &VaeConfig, vb: VarBuilder) -> Result<Self> {
-        let (c, g) = (cfg.channels, cfg.groups);
+        let [c0, c1, c2] = cfg.channels;
+        let g = cfg.groups;
         let (e, d) = (vb.pp("encoder"), vb.pp("decoder"));
         Ok(Self {
-            enc_in: conv(cfg.image_channels, c, 3, 1, e.pp("conv_in"))?,
-            enc: (0..2)
-                .map(|i| {
-                    Ok((
-                        ResBlock::new(c, g, e.pp("down").pp(i).pp("block"))?,
-                        conv(c, c, 3, 2, e.pp("down").pp(i).pp("downsample"))?,
-                    ))
-                })
-                .collect::<Result<_>>()?,
-            enc_mid: ResBlock::new(c, g, e.pp("mid"))?,
-            enc_norm: GroupNorm::new(c, g, e.pp("norm_out"))?,
-            enc_out: conv(c, 2 * cfg.latent, 3, 1, e.pp("conv_out"))?,
-            dec_in: conv(cfg.latent, c, 3, 1, d.pp("conv_in"))?,
-            dec_mid: ResBlock::new(c, g, d.pp("mid"))?,
-            dec: (0..2)
-                .map(|i| {
-                    Ok((
-                        conv(c, c, 3, 1, d.pp("up").pp(i).pp("upsample"))?,
-                        ResBlock::new(c, g, d.pp("up").pp(i).pp("block"))?,
-                    ))
-                })
-                .collect::<Result<_>>()?,
-            dec_norm: GroupNorm::new(c, g, d.pp("norm_out"))?,
-            dec_out: conv(c, cfg.image_channels, 3, 1, d.pp("conv_out"))?,
+            enc_in: conv(cfg.image_channels, c0, 3, 1, e.pp("conv_in"))?,
+            enc: vec![
+                (
+                    conv(c0, c1, 3, 2, e.pp("down.0.conv"))?,
+                    ResBlock::new(c1, g, e.pp("down.0.block"))?,
+                ),
+                (
+                    conv(c1, c2, 3, 2, e.pp("down.1.conv"))?,
+                    ResBlock::new(c2, g, e.pp("down.1.block"))?,
+                ),
+            ],
+            enc_norm: GroupNorm::new(c2, g, e.pp("norm_out"))?,
+            enc_out: conv(c2, 2 * cfg.latent, 3, 1, e.pp("conv_out"))?,
+            dec_in: conv(cfg.latent, c2, 3, 1, d.pp("conv_in"))?,
+            dec_mid: ResBlock::new(c2, g, d.pp("mid"))?,
+            dec: vec![
+                (
+                    conv(c2, c1, 3, 1, d.pp("up.0.conv"))?,
+                    ResBlock::new(c1, g, d.pp("up.0.block"))?,
+                ),
+                (
+                    conv(c1, c0, 3, 1, d.pp("up.1.conv"))?,
+                    ResBlock::new(c0, g, d.pp("up.1.block"))?,
+                ),
+            ],
+            dec_norm: GroupNorm::new(c0, g, d.pp("norm_out"))?,
+            dec_out: conv(c0, cfg.image_channels, 3, 1, d.pp("conv_out"))?,
         })
     }
 
     /// Posterior mean and log-variance of images (B, C, H, W) in [−1, 1]: each (B, latent, H/4, W/4).
     pub fn posterior(&self, x: &Tensor) -> Result<(Tensor, Tensor)> {
         let mut h = self.enc_in.forward(x)?;
-        for (block, down) in &self.enc {
-            h = down.forward(&block.forward(&h)?)?;
+        for (down, block) in &self.enc {
+            h = block.forward(&down.forward(&h)?)?;
         }
-        let h = self
-            .enc_out
-            .forward(&self.enc_norm.forward(&self.enc_mid.forward(&h)?)?.silu()?)?;
+        let h = self.enc_out.forward(&self.enc_norm.forward(&h)?.silu()?)?;
         let parts = h.chunk(2, 1)?;
         Ok((parts[0].clone(), parts[1].clamp(-30.0, 20.0)?))
     }
@@ -208,10 +262,37 @@ mod tests {
     use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarMap};
 
     #[test]
+    fn im2col_convolution_equals_candles() -> Result<()> {
+        let dev = Device::Cpu;
+        for (stride, size) in [(1, 7), (2, 8), (2, 9)] {
+            let vm = VarMap::new();
+            let vb = VarBuilder::from_varmap(&vm, DType::F32, &dev);
+            let ours = conv(5, 6, 3, stride, vb.pp("c"))?;
+            let theirs = candle_nn::conv2d(
+                5,
+                6,
+                3,
+                Conv2dConfig {
+                    padding: 1,
+                    stride,
+                    ..Default::default()
+                },
+                vb.pp("c"),
+            )?;
+            let x = Tensor::randn(0f32, 1.0, (2, 5, size, size), &dev)?;
+            let (a, b) = (ours.forward(&x)?, theirs.forward(&x)?);
+            assert_eq!(a.dims(), b.dims());
+            let d = (a - b)?.abs()?.max_all()?.to_scalar::<f32>()?;
+            assert!(d < 1e-4, "stride {stride} size {size}: {d}");
+        }
+        Ok(())
+    }
+
+    #[test]
     fn shapes_gradients_and_a_short_overfit() -> Result<()> {
         let dev = Device::Cpu;
         let cfg = VaeConfig {
-            channels: 16,
+            channels: [8, 16, 16],
             ..VaeConfig::tiny()
         };
         let vm = VarMap::new();

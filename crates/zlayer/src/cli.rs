@@ -81,6 +81,9 @@ enum Command {
   zlayer synth --n 300 --split complex --format png --out gt/complex
   zlayer eval --pred generated/ --gt gt/ --split complex --plot")]
     Eval(crate::eval_cmd::EvalArgs),
+    /// Train a model on SA-Z-synth, on the CPU (resumes from DIR's checkpoint).
+    #[command(subcommand)]
+    Train(crate::train_cmd::TrainCommand),
     /// Stack PNG layers by source-over, first file at the bottom.
     ///
     /// Writes a flattened PNG, or an OpenRaster (.ora) file that GIMP and Krita open with
@@ -161,5 +164,6 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
         } => crate::compose::run(&layers, &output, sixteen_bit),
         Command::Synth(args) => crate::synth_cmd::run(args),
         Command::Eval(args) => crate::eval_cmd::run(args),
+        Command::Train(cmd) => crate::train_cmd::run(cmd),
     }
 }

@@ -9,6 +9,7 @@ mod eval_cmd;
 mod preview;
 mod scene_cmd;
 mod synth_cmd;
+mod train_cmd;
 
 use clap::Parser;
 use std::process::ExitCode;
