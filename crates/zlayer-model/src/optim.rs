@@ -200,6 +200,29 @@ impl Trainer {
     }
 }
 
+/// Names of the variables of `vm` that receive no gradient, or only zeros, sorted. A fused
+/// op without backward anywhere upstream shows up here (DESIGN.md §6).
+pub fn params_without_gradient(
+    vm: &VarMap,
+    grads: &candle_core::backprop::GradStore,
+) -> Vec<String> {
+    let data = vm.data().lock().expect("varmap lock");
+    let mut missing: Vec<String> = data
+        .iter()
+        .filter(|(_, v)| {
+            let sum = grads.get(v.as_tensor()).map(|g| {
+                g.abs()
+                    .and_then(|a| a.sum_all())
+                    .and_then(|s| s.to_scalar::<f32>())
+            });
+            !matches!(sum, Some(Ok(x)) if x > 0.0)
+        })
+        .map(|(n, _)| n.clone())
+        .collect();
+    missing.sort();
+    missing
+}
+
 /// Serialises f32 tensors (converting others) to safetensors bytes, names sorted.
 pub fn serialize(
     tensors: &[(String, Tensor)],

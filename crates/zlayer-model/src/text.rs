@@ -285,17 +285,8 @@ mod tests {
         assert!(d < 1e-5, "sequence differs by {d}");
         // Every parameter tensor receives a gradient.
         let grads = (s2.sqr()?.sum_all()? + p2.sqr()?.sum_all()?)?.backward()?;
-        for (name, var) in vm.data().lock().unwrap().iter() {
-            let g = grads.get(var.as_tensor()).map(|g| {
-                g.abs()
-                    .and_then(|a| a.sum_all())
-                    .and_then(|s| s.to_scalar::<f32>())
-            });
-            assert!(
-                matches!(g, Some(Ok(v)) if v > 0.0),
-                "no gradient reaches {name}"
-            );
-        }
+        let missing = crate::optim::params_without_gradient(&vm, &grads);
+        assert!(missing.is_empty(), "no gradient reaches {missing:?}");
         Ok(())
     }
 }

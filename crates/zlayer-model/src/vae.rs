@@ -304,17 +304,8 @@ mod tests {
         let eps = crate::sampling::noise((2, 8, 4, 4), 1, &dev)?;
         let (total, _, _) = vae.loss(&x, &eps, 1e-3)?;
         let grads = total.backward()?;
-        for (name, var) in vm.data().lock().unwrap().iter() {
-            let g = grads.get(var.as_tensor()).map(|g| {
-                g.abs()
-                    .and_then(|a| a.sum_all())
-                    .and_then(|s| s.to_scalar::<f32>())
-            });
-            assert!(
-                matches!(g, Some(Ok(v)) if v > 0.0),
-                "no gradient reaches {name}"
-            );
-        }
+        let missing = crate::optim::params_without_gradient(&vm, &grads);
+        assert!(missing.is_empty(), "no gradient reaches {missing:?}");
         let mut opt = AdamW::new(
             vm.all_vars(),
             ParamsAdamW {
