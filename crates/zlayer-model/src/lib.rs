@@ -1,6 +1,7 @@
 //! zlayer's models in candle. The same block code runs the `tiny` CPU preset and the
 //! Flux.1-dev shape.
 //!
+//! - [`base`]: the text-to-image base model (DiT + text encoder) and its flow loss and sampler.
 //! - [`config`]: shapes as data, with presets.
 //! - [`layers`]: differentiable building blocks (norms, RoPE, attention, modulation).
 //! - [`dit`]: the Flux-style MM-DiT.
@@ -11,6 +12,7 @@
 //! - [`sampling`]: rectified flow: noise, schedule, Euler `denoise`, guidance, training pairs.
 #![warn(missing_docs)]
 
+pub mod base;
 pub mod config;
 pub mod dit;
 pub mod layers;
