@@ -22,7 +22,12 @@ pub struct BaseModel {
 
 impl BaseModel {
     /// Builds both under `dit.*` and `text.*`.
-    pub fn new(dit: &Config, text: &TextConfig, tokenizer: Tokenizer, vb: VarBuilder) -> Result<Self> {
+    pub fn new(
+        dit: &Config,
+        text: &TextConfig,
+        tokenizer: Tokenizer,
+        vb: VarBuilder,
+    ) -> Result<Self> {
         Ok(Self {
             dit: Flux::new(dit, vb.pp("dit"))?,
             text: TextEncoder::new(text, vb.pp("text"))?,
@@ -33,12 +38,20 @@ impl BaseModel {
 
     /// Image-token RoPE ids (B, h·w, 3): (0, row, col).
     pub fn image_ids(b: usize, h: usize, w: usize, dev: &Device) -> Result<Tensor> {
-        let ids: Vec<f32> = (0..h * w).flat_map(|p| [0.0, (p / w) as f32, (p % w) as f32]).collect();
+        let ids: Vec<f32> = (0..h * w)
+            .flat_map(|p| [0.0, (p / w) as f32, (p % w) as f32])
+            .collect();
         Tensor::from_vec(ids, (1, h * w, 3), dev)?.repeat((b, 1, 1))
     }
 
     /// Velocity for latents tokens (B, L, C) at times t (B,) given prompt ids (B, Lt).
-    pub fn velocity(&self, x: &Tensor, t: &Tensor, ids: &Tensor, grid: (usize, usize)) -> Result<Tensor> {
+    pub fn velocity(
+        &self,
+        x: &Tensor,
+        t: &Tensor,
+        ids: &Tensor,
+        grid: (usize, usize),
+    ) -> Result<Tensor> {
         let (b, lt) = ids.dims2()?;
         let dev = x.device();
         let (txt, y) = self.text.forward(ids)?;
@@ -55,7 +68,13 @@ impl BaseModel {
 
     /// The rectified-flow loss on latent tokens `x0` (B, L, C) with prompt ids; `seed` draws
     /// the noise and the logit-normal times.
-    pub fn loss(&self, x0: &Tensor, ids: &Tensor, grid: (usize, usize), seed: u64) -> Result<Tensor> {
+    pub fn loss(
+        &self,
+        x0: &Tensor,
+        ids: &Tensor,
+        grid: (usize, usize),
+        seed: u64,
+    ) -> Result<Tensor> {
         let b = x0.dim(0)?;
         let dev = x0.device();
         let mut rng = Rng::new(seed);
@@ -68,7 +87,16 @@ impl BaseModel {
 
     /// Samples latent tokens (n, h·w, C) for a prompt: Euler over `steps` with Flux's
     /// resolution shift, classifier-free guidance against the empty prompt when `guidance` > 1.
-    pub fn sample(&self, ids: &Tensor, n: usize, grid: (usize, usize), channels: usize, steps: usize, guidance: f64, seed: u64) -> Result<Tensor> {
+    pub fn sample(
+        &self,
+        ids: &Tensor,
+        n: usize,
+        grid: (usize, usize),
+        channels: usize,
+        steps: usize,
+        guidance: f64,
+        seed: u64,
+    ) -> Result<Tensor> {
         let dev = ids.device();
         let cond = ids.repeat((n, 1))?;
         let empty = Tensor::zeros((n, 1), DType::U32, dev)?;
@@ -82,6 +110,10 @@ impl BaseModel {
             let vu = self.velocity(x, &tt, &empty, grid)?;
             guided(&vc, &vu, guidance)
         };
-        denoise(&field, noise((n, grid.0 * grid.1, channels), seed, dev)?, &times)
+        denoise(
+            &field,
+            noise((n, grid.0 * grid.1, channels), seed, dev)?,
+            &times,
+        )
     }
 }

@@ -2,7 +2,7 @@
 //! weights). `validate` checks the invariants and names both values when they disagree.
 
 /// The shape of a Flux-style MM-DiT.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Config {
     /// Channels of an image token (latent channels × patch²).
     pub in_channels: usize,

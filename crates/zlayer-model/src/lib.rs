@@ -2,6 +2,7 @@
 //! Flux.1-dev shape.
 //!
 //! - [`base`]: the text-to-image base model (DiT + text encoder) and its flow loss and sampler.
+//! - [`bundle`]: model files (f16 safetensors + JSON) and latent normalisation.
 //! - [`config`]: shapes as data, with presets.
 //! - [`layers`]: differentiable building blocks (norms, RoPE, attention, modulation).
 //! - [`dit`]: the Flux-style MM-DiT.
@@ -13,6 +14,7 @@
 #![warn(missing_docs)]
 
 pub mod base;
+pub mod bundle;
 pub mod config;
 pub mod dit;
 pub mod layers;

@@ -116,6 +116,10 @@ impl Trainer {
             1.0 - c.beta1.powi(self.step as i32),
             1.0 - c.beta2.powi(self.step as i32),
         );
+        // EMA warmup: early on, the average must not remember the random initialisation.
+        let decay = self
+            .ema_decay
+            .min((1.0 + self.step as f64) / (10.0 + self.step as f64));
         for (k, g) in gs.into_iter().enumerate() {
             let Some(g) = g else { continue };
             let g = (g * scale)?;
@@ -125,9 +129,18 @@ impl Trainer {
             let w = self.vars[k].as_tensor();
             let next = ((w * (1.0 - lr * c.weight_decay))? - (update * lr)?)?;
             self.vars[k].set(&next)?;
-            self.ema[k] = ((&self.ema[k] * self.ema_decay)? + (&next * (1.0 - self.ema_decay))?)?;
+            self.ema[k] = ((&self.ema[k] * decay)? + (&next * (1.0 - decay))?)?;
         }
         Ok(norm)
+    }
+
+    /// The current (non-averaged) weights by name.
+    pub fn weights(&self) -> HashMap<String, Tensor> {
+        self.names
+            .iter()
+            .cloned()
+            .zip(self.vars.iter().map(|v| v.as_tensor().clone()))
+            .collect()
     }
 
     /// The EMA weights by name.

@@ -105,7 +105,7 @@ impl Tokenizer {
 }
 
 /// Text encoder shape.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct TextConfig {
     /// Vocabulary size (padding included).
     pub vocab: usize,

@@ -12,106 +12,154 @@ use std::collections::HashMap;
 use std::io::Write;
 use std::path::Path;
 
-/// What a VAE run does.
+/// The schedule of a training run.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct VaeRun {
+pub struct LoopConfig {
     /// Total steps.
     pub steps: usize,
-    /// Images per step.
-    pub batch: usize,
     /// Peak learning rate.
     pub lr: f64,
     /// Warmup steps.
     pub warmup: usize,
-    /// KL weight.
-    pub beta: f64,
     /// Steps between checkpoints.
     pub checkpoint_every: usize,
-    /// Seed of the posterior noise.
-    pub seed: u64,
+    /// Global gradient-norm clip (0 disables).
+    pub clip: f64,
+    /// EMA decay.
+    pub ema: f64,
+    /// AdamW weight decay.
+    pub weight_decay: f64,
 }
 
 /// One logged step.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct StepLog {
-    /// Step index (1-based after the step).
+    /// Steps done.
     pub step: usize,
-    /// Total loss.
+    /// Loss.
     pub loss: f32,
-    /// Reconstruction MSE.
-    pub mse: f32,
-    /// KL term.
-    pub kl: f32,
+    /// Extra named values the loss closure reported.
+    pub extra: Vec<(String, f32)>,
     /// Learning rate used.
     pub lr: f64,
 }
 
-/// Trains a VAE in `dir` (checkpoint `dir/vae.ckpt.safetensors`, log `dir/vae-loss.csv`),
-/// resuming from the checkpoint if there is one. `images(step)` gives a batch (B, 3, H, W)
-/// in [−1, 1]; `on_step` sees every step (for a progress bar). Returns the VarMap and model.
-pub fn train_vae(
+/// One straight loop: resume from `dir/<name>.ckpt.safetensors` if present, then step, log to
+/// `dir/<name>-loss.csv`, checkpoint. `loss(step)` returns the loss and extra values to log;
+/// its data must depend only on the step, so that resuming is exact.
+#[allow(clippy::too_many_arguments)]
+pub fn train_loop(
     dir: &Path,
-    cfg: &VaeConfig,
-    run: &VaeRun,
+    name: &str,
+    vm: &VarMap,
+    lc: &LoopConfig,
+    meta: &serde_json::Value,
     dev: &Device,
-    images: impl Fn(usize) -> Result<Tensor>,
+    loss: impl Fn(usize) -> Result<(Tensor, Vec<(String, f32)>)>,
     mut on_step: impl FnMut(&StepLog),
-) -> std::result::Result<(VarMap, Vae, Trainer), String> {
+) -> std::result::Result<Trainer, String> {
     let e = |x: candle_core::Error| x.to_string();
-    let vm = VarMap::new();
-    let vae = Vae::new(cfg, VarBuilder::from_varmap(&vm, DType::F32, dev)).map_err(e)?;
     let adam = AdamWConfig {
-        lr: run.lr,
-        weight_decay: 0.0,
+        lr: lc.lr,
+        weight_decay: lc.weight_decay,
         ..Default::default()
     };
-    let mut tr = Trainer::new(&vm, adam, 0.999).map_err(e)?;
-    let ckpt = dir.join("vae.ckpt.safetensors");
+    let mut tr = Trainer::new(vm, adam, lc.ema).map_err(e)?;
+    let ckpt = dir.join(format!("{name}.ckpt.safetensors"));
     if ckpt.exists() {
         tr.load(&ckpt, dev)?;
     }
-    let log_path = dir.join("vae-loss.csv");
+    let log_path = dir.join(format!("{name}-loss.csv"));
     let mut log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(&log_path)
         .map_err(|x| format!("{}: {x}", log_path.display()))?;
-    if tr.step == 0 {
-        writeln!(log, "step,loss,mse,kl,lr").map_err(|x| x.to_string())?;
-    }
-    while tr.step < run.steps {
+    while tr.step < lc.steps {
         let s = tr.step;
-        let x = images(s).map_err(e)?;
-        let (b, _, h, w) = x.dims4().map_err(e)?;
-        let f = VaeConfig::FACTOR;
-        let eps = noise(
-            (b, cfg.latent, h / f, w / f),
-            run.seed.wrapping_add(s as u64),
-            dev,
-        )
-        .map_err(e)?;
-        let (total, mse, kl) = vae.loss(&x, &eps, run.beta).map_err(e)?;
-        let lr = lr_at(s, run.lr, run.warmup, run.steps);
-        tr.step(&total, lr, 1.0).map_err(e)?;
-        let entry = StepLog {
-            step: tr.step,
-            loss: total.to_scalar::<f32>().map_err(e)?,
-            mse: mse.to_scalar::<f32>().map_err(e)?,
-            kl: kl.to_scalar::<f32>().map_err(e)?,
-            lr,
-        };
+        let (total, extra) = loss(s).map_err(e)?;
+        let lr = lr_at(s, lc.lr, lc.warmup, lc.steps);
+        let value = total.to_scalar::<f32>().map_err(e)?;
+        tr.step(&total, lr, lc.clip).map_err(e)?;
+        if s == 0 {
+            let names: Vec<&str> = extra.iter().map(|(n, _)| n.as_str()).collect();
+            writeln!(
+                log,
+                "step,loss,lr{}{}",
+                if names.is_empty() { "" } else { "," },
+                names.join(",")
+            )
+            .map_err(|x| x.to_string())?;
+        }
+        let vals: Vec<String> = extra.iter().map(|(_, v)| v.to_string()).collect();
         writeln!(
             log,
-            "{},{},{},{},{}",
-            entry.step, entry.loss, entry.mse, entry.kl, entry.lr
+            "{},{},{}{}{}",
+            tr.step,
+            value,
+            lr,
+            if vals.is_empty() { "" } else { "," },
+            vals.join(",")
         )
         .map_err(|x| x.to_string())?;
-        on_step(&entry);
-        if tr.step % run.checkpoint_every == 0 || tr.step == run.steps {
-            tr.save(&ckpt, &serde_json::json!({"run": run}))
+        on_step(&StepLog {
+            step: tr.step,
+            loss: value,
+            extra,
+            lr,
+        });
+        if tr.step % lc.checkpoint_every == 0 || tr.step == lc.steps {
+            tr.save(&ckpt, meta)
                 .map_err(|x| format!("{}: {x}", ckpt.display()))?;
         }
     }
+    Ok(tr)
+}
+
+/// Trains a VAE in `dir` (see [`train_loop`]); `images(step)` gives (B, 3, H, W) in [−1, 1].
+/// The posterior noise of step s is drawn from `seed + s`.
+pub fn train_vae(
+    dir: &Path,
+    cfg: &VaeConfig,
+    lc: &LoopConfig,
+    beta: f64,
+    seed: u64,
+    dev: &Device,
+    images: impl Fn(usize) -> Result<Tensor>,
+    on_step: impl FnMut(&StepLog),
+) -> std::result::Result<(VarMap, Vae, Trainer), String> {
+    let vm = VarMap::new();
+    let vae =
+        Vae::new(cfg, VarBuilder::from_varmap(&vm, DType::F32, dev)).map_err(|e| e.to_string())?;
+    let meta =
+        serde_json::json!({"kind": "vae", "config": cfg, "loop": lc, "beta": beta, "seed": seed});
+    let tr = train_loop(
+        dir,
+        "vae",
+        &vm,
+        lc,
+        &meta,
+        dev,
+        |s| {
+            let x = images(s)?;
+            let (b, _, h, w) = x.dims4()?;
+            let f = VaeConfig::FACTOR;
+            let eps = noise(
+                (b, cfg.latent, h / f, w / f),
+                seed.wrapping_add(s as u64),
+                dev,
+            )?;
+            let (total, mse, kl) = vae.loss(&x, &eps, beta)?;
+            Ok((
+                total,
+                vec![
+                    ("mse".into(), mse.to_scalar::<f32>()?),
+                    ("kl".into(), kl.to_scalar::<f32>()?),
+                ],
+            ))
+        },
+        on_step,
+    )?;
     Ok((vm, vae, tr))
 }
 

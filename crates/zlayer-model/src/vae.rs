@@ -10,7 +10,7 @@ use candle_core::{D, Result, Tensor};
 use candle_nn::{Conv2dConfig, Module, VarBuilder};
 
 /// VAE shape: three stages at full, half and quarter resolution.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct VaeConfig {
     /// Image channels.
     pub image_channels: usize,

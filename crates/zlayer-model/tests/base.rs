@@ -2,32 +2,84 @@
 
 use candle_core::{DType, Device};
 use candle_nn::{VarBuilder, VarMap};
+use zlayer_model::Config;
 use zlayer_model::base::BaseModel;
 use zlayer_model::text::{TextConfig, Tokenizer};
-use zlayer_model::Config;
 
 fn model(dev: &Device) -> candle_core::Result<BaseModel> {
-    let tok = Tokenizer::new(["a", "red", "blue", "sphere", "cube", "on", "sky", "background"]);
-    let dit = Config { hidden_size: 64, num_heads: 2, depth: 1, depth_single_blocks: 1, context_in_dim: 32, vec_in_dim: 32, ..Config::tiny() };
-    let text = TextConfig { vocab: tok.len(), max_len: 12, width: 32, layers: 1, heads: 2, pooled: 32 };
+    let tok = Tokenizer::new([
+        "a",
+        "red",
+        "blue",
+        "sphere",
+        "cube",
+        "on",
+        "sky",
+        "background",
+    ]);
+    let dit = Config {
+        hidden_size: 64,
+        num_heads: 2,
+        depth: 1,
+        depth_single_blocks: 1,
+        context_in_dim: 32,
+        vec_in_dim: 32,
+        ..Config::tiny()
+    };
+    let text = TextConfig {
+        vocab: tok.len(),
+        max_len: 12,
+        width: 32,
+        layers: 1,
+        heads: 2,
+        pooled: 32,
+    };
     let vm = VarMap::new();
-    BaseModel::new(&dit, &text, tok, VarBuilder::from_varmap(&vm, DType::F32, dev))
+    BaseModel::new(
+        &dit,
+        &text,
+        tok,
+        VarBuilder::from_varmap(&vm, DType::F32, dev),
+    )
 }
 
 #[test]
 fn loss_is_finite_and_sampling_is_deterministic() -> candle_core::Result<()> {
     let dev = Device::Cpu;
     let m = model(&dev)?;
-    let ids = m.tokenizer.batch(&["a red sphere on a sky background", "a blue cube"], m.max_len, &dev).unwrap();
+    let ids = m
+        .tokenizer
+        .batch(
+            &["a red sphere on a sky background", "a blue cube"],
+            m.max_len,
+            &dev,
+        )
+        .unwrap();
     let x0 = zlayer_model::sampling::noise((2, 16, 8), 1, &dev)?;
     let l = m.loss(&x0, &ids, (4, 4), 7)?.to_scalar::<f32>()?;
     assert!(l.is_finite() && l > 0.0);
-    assert_eq!(l, m.loss(&x0, &ids, (4, 4), 7)?.to_scalar::<f32>()?, "same seed, same loss");
-    let one = m.tokenizer.batch(&["a red sphere"], m.max_len, &dev).unwrap();
+    assert_eq!(
+        l,
+        m.loss(&x0, &ids, (4, 4), 7)?.to_scalar::<f32>()?,
+        "same seed, same loss"
+    );
+    let one = m
+        .tokenizer
+        .batch(&["a red sphere"], m.max_len, &dev)
+        .unwrap();
     let a = m.sample(&one, 2, (4, 4), 8, 4, 2.0, 11)?;
     assert_eq!(a.dims(), &[2, 16, 8]);
     let b = m.sample(&one, 2, (4, 4), 8, 4, 2.0, 11)?;
-    assert_eq!(a.flatten_all()?.to_vec1::<f32>()?, b.flatten_all()?.to_vec1::<f32>()?);
-    assert!(m.tokenizer.encode("a green sphere").unwrap_err().to_string().contains("\"green\""));
+    assert_eq!(
+        a.flatten_all()?.to_vec1::<f32>()?,
+        b.flatten_all()?.to_vec1::<f32>()?
+    );
+    assert!(
+        m.tokenizer
+            .encode("a green sphere")
+            .unwrap_err()
+            .to_string()
+            .contains("\"green\"")
+    );
     Ok(())
 }

@@ -81,6 +81,13 @@ enum Command {
   zlayer synth --n 300 --split complex --format png --out gt/complex
   zlayer eval --pred generated/ --gt gt/ --split complex --plot")]
     Eval(crate::eval_cmd::EvalArgs),
+    /// Generate images from a global prompt with the tiny model.
+    ///
+    /// Words must be in the model's vocabulary; open vocabulary needs the Flux-scale model.
+    /// Scenes with boxes and Z-order (the layout branch) come with the next model.
+    #[command(after_help = "Example:
+  zlayer generate --prompt \"a red sphere in front of a blue cube on a sky background\" -o out.png --n 4")]
+    Generate(crate::generate_cmd::GenerateArgs),
     /// Train a model on SA-Z-synth, on the CPU (resumes from DIR's checkpoint).
     #[command(subcommand)]
     Train(crate::train_cmd::TrainCommand),
@@ -165,5 +172,6 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
         Command::Synth(args) => crate::synth_cmd::run(args),
         Command::Eval(args) => crate::eval_cmd::run(args),
         Command::Train(cmd) => crate::train_cmd::run(cmd),
+        Command::Generate(args) => crate::generate_cmd::run(args),
     }
 }

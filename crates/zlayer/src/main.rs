@@ -6,6 +6,7 @@
 mod cli;
 mod compose;
 mod eval_cmd;
+mod generate_cmd;
 mod preview;
 mod scene_cmd;
 mod synth_cmd;

@@ -6,7 +6,7 @@ use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use rayon::prelude::*;
 use std::path::PathBuf;
-use zlayer_model::train::{VaeRun, export_f16, latent_stats, load_weights, psnr, train_vae};
+use zlayer_model::train::{LoopConfig, export_f16, latent_stats, load_weights, psnr, train_vae};
 use zlayer_model::vae::{Vae, VaeConfig};
 use zlayer_synth::{Params, Split, scene_at};
 
@@ -19,6 +19,37 @@ pub enum TrainCommand {
     /// weights as DIR/vae.safetensors (f16) with DIR/vae.json (config, latent shift/scale,
     /// held-out PSNR).
     Vae(VaeArgs),
+    /// The base text-to-image model: MM-DiT + text encoder on VAE latents, global prompts.
+    ///
+    /// Writes DIR/base.ckpt.safetensors (resumable), DIR/base-loss.csv, and at the end the EMA
+    /// weights as DIR/base.safetensors (f16) with DIR/base.json (configs, vocabulary).
+    Base(BaseArgs),
+}
+
+/// Flags of `zlayer train base`.
+#[derive(Debug, Args)]
+pub struct BaseArgs {
+    /// The trained VAE (its .json must sit beside it).
+    #[arg(long)]
+    vae: PathBuf,
+    /// Run folder (created; an existing checkpoint there is resumed).
+    #[arg(long)]
+    out: PathBuf,
+    /// Total optimisation steps.
+    #[arg(long, default_value_t = 2000)]
+    steps: usize,
+    /// Scenes per step.
+    #[arg(long, default_value_t = 16)]
+    batch: usize,
+    /// Peak learning rate.
+    #[arg(long, default_value_t = 5e-4)]
+    lr: f64,
+    /// Data seed.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Probability of training a sample with the empty prompt (for guidance).
+    #[arg(long, default_value_t = 0.1)]
+    drop: f32,
 }
 
 /// Flags of `zlayer train vae`.
@@ -45,12 +76,28 @@ pub struct VaeArgs {
     /// KL weight.
     #[arg(long, default_value_t = 1e-4)]
     beta: f64,
+    /// Export the last weights instead of their EMA.
+    #[arg(long)]
+    export_raw: bool,
+}
+
+fn progress(steps: usize) -> ProgressBar {
+    let bar = ProgressBar::new(steps as u64);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{elapsed_precise} [{bar:30}] {pos}/{len} {per_sec} eta {eta} {msg}",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
+    );
+    bar
 }
 
 /// Runs the command.
 pub fn run(cmd: TrainCommand) -> Result<(), Failure> {
     match cmd {
         TrainCommand::Vae(a) => vae(a),
+        TrainCommand::Base(a) => base(a),
     }
 }
 
@@ -85,43 +132,43 @@ fn vae(a: VaeArgs) -> Result<(), Failure> {
         .map_err(|e| Failure::User(format!("{}: {e}", a.out.display())))?;
     let dev = Device::Cpu;
     let cfg = VaeConfig::tiny();
-    let run = VaeRun {
+    let lc = LoopConfig {
         steps: a.steps,
-        batch: a.batch,
         lr: a.lr,
         warmup: (a.steps / 20).max(1),
-        beta: a.beta,
         checkpoint_every: 100,
-        seed: a.seed,
+        clip: 1.0,
+        ema: 0.999,
+        weight_decay: 0.0,
     };
-    let bar = ProgressBar::new(a.steps as u64);
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{elapsed_precise} [{bar:30}] {pos}/{len} {per_sec} eta {eta} {msg}",
-        )
-        .expect("valid template")
-        .progress_chars("=> "),
-    );
+    let bar = progress(a.steps);
     let start = std::time::Instant::now();
     let (seed, batch, size) = (a.seed, a.batch, a.size);
     let (_, _, trainer) = train_vae(
         &a.out,
         &cfg,
-        &run,
+        &lc,
+        a.beta,
+        a.seed,
         &dev,
         |step| images(seed, (step * batch) as u64, batch, size, &dev),
         |log| {
             bar.set_position(log.step as u64);
             bar.set_message(format!(
-                "loss {:.5} mse {:.5} kl {:.3}",
-                log.loss, log.mse, log.kl
+                "loss {:.5} mse {:.5}",
+                log.loss,
+                log.extra.first().map_or(0.0, |e| e.1)
             ));
         },
     )
     .map_err(Failure::Internal)?;
     bar.finish();
-    // Evaluate and export the EMA weights.
-    let ema = trainer.ema();
+    // Evaluate and export the EMA (or last) weights.
+    let ema = if a.export_raw {
+        trainer.weights()
+    } else {
+        trainer.ema()
+    };
     let weights = a.out.join("vae.safetensors");
     let placeholder = serde_json::json!({});
     export_f16(&ema, &weights, &placeholder).map_err(Failure::Internal)?;
@@ -140,11 +187,142 @@ fn vae(a: VaeArgs) -> Result<(), Failure> {
         "heldout_psnr_db": p,
         "image_size": size,
         "steps": trainer.step,
-        "run": run,
+        "loop": lc,
     });
     export_f16(&ema, &weights, &meta).map_err(Failure::Internal)?;
     eprintln!(
         "trained {} steps in {:.1} min; held-out PSNR {p:.2} dB on 96 scenes; latents shift {shift:.4} scale {scale:.4}; wrote {}",
+        trainer.step,
+        start.elapsed().as_secs_f64() / 60.0,
+        weights.display()
+    );
+    Ok(())
+}
+
+/// Every word of the synthetic world's captions and prompts.
+pub fn synth_words() -> Vec<String> {
+    let v = zlayer_synth::vocab::vocabulary();
+    let mut words: Vec<String> = Vec::new();
+    words.extend(v.colours.iter().map(|c| c.0.to_string()));
+    words.extend(v.shapes.iter().map(|s| s.to_string()));
+    words.extend(v.patterns.iter().map(|s| s.to_string()));
+    words.extend(v.materials.iter().map(|s| s.to_string()));
+    words.extend(
+        v.backgrounds
+            .iter()
+            .flat_map(|b| b.split(' '))
+            .map(str::to_string),
+    );
+    words.extend(v.prompt_words.iter().map(|s| s.to_string()));
+    words
+}
+
+fn base(a: BaseArgs) -> Result<(), Failure> {
+    use zlayer_model::base::BaseModel;
+    use zlayer_model::text::{TextConfig, Tokenizer};
+    use zlayer_model::train::train_loop;
+    let int = |e: String| Failure::Internal(e);
+    std::fs::create_dir_all(&a.out)
+        .map_err(|e| Failure::User(format!("{}: {e}", a.out.display())))?;
+    let dev = Device::Cpu;
+    let vae = zlayer_model::bundle::load_vae(&a.vae, &dev).map_err(Failure::User)?;
+    let size = 64u32;
+    let grid = (
+        size as usize / VaeConfig::FACTOR,
+        size as usize / VaeConfig::FACTOR,
+    );
+    let tok = Tokenizer::new(synth_words());
+    let text = TextConfig {
+        vocab: tok.len(),
+        max_len: 64,
+        width: 128,
+        layers: 2,
+        heads: 4,
+        pooled: 128,
+    };
+    let dit = zlayer_model::Config {
+        in_channels: vae.cfg.latent,
+        ..zlayer_model::Config::tiny()
+    };
+    let vm = candle_nn::VarMap::new();
+    let model = BaseModel::new(
+        &dit,
+        &text,
+        tok.clone(),
+        candle_nn::VarBuilder::from_varmap(&vm, candle_core::DType::F32, &dev),
+    )
+    .map_err(|e| int(e.to_string()))?;
+    let lc = LoopConfig {
+        steps: a.steps,
+        lr: a.lr,
+        warmup: (a.steps / 20).max(1),
+        checkpoint_every: 100,
+        clip: 1.0,
+        ema: 0.999,
+        weight_decay: 0.0,
+    };
+    let meta = serde_json::json!({"kind": "base", "dit": dit, "text": text, "vocabulary": tok.words(), "loop": lc, "seed": a.seed, "image_size": size});
+    let bar = progress(a.steps);
+    let start = std::time::Instant::now();
+    let (seed, batch) = (a.seed, a.batch);
+    let trainer = train_loop(
+        &a.out,
+        "base",
+        &vm,
+        &lc,
+        &meta,
+        &dev,
+        |step| {
+            let first = (step * batch) as u64;
+            let scenes: Vec<_> = (0..batch as u64)
+                .into_par_iter()
+                .map(|i| {
+                    scene_at(
+                        seed,
+                        first + i,
+                        &Params::new(Split::ALL[(i % 3) as usize], size),
+                    )
+                })
+                .collect();
+            let px = (size * size) as usize;
+            let data: Vec<f32> = scenes
+                .iter()
+                .flat_map(|s| {
+                    (0..3)
+                        .flat_map(move |c| (0..px).map(move |p| s.image[p][c] as f32 / 127.5 - 1.0))
+                })
+                .collect();
+            let x = Tensor::from_vec(data, (batch, 3, size as usize, size as usize), &dev)?;
+            let x0 = vae.encode_tokens(&x)?;
+            let mut rng =
+                zlayer_scene::rng::Rng::new(seed ^ (step as u64).wrapping_mul(0x9E37_79B9));
+            let prompts: Vec<&str> = scenes
+                .iter()
+                .map(|s| {
+                    if rng.f32() < a.drop {
+                        ""
+                    } else {
+                        s.scene.prompt.as_str()
+                    }
+                })
+                .collect();
+            let ids = tok
+                .batch(&prompts, text.max_len, &dev)
+                .map_err(candle_core::Error::wrap)?;
+            Ok((model.loss(&x0, &ids, grid, rng.next_u64())?, Vec::new()))
+        },
+        |log| {
+            bar.set_position(log.step as u64);
+            bar.set_message(format!("loss {:.4}", log.loss));
+        },
+    )
+    .map_err(int)?;
+    bar.finish();
+    let weights = a.out.join("base.safetensors");
+    export_f16(&trainer.ema(), &weights, &serde_json::json!({"steps": trainer.step, "train_minutes": start.elapsed().as_secs_f64() / 60.0, "vae": a.vae, "dit": dit, "text": text, "vocabulary": tok.words(), "loop": lc, "image_size": size}))
+        .map_err(int)?;
+    eprintln!(
+        "trained {} steps in {:.1} min; wrote {}",
         trainer.step,
         start.elapsed().as_secs_f64() / 60.0,
         weights.display()
