@@ -8,6 +8,19 @@ use crate::text::{TextConfig, TextEncoder, Tokenizer};
 use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::VarBuilder;
 
+/// How to sample.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SampleOptions {
+    /// Images.
+    pub n: usize,
+    /// Euler steps.
+    pub steps: usize,
+    /// Classifier-free guidance scale (≤ 1: none).
+    pub guidance: f64,
+    /// Noise seed.
+    pub seed: u64,
+}
+
 /// The DiT and its text encoder, with the tokenizer they were trained with.
 pub struct BaseModel {
     /// The transformer.
@@ -85,18 +98,21 @@ impl BaseModel {
         (self.velocity(&xt, &t, ids, grid)? - v)?.sqr()?.mean_all()
     }
 
-    /// Samples latent tokens (n, h·w, C) for a prompt: Euler over `steps` with Flux's
-    /// resolution shift, classifier-free guidance against the empty prompt when `guidance` > 1.
+    /// Samples latent tokens (n, h·w, C) for a prompt: Euler over `opts.steps` with Flux's
+    /// resolution shift, classifier-free guidance against the empty prompt when guidance > 1.
     pub fn sample(
         &self,
         ids: &Tensor,
-        n: usize,
         grid: (usize, usize),
         channels: usize,
-        steps: usize,
-        guidance: f64,
-        seed: u64,
+        opts: &SampleOptions,
     ) -> Result<Tensor> {
+        let SampleOptions {
+            n,
+            steps,
+            guidance,
+            seed,
+        } = *opts;
         let dev = ids.device();
         let cond = ids.repeat((n, 1))?;
         let empty = Tensor::zeros((n, 1), DType::U32, dev)?;

@@ -116,14 +116,21 @@ pub fn train_loop(
     Ok(tr)
 }
 
+/// The VAE objective: KL weight, and the seed of the posterior noise (step s uses seed + s).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct VaeObjective {
+    /// KL weight.
+    pub beta: f64,
+    /// Noise seed.
+    pub seed: u64,
+}
+
 /// Trains a VAE in `dir` (see [`train_loop`]); `images(step)` gives (B, 3, H, W) in [−1, 1].
-/// The posterior noise of step s is drawn from `seed + s`.
 pub fn train_vae(
     dir: &Path,
     cfg: &VaeConfig,
     lc: &LoopConfig,
-    beta: f64,
-    seed: u64,
+    obj: VaeObjective,
     dev: &Device,
     images: impl Fn(usize) -> Result<Tensor>,
     on_step: impl FnMut(&StepLog),
@@ -131,8 +138,8 @@ pub fn train_vae(
     let vm = VarMap::new();
     let vae =
         Vae::new(cfg, VarBuilder::from_varmap(&vm, DType::F32, dev)).map_err(|e| e.to_string())?;
-    let meta =
-        serde_json::json!({"kind": "vae", "config": cfg, "loop": lc, "beta": beta, "seed": seed});
+    let VaeObjective { beta, seed } = obj;
+    let meta = serde_json::json!({"kind": "vae", "config": cfg, "loop": lc, "objective": obj});
     let tr = train_loop(
         dir,
         "vae",

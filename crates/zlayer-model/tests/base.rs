@@ -3,7 +3,7 @@
 use candle_core::{DType, Device};
 use candle_nn::{VarBuilder, VarMap};
 use zlayer_model::Config;
-use zlayer_model::base::BaseModel;
+use zlayer_model::base::{BaseModel, SampleOptions};
 use zlayer_model::text::{TextConfig, Tokenizer};
 
 fn model(dev: &Device) -> candle_core::Result<BaseModel> {
@@ -67,9 +67,29 @@ fn loss_is_finite_and_sampling_is_deterministic() -> candle_core::Result<()> {
         .tokenizer
         .batch(&["a red sphere"], m.max_len, &dev)
         .unwrap();
-    let a = m.sample(&one, 2, (4, 4), 8, 4, 2.0, 11)?;
+    let a = m.sample(
+        &one,
+        (4, 4),
+        8,
+        &SampleOptions {
+            n: 2,
+            steps: 4,
+            guidance: 2.0,
+            seed: 11,
+        },
+    )?;
     assert_eq!(a.dims(), &[2, 16, 8]);
-    let b = m.sample(&one, 2, (4, 4), 8, 4, 2.0, 11)?;
+    let b = m.sample(
+        &one,
+        (4, 4),
+        8,
+        &SampleOptions {
+            n: 2,
+            steps: 4,
+            guidance: 2.0,
+            seed: 11,
+        },
+    )?;
     assert_eq!(
         a.flatten_all()?.to_vec1::<f32>()?,
         b.flatten_all()?.to_vec1::<f32>()?

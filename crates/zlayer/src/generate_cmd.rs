@@ -5,6 +5,7 @@ use candle_core::{Device, Tensor};
 use clap::Args;
 use std::path::PathBuf;
 use zlayer_composite::{BitDepth, Image, Straight, write_png};
+use zlayer_model::base::SampleOptions;
 use zlayer_model::bundle::{load_base, load_vae};
 
 /// Flags of `zlayer generate`.
@@ -59,7 +60,17 @@ pub fn run(a: GenerateArgs) -> Result<(), Failure> {
     let (h, w) = (size / 4, size / 4);
     let n = a.n as usize;
     let tokens = base
-        .sample(&ids, n, (h, w), vae.cfg.latent, a.steps, a.guidance, a.seed)
+        .sample(
+            &ids,
+            (h, w),
+            vae.cfg.latent,
+            &SampleOptions {
+                n,
+                steps: a.steps,
+                guidance: a.guidance,
+                seed: a.seed,
+            },
+        )
         .map_err(|e| Failure::Internal(e.to_string()))?;
     let images = vae
         .decode_tokens(&tokens, h, w)

@@ -6,7 +6,9 @@ use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use rayon::prelude::*;
 use std::path::PathBuf;
-use zlayer_model::train::{LoopConfig, export_f16, latent_stats, load_weights, psnr, train_vae};
+use zlayer_model::train::{
+    LoopConfig, VaeObjective, export_f16, latent_stats, load_weights, psnr, train_vae,
+};
 use zlayer_model::vae::{Vae, VaeConfig};
 use zlayer_synth::{Params, Split, scene_at};
 
@@ -148,8 +150,10 @@ fn vae(a: VaeArgs) -> Result<(), Failure> {
         &a.out,
         &cfg,
         &lc,
-        a.beta,
-        a.seed,
+        VaeObjective {
+            beta: a.beta,
+            seed: a.seed,
+        },
         &dev,
         |step| images(seed, (step * batch) as u64, batch, size, &dev),
         |log| {
