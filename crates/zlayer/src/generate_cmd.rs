@@ -56,7 +56,11 @@ pub fn run(a: GenerateArgs) -> Result<(), Failure> {
         .tokenizer
         .batch(&[a.prompt.as_str()], base.max_len, &dev)
         .map_err(|e| Failure::User(e.to_string()))?;
-    let size = 64usize;
+    let size = std::fs::read_to_string(base_path.with_extension("json"))
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .and_then(|v| v["image_size"].as_u64())
+        .unwrap_or(64) as usize;
     let (h, w) = (size / 4, size / 4);
     let n = a.n as usize;
     let tokens = base

@@ -81,6 +81,9 @@ pub struct VaeArgs {
     /// Export the last weights instead of their EMA.
     #[arg(long)]
     export_raw: bool,
+    /// Held-out scenes for the final PSNR.
+    #[arg(long, default_value_t = 96)]
+    heldout: usize,
 }
 
 fn progress(steps: usize) -> ProgressBar {
@@ -178,7 +181,7 @@ fn vae(a: VaeArgs) -> Result<(), Failure> {
     export_f16(&ema, &weights, &placeholder).map_err(Failure::Internal)?;
     let vb = load_weights(&weights, &dev).map_err(Failure::Internal)?;
     let model = Vae::new(&cfg, vb).map_err(|e| Failure::Internal(e.to_string()))?;
-    let held = images(seed + 1_000_000, 0, 96, size, &dev)
+    let held = images(seed + 1_000_000, 0, a.heldout.max(1), size, &dev)
         .map_err(|e| Failure::Internal(e.to_string()))?;
     let p = psnr(&model, &held).map_err(|e| Failure::Internal(e.to_string()))?;
     let (shift, scale) =
@@ -195,9 +198,10 @@ fn vae(a: VaeArgs) -> Result<(), Failure> {
     });
     export_f16(&ema, &weights, &meta).map_err(Failure::Internal)?;
     eprintln!(
-        "trained {} steps in {:.1} min; held-out PSNR {p:.2} dB on 96 scenes; latents shift {shift:.4} scale {scale:.4}; wrote {}",
+        "trained {} steps in {:.1} min; held-out PSNR {p:.2} dB on {} scenes; latents shift {shift:.4} scale {scale:.4}; wrote {}",
         trainer.step,
         start.elapsed().as_secs_f64() / 60.0,
+        a.heldout.max(1),
         weights.display()
     );
     Ok(())
@@ -230,7 +234,11 @@ fn base(a: BaseArgs) -> Result<(), Failure> {
         .map_err(|e| Failure::User(format!("{}: {e}", a.out.display())))?;
     let dev = Device::Cpu;
     let vae = zlayer_model::bundle::load_vae(&a.vae, &dev).map_err(Failure::User)?;
-    let size = 64u32;
+    let vae_json: serde_json::Value = std::fs::read_to_string(a.vae.with_extension("json"))
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or_default();
+    let size = vae_json["image_size"].as_u64().unwrap_or(64) as u32;
     let grid = (
         size as usize / VaeConfig::FACTOR,
         size as usize / VaeConfig::FACTOR,

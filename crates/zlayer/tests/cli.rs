@@ -407,3 +407,117 @@ fn eval_scores_ground_truth_against_itself_and_names_bad_input() {
     assert_eq!(run.status.code(), Some(2));
     assert!(text(&run.stderr).contains("--pred nope: not a folder"));
 }
+
+#[test]
+fn train_and_generate_end_to_end_smoke() {
+    let dir = tmp("train");
+    let vae_dir = dir.join("vae");
+    let run = zlayer(&[
+        "train",
+        "vae",
+        "--out",
+        vae_dir.to_str().unwrap(),
+        "--steps",
+        "2",
+        "--batch",
+        "2",
+        "--size",
+        "32",
+        "--heldout",
+        "4",
+    ]);
+    assert_eq!(run.status.code(), Some(0), "{}", text(&run.stderr));
+    assert!(
+        text(&run.stderr).contains("held-out PSNR"),
+        "{}",
+        text(&run.stderr)
+    );
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(vae_dir.join("vae.json")).unwrap()).unwrap();
+    assert!(meta["latent_scale"].as_f64().unwrap() > 0.0);
+    let csv = std::fs::read_to_string(vae_dir.join("vae-loss.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 3, "header and two steps:\n{csv}");
+
+    let model = dir.join("model");
+    let run = zlayer(&[
+        "train",
+        "base",
+        "--vae",
+        vae_dir.join("vae.safetensors").to_str().unwrap(),
+        "--out",
+        model.to_str().unwrap(),
+        "--steps",
+        "1",
+        "--batch",
+        "2",
+    ]);
+    assert_eq!(run.status.code(), Some(0), "{}", text(&run.stderr));
+    std::fs::copy(
+        vae_dir.join("vae.safetensors"),
+        model.join("vae.safetensors"),
+    )
+    .unwrap();
+    std::fs::copy(vae_dir.join("vae.json"), model.join("vae.json")).unwrap();
+    let png = dir.join("gen.png");
+    let args = [
+        "generate",
+        "--prompt",
+        "a red sphere on a sky background",
+        "-o",
+        png.to_str().unwrap(),
+        "--model",
+        model.to_str().unwrap(),
+        "--steps",
+        "2",
+        "--n",
+        "2",
+    ];
+    let run = zlayer(&args);
+    assert_eq!(run.status.code(), Some(0), "{}", text(&run.stderr));
+    let img = zlayer_composite::read_png(&png).unwrap();
+    assert_eq!(
+        (img.width, img.height),
+        (64, 32),
+        "two 32-px samples side by side"
+    );
+    let again = dir.join("again.png");
+    let mut args2 = args;
+    args2[4] = again.to_str().unwrap();
+    assert_eq!(zlayer(&args2).status.code(), Some(0));
+    assert_eq!(
+        std::fs::read(&png).unwrap(),
+        std::fs::read(&again).unwrap(),
+        "same seed, same bytes"
+    );
+
+    let run = zlayer(&[
+        "generate",
+        "--prompt",
+        "a teal sphere",
+        "-o",
+        png.to_str().unwrap(),
+        "--model",
+        model.to_str().unwrap(),
+    ]);
+    assert_eq!(run.status.code(), Some(2));
+    assert!(
+        text(&run.stderr).contains("unknown word \"teal\""),
+        "{}",
+        text(&run.stderr)
+    );
+    let run = zlayer(&[
+        "generate",
+        "--prompt",
+        "a red disk",
+        "-o",
+        png.to_str().unwrap(),
+        "--model",
+        dir.join("none").to_str().unwrap(),
+    ]);
+    assert_eq!(run.status.code(), Some(2));
+    assert!(
+        text(&run.stderr).contains("no such model file"),
+        "{}",
+        text(&run.stderr)
+    );
+}
