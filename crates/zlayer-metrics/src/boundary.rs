@@ -17,6 +17,47 @@ pub struct DistanceBin {
     pub count: usize,
 }
 
+/// Error sums and pixel counts per integer signed distance in [−max, max].
+#[derive(Debug, Clone)]
+pub struct DistanceHistogram {
+    max: i32,
+    sum: Vec<f64>,
+    count: Vec<usize>,
+}
+
+impl DistanceHistogram {
+    /// Empty bins for |d| ≤ `max`.
+    pub fn new(max: i32) -> Self {
+        let n = (2 * max + 1) as usize;
+        Self {
+            max,
+            sum: vec![0.0; n],
+            count: vec![0; n],
+        }
+    }
+
+    /// Adds `count` pixels of total error `sum` at distance `d` (outside the range: ignored).
+    pub fn add(&mut self, d: i32, sum: f64, count: usize) {
+        if d.abs() <= self.max {
+            let k = (d + self.max) as usize;
+            self.sum[k] += sum;
+            self.count[k] += count;
+        }
+    }
+
+    /// The non-empty bins with their mean error.
+    pub fn bins(&self) -> Vec<DistanceBin> {
+        (0..self.count.len())
+            .filter(|&k| self.count[k] > 0)
+            .map(|k| DistanceBin {
+                distance: k as i32 - self.max,
+                mean_error: self.sum[k] / self.count[k] as f64,
+                count: self.count[k],
+            })
+            .collect()
+    }
+}
+
 /// Mean per-pixel error binned by signed distance to the mask boundary, for |d| ≤ `max`.
 pub fn error_by_distance(
     err: &[f64],
@@ -25,24 +66,13 @@ pub fn error_by_distance(
     h: usize,
     max: i32,
 ) -> Vec<DistanceBin> {
-    let sd = signed_distance(mask, w, h);
-    let n = (2 * max + 1) as usize;
-    let (mut sum, mut cnt) = (vec![0.0; n], vec![0usize; n]);
-    for (p, &d) in sd.iter().enumerate() {
-        if d.is_finite() && d.abs().round() <= max as f64 {
-            let b = (d.round() as i32 + max) as usize;
-            sum[b] += err[p];
-            cnt[b] += 1;
+    let mut hist = DistanceHistogram::new(max);
+    for (d, &e) in signed_distance(mask, w, h).iter().zip(err) {
+        if d.is_finite() {
+            hist.add(d.round() as i32, e, 1);
         }
     }
-    (0..n)
-        .filter(|&b| cnt[b] > 0)
-        .map(|b| DistanceBin {
-            distance: b as i32 - max,
-            mean_error: sum[b] / cnt[b] as f64,
-            count: cnt[b],
-        })
-        .collect()
+    hist.bins()
 }
 
 /// Mean error over the halo band: pixels within `band` px of the boundary, on either side.

@@ -24,7 +24,9 @@
 //! overlap pixels (a third instance covers the rest, or only an anti-aliased sliver shows),
 //! or when both are glass (a mix of two translucent colours reads the same in either order).
 
-use crate::boundary::{DistanceBin, boundary_f, boundary_iou, error_by_distance, halo_l1};
+use crate::boundary::{
+    DistanceBin, DistanceHistogram, boundary_f, boundary_iou, error_by_distance, halo_l1,
+};
 use crate::layout::{BoxScore, LabeledBox, box_scores, mask_iou, mean, region_iou};
 use crate::matting::{Matting, Region, matting_regions};
 use crate::occlusion::{OcclusionScore, front_by_ownership, score};
@@ -543,21 +545,11 @@ fn mean_matting<'a>(ms: impl Iterator<Item = &'a Matting>) -> Option<Matting> {
 
 /// Pools per-scene curves: each bin's mean weighted by its pixel count.
 fn pool_curves(rs: &[SceneResult]) -> Vec<DistanceBin> {
-    let n = (2 * CURVE_MAX + 1) as usize;
-    let (mut sum, mut cnt) = (vec![0.0; n], vec![0usize; n]);
+    let mut hist = DistanceHistogram::new(CURVE_MAX);
     for b in rs.iter().flat_map(|r| &r.curve) {
-        let k = (b.distance + CURVE_MAX) as usize;
-        sum[k] += b.mean_error * b.count as f64;
-        cnt[k] += b.count;
+        hist.add(b.distance, b.mean_error * b.count as f64, b.count);
     }
-    (0..n)
-        .filter(|&k| cnt[k] > 0)
-        .map(|k| DistanceBin {
-            distance: k as i32 - CURVE_MAX,
-            mean_error: sum[k] / cnt[k] as f64,
-            count: cnt[k],
-        })
-        .collect()
+    hist.bins()
 }
 
 /// Averages per-scene results (per image, then over images, as the definitions say).

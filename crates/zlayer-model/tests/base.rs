@@ -67,29 +67,15 @@ fn loss_is_finite_and_sampling_is_deterministic() -> candle_core::Result<()> {
         .tokenizer
         .batch(&["a red sphere"], m.max_len, &dev)
         .unwrap();
-    let a = m.sample(
-        &one,
-        (4, 4),
-        8,
-        &SampleOptions {
-            n: 2,
-            steps: 4,
-            guidance: 2.0,
-            seed: 11,
-        },
-    )?;
+    let opts = SampleOptions {
+        n: 2,
+        steps: 4,
+        guidance: 2.0,
+        seed: 11,
+    };
+    let a = m.sample(&one, (4, 4), 8, &opts)?;
     assert_eq!(a.dims(), &[2, 16, 8]);
-    let b = m.sample(
-        &one,
-        (4, 4),
-        8,
-        &SampleOptions {
-            n: 2,
-            steps: 4,
-            guidance: 2.0,
-            seed: 11,
-        },
-    )?;
+    let b = m.sample(&one, (4, 4), 8, &opts)?;
     assert_eq!(
         a.flatten_all()?.to_vec1::<f32>()?,
         b.flatten_all()?.to_vec1::<f32>()?

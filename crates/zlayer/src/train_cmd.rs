@@ -10,7 +10,7 @@ use zlayer_model::train::{
     LoopConfig, VaeObjective, export_f16, latent_stats, load_weights, psnr, train_vae,
 };
 use zlayer_model::vae::{Vae, VaeConfig};
-use zlayer_synth::{Params, Split, scene_at};
+use zlayer_synth::{Params, Split, SynthScene, scene_at};
 
 /// What to train.
 #[derive(Debug, Subcommand)]
@@ -106,24 +106,47 @@ pub fn run(cmd: TrainCommand) -> Result<(), Failure> {
     }
 }
 
-/// Synthetic images (B, 3, S, S) in [−1, 1], scenes `first..first + n` of `seed`, splits mixed.
-fn images(seed: u64, first: u64, n: usize, size: u32, dev: &Device) -> candle_core::Result<Tensor> {
-    let data: Vec<f32> = (0..n as u64)
+/// Scenes `first..first + n` of `seed`, the three splits interleaved, rendered in parallel.
+fn scenes(seed: u64, first: u64, n: usize, size: u32) -> Vec<SynthScene> {
+    (0..n as u64)
         .into_par_iter()
-        .flat_map_iter(|i| {
-            let split = Split::ALL[(i % 3) as usize];
-            let img = scene_at(seed, first + i, &Params::new(split, size)).image;
-            // HWC u8 → CHW in [−1, 1].
-            (0..3)
-                .flat_map(|c| {
-                    img.iter()
-                        .map(|p| p[c] as f32 / 127.5 - 1.0)
-                        .collect::<Vec<_>>()
-                })
-                .collect::<Vec<_>>()
+        .map(|i| {
+            scene_at(
+                seed,
+                first + i,
+                &Params::new(Split::ALL[(i % 3) as usize], size),
+            )
+        })
+        .collect()
+}
+
+/// Their images as (B, 3, S, S) in [−1, 1] (HWC u8 → CHW).
+fn to_tensor(scenes: &[SynthScene], size: u32, dev: &Device) -> candle_core::Result<Tensor> {
+    let data: Vec<f32> = scenes
+        .iter()
+        .flat_map(|s| {
+            (0..3).flat_map(move |c| s.image.iter().map(move |p| p[c] as f32 / 127.5 - 1.0))
         })
         .collect();
-    Tensor::from_vec(data, (n, 3, size as usize, size as usize), dev)
+    Tensor::from_vec(data, (scenes.len(), 3, size as usize, size as usize), dev)
+}
+
+/// Synthetic images (B, 3, S, S) in [−1, 1], scenes `first..first + n` of `seed`.
+fn images(seed: u64, first: u64, n: usize, size: u32, dev: &Device) -> candle_core::Result<Tensor> {
+    to_tensor(&scenes(seed, first, n, size), size, dev)
+}
+
+/// The schedule both runs use: 5% warmup, checkpoints every 100 steps, clip 1, EMA 0.999.
+fn loop_config(steps: usize, lr: f64) -> LoopConfig {
+    LoopConfig {
+        steps,
+        lr,
+        warmup: (steps / 20).max(1),
+        checkpoint_every: 100,
+        clip: 1.0,
+        ema: 0.999,
+        weight_decay: 0.0,
+    }
 }
 
 fn vae(a: VaeArgs) -> Result<(), Failure> {
@@ -137,15 +160,7 @@ fn vae(a: VaeArgs) -> Result<(), Failure> {
         .map_err(|e| Failure::User(format!("{}: {e}", a.out.display())))?;
     let dev = Device::Cpu;
     let cfg = VaeConfig::tiny();
-    let lc = LoopConfig {
-        steps: a.steps,
-        lr: a.lr,
-        warmup: (a.steps / 20).max(1),
-        checkpoint_every: 100,
-        clip: 1.0,
-        ema: 0.999,
-        weight_decay: 0.0,
-    };
+    let lc = loop_config(a.steps, a.lr);
     let bar = progress(a.steps);
     let start = std::time::Instant::now();
     let (seed, batch, size) = (a.seed, a.batch, a.size);
@@ -264,15 +279,7 @@ fn base(a: BaseArgs) -> Result<(), Failure> {
         candle_nn::VarBuilder::from_varmap(&vm, candle_core::DType::F32, &dev),
     )
     .map_err(|e| int(e.to_string()))?;
-    let lc = LoopConfig {
-        steps: a.steps,
-        lr: a.lr,
-        warmup: (a.steps / 20).max(1),
-        checkpoint_every: 100,
-        clip: 1.0,
-        ema: 0.999,
-        weight_decay: 0.0,
-    };
+    let lc = loop_config(a.steps, a.lr);
     let meta = serde_json::json!({"kind": "base", "dit": dit, "text": text, "vocabulary": tok.words(), "loop": lc, "seed": a.seed, "image_size": size});
     let bar = progress(a.steps);
     let start = std::time::Instant::now();
@@ -286,25 +293,8 @@ fn base(a: BaseArgs) -> Result<(), Failure> {
         &dev,
         |step| {
             let first = (step * batch) as u64;
-            let scenes: Vec<_> = (0..batch as u64)
-                .into_par_iter()
-                .map(|i| {
-                    scene_at(
-                        seed,
-                        first + i,
-                        &Params::new(Split::ALL[(i % 3) as usize], size),
-                    )
-                })
-                .collect();
-            let px = (size * size) as usize;
-            let data: Vec<f32> = scenes
-                .iter()
-                .flat_map(|s| {
-                    (0..3)
-                        .flat_map(move |c| (0..px).map(move |p| s.image[p][c] as f32 / 127.5 - 1.0))
-                })
-                .collect();
-            let x = Tensor::from_vec(data, (batch, 3, size as usize, size as usize), &dev)?;
+            let scenes = scenes(seed, first, batch, size);
+            let x = to_tensor(&scenes, size, &dev)?;
             let x0 = vae.encode_tokens(&x)?;
             let mut rng =
                 zlayer_scene::rng::Rng::new(seed ^ (step as u64).wrapping_mul(0x9E37_79B9));
