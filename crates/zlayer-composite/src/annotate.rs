@@ -30,6 +30,99 @@ pub fn level_colour(level: usize) -> Rgba {
     LEVEL_COLOURS[level % LEVEL_COLOURS.len()]
 }
 
+/// One line of a [`line_chart`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Series {
+    /// Legend text.
+    pub label: String,
+    /// Points (x, y), drawn in order; non-finite ones are skipped.
+    pub points: Vec<(f64, f64)>,
+}
+
+/// A line chart `width × height` px with a title, axis labels and ranges that fit every
+/// finite point (y starts at 0 when all values are positive, as losses and errors are).
+/// `None` if the size is unusable.
+pub fn line_chart(
+    title: &str,
+    x_label: &str,
+    series: &[Series],
+    width: u32,
+    height: u32,
+) -> Option<Image<Straight>> {
+    let mut c = Canvas::new(width, height, [255; 4])?;
+    let (w, h, m) = (width as f32, height as f32, 56.0f32);
+    let ink = [20, 20, 20, 255];
+    c.text(m, 12.0, title, 1.0, ink);
+    let pts = || {
+        series
+            .iter()
+            .flat_map(|s| s.points.iter())
+            .filter(|p| p.0.is_finite() && p.1.is_finite())
+    };
+    let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
+    for &(x, y) in pts() {
+        (x0, x1, y0, y1) = (x0.min(x), x1.max(x), y0.min(y), y1.max(y));
+    }
+    if x0 > x1 {
+        (x0, x1, y0, y1) = (0.0, 1.0, 0.0, 1.0);
+    }
+    y0 = y0.min(0.0);
+    if x1 - x0 < 1e-12 {
+        x1 = x0 + 1.0;
+    }
+    if y1 - y0 < 1e-12 {
+        y1 = y0 + 1.0;
+    }
+    let px = |x: f64| m + ((x - x0) / (x1 - x0)) as f32 * (w - 2.0 * m);
+    let py = |y: f64| h - m - ((y - y0) / (y1 - y0)) as f32 * (h - 2.0 * m);
+    c.line((m, h - m), (w - m, h - m), ink, 1.0);
+    c.line((m, m), (m, h - m), ink, 1.0);
+    let fmt = |v: f64| {
+        format!("{v:.3}")
+            .trim_end_matches('0')
+            .trim_end_matches('.')
+            .to_string()
+    };
+    c.text(4.0, m - 4.0, &fmt(y1), 1.0, ink);
+    c.text(4.0, h - m - 4.0, &fmt(y0), 1.0, ink);
+    c.text(m, h - m + 8.0, &fmt(x0), 1.0, ink);
+    let right = fmt(x1);
+    c.text(
+        w - m - Canvas::text_width(&right, 1.0),
+        h - m + 8.0,
+        &right,
+        1.0,
+        ink,
+    );
+    c.text(
+        w / 2.0 - Canvas::text_width(x_label, 1.0) / 2.0,
+        h - m + 24.0,
+        x_label,
+        1.0,
+        ink,
+    );
+    for (k, s) in series.iter().enumerate() {
+        let colour = level_colour(k + 3);
+        let finite: Vec<_> = s
+            .points
+            .iter()
+            .filter(|p| p.0.is_finite() && p.1.is_finite())
+            .collect();
+        for pair in finite.windows(2) {
+            c.line(
+                (px(pair[0].0), py(pair[0].1)),
+                (px(pair[1].0), py(pair[1].1)),
+                colour,
+                1.5,
+            );
+        }
+        let ly = m + 4.0 + 14.0 * k as f32;
+        c.fill_rect([w - m - 150.0, ly, 12.0, 8.0], colour);
+        c.text(w - m - 132.0, ly, &s.label, 1.0, ink);
+    }
+    Some(c.to_image())
+}
+
 /// A drawing surface.
 pub struct Canvas {
     pixmap: Pixmap,
@@ -133,6 +226,17 @@ impl Canvas {
                 FillRule::Winding,
                 Transform::identity(),
                 None,
+            );
+        }
+    }
+
+    /// Draws a `w`-wide RGB image with its top-left at `(x, y)`, each pixel a `scale`-px square.
+    pub fn image_rgb(&mut self, x: f32, y: f32, pixels: &[[u8; 3]], w: usize, scale: f32) {
+        for (p, &[r, g, b]) in pixels.iter().enumerate() {
+            let (px, py) = ((p % w) as f32, (p / w) as f32);
+            self.fill_rect(
+                [x + px * scale, y + py * scale, scale, scale],
+                [r, g, b, 255],
             );
         }
     }

@@ -78,38 +78,53 @@ fn fit2(p: V3, u: V3, w: V3, xr: (f32, f32), yr: (f32, f32)) -> (f32, f32, f32) 
 /// Labels every pixel of a `w × h` RGB image: `Some(k)` for instance k, `None` for
 /// background or rejected.
 pub fn segment(image: &[[u8; 3]], w: usize, h: usize, targets: &[Target]) -> Vec<Option<usize>> {
-    let inside = |k: usize, x: usize, y: usize| {
-        let b = targets[k].bbox;
-        (x as f64 + 0.5) >= b[0]
-            && (x as f64 + 0.5) < b[2]
-            && (y as f64 + 0.5) >= b[1]
-            && (y as f64 + 0.5) < b[3]
-    };
+    let in_any: Vec<bool> = (0..w * h)
+        .map(|p| (0..targets.len()).any(|k| inside(&targets[k], p % w, p / w)))
+        .collect();
+    label(image, w, h, targets, &in_any, |x, y| {
+        let outside = |q: &usize| !in_any[*q];
+        [
+            (0..x).rev().map(|i| y * w + i).find(outside),
+            (x + 1..w).map(|i| y * w + i).find(outside),
+            (0..y).rev().map(|j| j * w + x).find(outside),
+            (y + 1..h).map(|j| j * w + x).find(outside),
+        ]
+        .into_iter()
+        .flatten()
+        .map(|q| v(image[q]))
+        .collect()
+    })
+}
+
+fn inside(t: &Target, x: usize, y: usize) -> bool {
+    let b = t.bbox;
+    (x as f64 + 0.5) >= b[0]
+        && (x as f64 + 0.5) < b[2]
+        && (y as f64 + 0.5) >= b[1]
+        && (y as f64 + 0.5) < b[3]
+}
+
+/// Labels the pixels inside some box, given each one's background references.
+fn label(
+    image: &[[u8; 3]],
+    w: usize,
+    h: usize,
+    targets: &[Target],
+    in_any: &[bool],
+    backgrounds: impl Fn(usize, usize) -> Vec<V3>,
+) -> Vec<Option<usize>> {
     let colours: Vec<V3> = targets.iter().map(|t| v(t.rgb)).collect();
     let mut labels = vec![None; w * h];
     let mut cands = Vec::with_capacity(targets.len());
-    let in_any: Vec<bool> = (0..w * h)
-        .map(|p| (0..targets.len()).any(|k| inside(k, p % w, p / w)))
-        .collect();
     for y in 0..h {
         for x in 0..w {
             if !in_any[y * w + x] {
                 continue;
             }
             cands.clear();
-            cands.extend((0..targets.len()).filter(|&k| inside(k, x, y)));
+            cands.extend((0..targets.len()).filter(|&k| inside(&targets[k], x, y)));
             let p = v(image[y * w + x]);
-            let outside = |q: &usize| !in_any[*q];
-            let bgs: Vec<V3> = [
-                (0..x).rev().map(|i| y * w + i).find(outside),
-                (x + 1..w).map(|i| y * w + i).find(outside),
-                (0..y).rev().map(|j| j * w + x).find(outside),
-                (y + 1..h).map(|j| j * w + x).find(outside),
-            ]
-            .into_iter()
-            .flatten()
-            .map(|q| v(image[q]))
-            .collect();
+            let bgs = backgrounds(x, y);
             let mut best = (REJECT, None);
             let mut consider = |r: f32, label: Option<usize>| {
                 if r < best.0 {
@@ -151,6 +166,87 @@ pub fn segment(image: &[[u8; 3]], w: usize, h: usize, targets: &[Target]) -> Vec
         }
     }
     labels
+}
+
+/// Interior pixels (all four neighbours agree) each colour `(rgb, glass)` wins when all of them may appear anywhere but the
+/// outermost `inset` px. An image made from a prompt alone has no boxes, so the muted colours
+/// seen on that border are the background references.
+pub fn colour_pixels(
+    image: &[[u8; 3]],
+    w: usize,
+    h: usize,
+    colours: &[([u8; 3], bool)],
+    inset: usize,
+) -> Vec<usize> {
+    let bbox = [
+        inset as f64,
+        inset as f64,
+        w.saturating_sub(inset) as f64,
+        h.saturating_sub(inset) as f64,
+    ];
+    let targets: Vec<Target> = colours
+        .iter()
+        .map(|&(rgb, glass)| Target { bbox, rgb, glass })
+        .collect();
+    let frame = Target {
+        bbox,
+        rgb: [0; 3],
+        glass: false,
+    };
+    let in_any: Vec<bool> = (0..w * h).map(|p| inside(&frame, p % w, p / w)).collect();
+    // Objects often reach the border, so only its muted colours count: the world's
+    // backgrounds are greys and pale tints, its objects saturated, black or near white.
+    let muted = |c: &[u8; 3]| {
+        let (lo, hi) = (*c.iter().min().unwrap_or(&0), *c.iter().max().unwrap_or(&0));
+        hi - lo <= 76 && lo >= 64 && hi <= 236
+    };
+    let mut border: Vec<[u8; 3]> = (0..w * h)
+        .filter(|&p| !in_any[p])
+        .map(|p| image[p])
+        .filter(muted)
+        .collect();
+    border.sort_unstable();
+    border.dedup();
+    let border: Vec<V3> = border.into_iter().map(v).collect();
+    let mut counts = vec![0; colours.len()];
+    if targets.is_empty() {
+        return counts;
+    }
+    let labels = label(image, w, h, &targets, &in_any, |_, _| border.clone());
+    // Only pixels whose four neighbours agree count: anti-aliased edges, where an object's
+    // colour mixes with its neighbour's, and stray highlights are thin.
+    for y in 1..h.saturating_sub(1) {
+        for x in 1..w.saturating_sub(1) {
+            let p = y * w + x;
+            if let Some(k) = labels[p]
+                && [p - 1, p + 1, p - w, p + w]
+                    .iter()
+                    .all(|&q| labels[q] == Some(k))
+            {
+                counts[k] += 1;
+            }
+        }
+    }
+    counts
+}
+
+/// The border [`colour_present`] keeps as the background reference, in px.
+pub const PRESENT_INSET: usize = 2;
+
+/// Whether each colour covers at least 1/400 of the image (10 px at 64², but at least 8) by
+/// [`colour_pixels`]: enough to be an object, not a stray edge.
+pub fn colour_present(
+    image: &[[u8; 3]],
+    w: usize,
+    h: usize,
+    colours: &[([u8; 3], bool)],
+    inset: usize,
+) -> Vec<bool> {
+    let min = (w * h / 400).max(8);
+    colour_pixels(image, w, h, colours, inset)
+        .into_iter()
+        .map(|n| n >= min)
+        .collect()
 }
 
 #[cfg(test)]

@@ -66,3 +66,52 @@ fn segmenter_accuracy_on_clean_images() {
         assert!(clean >= 0.99, "{split:?}: {clean:.4}");
     }
 }
+
+/// Colour presence with the border as the background reference (how `zlayer eval-prompts`
+/// scores prompt-only images), on clean renders: every colour that is plainly visible is
+/// found, colours not in the scene almost never are.
+#[test]
+fn colour_presence_on_clean_images() {
+    use zlayer_metrics::segment::{PRESENT_INSET, colour_present};
+    use zlayer_synth::vocab::Colour;
+    for split in [Split::Simple, Split::Regular] {
+        let (mut hit, mut shown, mut false_hit, mut absent) = (0, 0, 0, 0);
+        for i in 0..300 {
+            let s = scene_at(33, i, &Params::new(split, 64));
+            let looks: Vec<Look> = s
+                .scene
+                .instances
+                .iter()
+                .map(|i| Look::parse(&i.caption).unwrap())
+                .collect();
+            let all: Vec<([u8; 3], bool)> = Colour::ALL
+                .iter()
+                .map(|c| {
+                    let glass = looks
+                        .iter()
+                        .any(|l| l.colour == *c && l.material == Material::Glass);
+                    (c.rgb(), glass)
+                })
+                .collect();
+            // Every vocabulary colour competes for every pixel, as in `zlayer eval-prompts`.
+            let present = colour_present(&s.image, 64, 64, &all, PRESENT_INSET);
+            for (c, &found) in Colour::ALL.iter().zip(&present) {
+                let visible: usize = (0..looks.len())
+                    .filter(|&k| looks[k].colour == *c)
+                    .map(|k| s.visible[k].iter().filter(|&&a| a >= 128).count())
+                    .sum();
+                if visible >= 60 {
+                    shown += 1;
+                    hit += found as usize;
+                } else if visible == 0 {
+                    absent += 1;
+                    false_hit += found as usize;
+                }
+            }
+        }
+        let (rate, fp) = (hit as f64 / shown as f64, false_hit as f64 / absent as f64);
+        eprintln!("{split:?}: visible colours found {rate:.4}, absent colours found {fp:.4}");
+        assert!(rate >= 0.95, "{split:?}: {rate:.4}");
+        assert!(fp <= 0.01, "{split:?}: {fp:.4}");
+    }
+}

@@ -11,8 +11,6 @@ use candle_nn::VarBuilder;
 /// How to sample.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct SampleOptions {
-    /// Images.
-    pub n: usize,
     /// Euler steps.
     pub steps: usize,
     /// Classifier-free guidance scale (≤ 1: none).
@@ -79,6 +77,26 @@ impl BaseModel {
         })
     }
 
+    /// Multiply-add FLOPs (2 per MAC) of one forward pass over a batch of `b` images of
+    /// `img` tokens with prompts of `txt` tokens, counting the matmuls only (the projections,
+    /// MLPs and attention of the DiT and the text encoder); element-wise work is left out, so
+    /// GFLOP/s from this count is the useful rate. A training step is about 3× this.
+    pub fn forward_flops(dit: &Config, text: &TextConfig, b: usize, img: usize, txt: usize) -> f64 {
+        let (h, l) = (dit.hidden_size as f64, (img + txt) as f64);
+        let mlp = dit.mlp_hidden() as f64;
+        // q, k, v, out and the MLP per token; QKᵀ and AV per pair of tokens.
+        let per_token = 2.0 * (4.0 * h * h + 2.0 * h * mlp);
+        let attention = 4.0 * l * l * h;
+        let blocks = (dit.depth + dit.depth_single_blocks) as f64;
+        let embed = 2.0
+            * h
+            * (img as f64 * 2.0 * dit.in_channels as f64 + txt as f64 * dit.context_in_dim as f64);
+        let w = text.width as f64;
+        let text_flops = text.layers as f64
+            * (txt as f64 * 2.0 * (4.0 * w * w + 8.0 * w * w) + 4.0 * (txt * txt) as f64 * w);
+        b as f64 * (blocks * (l * per_token + attention) + embed + text_flops)
+    }
+
     /// The rectified-flow loss on latent tokens `x0` (B, L, C) with prompt ids; `seed` draws
     /// the noise and the logit-normal times.
     pub fn loss(
@@ -98,8 +116,9 @@ impl BaseModel {
         (self.velocity(&xt, &t, ids, grid)? - v)?.sqr()?.mean_all()
     }
 
-    /// Samples latent tokens (n, h·w, C) for a prompt: Euler over `opts.steps` with Flux's
-    /// resolution shift, classifier-free guidance against the empty prompt when guidance > 1.
+    /// Samples latent tokens (B, h·w, C), one image per row of prompt ids (B, Lt): Euler over
+    /// `opts.steps` with Flux's resolution shift, classifier-free guidance against the empty
+    /// prompt when guidance > 1.
     pub fn sample(
         &self,
         ids: &Tensor,
@@ -108,18 +127,18 @@ impl BaseModel {
         opts: &SampleOptions,
     ) -> Result<Tensor> {
         let SampleOptions {
-            n,
             steps,
             guidance,
             seed,
         } = *opts;
         let dev = ids.device();
-        let cond = ids.repeat((n, 1))?;
+        let n = ids.dim(0)?;
+        let cond = ids;
         let empty = Tensor::zeros((n, 1), DType::U32, dev)?;
         let times = schedule(steps, grid.0 * grid.1, true);
         let field = |x: &Tensor, t: f64| -> Result<Tensor> {
             let tt = Tensor::full(t as f32, n, dev)?;
-            let vc = self.velocity(x, &tt, &cond, grid)?;
+            let vc = self.velocity(x, &tt, cond, grid)?;
             if guidance <= 1.0 {
                 return Ok(vc);
             }

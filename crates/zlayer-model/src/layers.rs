@@ -66,9 +66,24 @@ pub fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
 
 /// Scaled dot-product attention with RoPE: q, k, v (B, H, L, D) → (B, L, H·D).
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, pe: &(Tensor, Tensor)) -> Result<Tensor> {
+    masked_attention(q, k, v, pe, None)
+}
+
+/// [`attention`] with an additive bias on the scores, broadcast to (B, H, L, L): 0 where a
+/// key may be attended, a large negative number where not (padding of packed sequences).
+pub fn masked_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    pe: &(Tensor, Tensor),
+    bias: Option<&Tensor>,
+) -> Result<Tensor> {
     let (q, k) = (apply_rope(q, &pe.0, &pe.1)?, apply_rope(k, &pe.0, &pe.1)?);
     let (b, h, l, d) = q.dims4()?;
-    let scores = (q.matmul(&k.t()?)? / (d as f64).sqrt())?; // (B, H, L, L)
+    let mut scores = (q.matmul(&k.t()?)? / (d as f64).sqrt())?; // (B, H, L, L)
+    if let Some(bias) = bias {
+        scores = scores.broadcast_add(bias)?;
+    }
     let probs = candle_nn::ops::softmax(&scores, D::Minus1)?;
     probs.matmul(v)?.transpose(1, 2)?.reshape((b, l, h * d))
 }

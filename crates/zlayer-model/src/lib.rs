@@ -6,6 +6,7 @@
 //! - [`config`]: shapes as data, with presets.
 //! - [`layers`]: differentiable building blocks (norms, RoPE, attention, modulation).
 //! - [`dit`]: the Flux-style MM-DiT.
+//! - [`layout`]: layout tokens, packed per-instance sequences, Z-order composition.
 //! - [`text`]: word-level tokenizer and the tiny text encoder.
 //! - [`vae`]: the small KL autoencoder (nearest-then-conv upsampling).
 //! - [`optim`]: AdamW with saved state, clipping, warmup/cosine, EMA, exact-resume checkpoints.
@@ -18,6 +19,7 @@ pub mod bundle;
 pub mod config;
 pub mod dit;
 pub mod layers;
+pub mod layout;
 pub mod optim;
 pub mod sampling;
 pub mod text;
@@ -25,4 +27,21 @@ pub mod train;
 pub mod vae;
 
 pub use config::Config;
+
+/// Keeps freed tensor buffers in the heap for reuse (glibc only; elsewhere a no-op).
+///
+/// candle allocates a fresh buffer for every op's output; glibc returns those above 32 MiB
+/// to the kernel at once, so each step pays for zeroing fresh pages again (7.7% of a training
+/// step's profile, and 18% of its time, measured on the tiny base at batch 16). Call it once,
+/// first thing in `main`.
+pub fn keep_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator tuning parameters and is called before any
+    // other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
+        libc::mallopt(libc::M_TOP_PAD, 256 << 20);
+    }
+}
 pub use dit::{Flux, FluxInput};

@@ -70,6 +70,7 @@ pub fn train_loop(
         tr.load(&ckpt, dev)?;
     }
     let log_path = dir.join(format!("{name}-loss.csv"));
+    truncate_log(&log_path, tr.step)?;
     let mut log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -114,6 +115,32 @@ pub fn train_loop(
         }
     }
     Ok(tr)
+}
+
+/// Drops the rows of a loss log after `step` (written after the last checkpoint by a run
+/// that then stopped), so that a resumed run's log has every step exactly once.
+fn truncate_log(path: &Path, step: usize) -> std::result::Result<(), String> {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Ok(());
+    };
+    let keep: Vec<&str> = text
+        .lines()
+        .enumerate()
+        .take_while(|(i, l)| {
+            *i == 0 && step > 0
+                || l.split(',')
+                    .next()
+                    .and_then(|f| f.parse::<usize>().ok())
+                    .is_some_and(|s| s <= step)
+        })
+        .map(|(_, l)| l)
+        .collect();
+    if keep.len() == text.lines().count() {
+        return Ok(());
+    }
+    let body: String = keep.iter().map(|l| format!("{l}\n")).collect();
+    zlayer_composite::atomic_write(path, |f| f.write_all(body.as_bytes()))
+        .map_err(|x| format!("{}: {x}", path.display()))
 }
 
 /// The VAE objective: KL weight, and the seed of the posterior noise (step s uses seed + s).

@@ -65,10 +65,9 @@ fn loss_is_finite_and_sampling_is_deterministic() -> candle_core::Result<()> {
     );
     let one = m
         .tokenizer
-        .batch(&["a red sphere"], m.max_len, &dev)
+        .batch(&["a red sphere", "a red sphere"], m.max_len, &dev)
         .unwrap();
     let opts = SampleOptions {
-        n: 2,
         steps: 4,
         guidance: 2.0,
         seed: 11,

@@ -98,3 +98,48 @@ fn learning_rate_warms_up_then_decays_to_a_tenth() {
     assert!((lr_at(100, 1.0, 10, 100) - 0.1).abs() < 1e-12);
     assert!(lr_at(50, 1.0, 10, 100) < 1.0 && lr_at(50, 1.0, 10, 100) > 0.1);
 }
+
+#[test]
+fn an_interrupted_run_resumes_with_each_step_logged_once() {
+    use zlayer_model::train::{LoopConfig, train_loop};
+    let dev = Device::Cpu;
+    let dir = std::env::temp_dir().join(format!("zlayer-loop-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let lc = |steps| LoopConfig {
+        steps,
+        lr: 1e-3,
+        warmup: 1,
+        checkpoint_every: 3,
+        clip: 1.0,
+        ema: 0.9,
+        weight_decay: 0.0,
+    };
+    let run = |steps| {
+        let (vm, model) = setup(&dev).unwrap();
+        let meta = serde_json::json!({});
+        train_loop(
+            &dir,
+            "t",
+            &vm,
+            &lc(steps),
+            &meta,
+            &dev,
+            |s| Ok((loss(&model, s, &dev)?, Vec::new())),
+            |_| {},
+        )
+        .unwrap();
+    };
+    let csv = dir.join("t-loss.csv");
+    run(3);
+    // A run that died after step 5, between checkpoints, left rows 4 and 5 behind.
+    let mut text = std::fs::read_to_string(&csv).unwrap();
+    text.push_str("4,9.9,0.001\n5,9.9,0.001\n");
+    std::fs::write(&csv, text).unwrap();
+    run(5);
+    let text = std::fs::read_to_string(&csv).unwrap();
+    let steps: Vec<&str> = text.lines().map(|l| l.split(',').next().unwrap()).collect();
+    assert_eq!(steps, ["step", "1", "2", "3", "4", "5"], "{text}");
+    assert!(!text.contains("9.9"), "stale rows kept: {text}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

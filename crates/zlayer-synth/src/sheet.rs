@@ -25,15 +25,10 @@ fn draw_cell(c: &mut Canvas, s: &SynthScene, ox: f32, oy: f32, cell: f32) {
     let size = s.spec.params.size as usize;
     let f = cell / size as f32;
     let right = ox + cell + 4.0;
-    for (p, &[r, g, b]) in s.image.iter().enumerate() {
-        let (x, y) = ((p % size) as f32, (p / size) as f32);
-        c.fill_rect([ox + x * f, oy + y * f, f, f], [r, g, b, 255]);
-        let fade = |v: u8| ((v as u16 + 3 * 255) / 4) as u8;
-        c.fill_rect(
-            [right + x * f, oy + y * f, f, f],
-            [fade(r), fade(g), fade(b), 255],
-        );
-    }
+    c.image_rgb(ox, oy, &s.image, size, f);
+    let fade = |v: u8| ((v as u16 + 3 * 255) / 4) as u8;
+    let faded: Vec<[u8; 3]> = s.image.iter().map(|p| p.map(fade)).collect();
+    c.image_rgb(right, oy, &faded, size, f);
     let mut order: Vec<usize> = (0..s.amodal.len()).collect();
     order.sort_by_key(|&i| std::cmp::Reverse(s.spec.instances[i].rank));
     for &i in &order {

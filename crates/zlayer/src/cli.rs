@@ -88,6 +88,11 @@ enum Command {
     #[command(after_help = "Example:
   zlayer generate --prompt \"a red sphere in front of a blue cube on a sky background\" -o out.png --n 4")]
     Generate(crate::generate_cmd::GenerateArgs),
+    /// Score the base model on held-out global prompts: does the metrics segmenter find every
+    /// prompted colour in the generated image? Writes a summary, a CSV and a sample sheet.
+    ///
+    /// Example: `zlayer eval-prompts --model models/tiny --n 200`
+    EvalPrompts(crate::eval_prompts::EvalPromptsArgs),
     /// Train a model on SA-Z-synth, on the CPU (resumes from DIR's checkpoint).
     #[command(subcommand)]
     Train(crate::train_cmd::TrainCommand),
@@ -173,5 +178,6 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
         Command::Eval(args) => crate::eval_cmd::run(args),
         Command::Train(cmd) => crate::train_cmd::run(cmd),
         Command::Generate(args) => crate::generate_cmd::run(args),
+        Command::EvalPrompts(args) => crate::eval_prompts::run(args),
     }
 }

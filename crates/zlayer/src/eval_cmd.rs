@@ -4,7 +4,7 @@ use crate::cli::Failure;
 use clap::Args;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use zlayer_composite::annotate::{Canvas, level_colour};
+use zlayer_composite::annotate::{Canvas, Series, level_colour, line_chart};
 use zlayer_composite::{BitDepth, atomic_write, write_png};
 use zlayer_metrics::eval::{Summary, csv, evaluate_dirs, markdown, summarize};
 
@@ -121,45 +121,21 @@ fn plot(s: &Summary, path: &Path) -> Result<(), Failure> {
 
 /// The image error against signed distance to the silhouette (PELC's halo curve).
 fn plot_curve(s: &Summary, path: &Path) -> Result<(), Failure> {
-    let (w, h, m) = (640.0, 360.0, 50.0);
-    let mut c = Canvas::new(w as u32, h as u32, [255; 4])
-        .ok_or_else(|| Failure::Internal("no canvas".into()))?;
-    let ink = [20, 20, 20, 255];
-    c.text(
-        m,
-        12.0,
-        "mean abs. image error vs signed distance to the silhouette (px)",
-        1.0,
-        ink,
-    );
-    let ymax = s
-        .error_curve
-        .iter()
-        .map(|b| b.mean_error)
-        .fold(1e-3, f64::max) as f32;
-    let d = zlayer_metrics::eval::CURVE_MAX as f32;
-    let px = |dist: f32| m + (dist + d) / (2.0 * d) * (w - 2.0 * m);
-    let py = |e: f32| h - m - e / ymax * (h - 2.0 * m);
-    c.line((m, h - m), (w - m, h - m), ink, 1.0);
-    c.line((px(0.0), m), (px(0.0), h - m), [180, 180, 180, 255], 1.0);
-    c.text(px(0.0) - 20.0, h - m + 8.0, "edge", 1.0, ink);
-    c.text(m, h - m + 8.0, &format!("-{d} (inside)"), 1.0, ink);
-    c.text(
-        w - m - 90.0,
-        h - m + 8.0,
-        &format!("+{d} (outside)"),
-        1.0,
-        ink,
-    );
-    c.text(4.0, m - 4.0, &format!("{ymax:.3}"), 1.0, ink);
-    for pair in s.error_curve.windows(2) {
-        let (a, b) = (&pair[0], &pair[1]);
-        c.line(
-            (px(a.distance as f32), py(a.mean_error as f32)),
-            (px(b.distance as f32), py(b.mean_error as f32)),
-            level_colour(3),
-            2.0,
-        );
-    }
-    write_png(path, &c.to_image(), BitDepth::Eight).map_err(user)
+    let series = Series {
+        label: "mean abs. error".into(),
+        points: s
+            .error_curve
+            .iter()
+            .map(|b| (b.distance as f64, b.mean_error))
+            .collect(),
+    };
+    let img = line_chart(
+        "mean abs. image error vs signed distance to the silhouette",
+        "distance to the edge in px (negative: inside)",
+        &[series],
+        640,
+        360,
+    )
+    .ok_or_else(|| Failure::Internal("no canvas".into()))?;
+    write_png(path, &img, BitDepth::Eight).map_err(user)
 }

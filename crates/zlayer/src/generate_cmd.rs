@@ -3,10 +3,11 @@
 use crate::cli::Failure;
 use candle_core::{Device, Tensor};
 use clap::Args;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use zlayer_composite::{BitDepth, Image, Straight, write_png};
-use zlayer_model::base::SampleOptions;
-use zlayer_model::bundle::{load_base, load_vae};
+use zlayer_model::base::{BaseModel, SampleOptions};
+use zlayer_model::bundle::{VaeBundle, load_base, load_vae};
+use zlayer_model::vae::VaeConfig;
 
 /// Flags of `zlayer generate`.
 #[derive(Debug, Args)]
@@ -38,47 +39,24 @@ pub struct GenerateArgs {
 pub fn run(a: GenerateArgs) -> Result<(), Failure> {
     let start = std::time::Instant::now();
     let dev = Device::Cpu;
-    let (vae_path, base_path) = (
-        a.model.join("vae.safetensors"),
-        a.model.join("base.safetensors"),
-    );
-    for p in [&vae_path, &base_path] {
-        if !p.is_file() {
-            return Err(Failure::User(format!(
-                "{}: no such model file; train one with `zlayer train vae` and `zlayer train base`, or pass --model DIR",
-                p.display()
-            )));
-        }
-    }
-    let vae = load_vae(&vae_path, &dev).map_err(Failure::User)?;
-    let base = load_base(&base_path, &dev).map_err(Failure::User)?;
-    let ids = base
+    let m = Model::load(&a.model, &dev)?;
+    let ids = m
+        .base
         .tokenizer
-        .batch(&[a.prompt.as_str()], base.max_len, &dev)
+        .batch(&vec![a.prompt.as_str(); a.n as usize], m.base.max_len, &dev)
         .map_err(|e| Failure::User(e.to_string()))?;
-    let size = std::fs::read_to_string(base_path.with_extension("json"))
-        .ok()
-        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-        .and_then(|v| v["image_size"].as_u64())
-        .unwrap_or(64) as usize;
-    let (h, w) = (size / 4, size / 4);
     let n = a.n as usize;
-    let tokens = base
-        .sample(
+    let images = m
+        .generate(
             &ids,
-            (h, w),
-            vae.cfg.latent,
             &SampleOptions {
-                n,
                 steps: a.steps,
                 guidance: a.guidance,
                 seed: a.seed,
             },
         )
         .map_err(|e| Failure::Internal(e.to_string()))?;
-    let images = vae
-        .decode_tokens(&tokens, h, w)
-        .map_err(|e| Failure::Internal(e.to_string()))?;
+    let size = m.size;
     let img = row(&images, n, size).map_err(|e| Failure::Internal(e.to_string()))?;
     write_png(&a.output, &img, BitDepth::Eight).map_err(|e| Failure::User(e.to_string()))?;
     eprintln!(
@@ -89,16 +67,68 @@ pub fn run(a: GenerateArgs) -> Result<(), Failure> {
     Ok(())
 }
 
+/// The tiny model: VAE, base, and the image side they were trained at.
+pub struct Model {
+    /// The autoencoder.
+    pub vae: VaeBundle,
+    /// The text-to-image model.
+    pub base: BaseModel,
+    /// Image side in pixels.
+    pub size: usize,
+}
+
+impl Model {
+    /// Loads `DIR/vae.safetensors` and `DIR/base.safetensors` with their JSON.
+    pub fn load(dir: &Path, dev: &Device) -> Result<Self, Failure> {
+        let (vae_path, base_path) = (dir.join("vae.safetensors"), dir.join("base.safetensors"));
+        for p in [&vae_path, &base_path] {
+            if !p.is_file() {
+                return Err(Failure::User(format!(
+                    "{}: no such model file; train one with `zlayer train vae` and `zlayer train base`, or pass --model DIR",
+                    p.display()
+                )));
+            }
+        }
+        let vae = load_vae(&vae_path, dev).map_err(Failure::User)?;
+        let base = load_base(&base_path, dev).map_err(Failure::User)?;
+        let size = std::fs::read_to_string(base_path.with_extension("json"))
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .and_then(|v| v["image_size"].as_u64())
+            .unwrap_or(64) as usize;
+        Ok(Self { vae, base, size })
+    }
+
+    /// Images (B, 3, S, S) in [−1, 1], one per row of prompt ids.
+    pub fn generate(&self, ids: &Tensor, opts: &SampleOptions) -> candle_core::Result<Tensor> {
+        let g = self.size / VaeConfig::FACTOR;
+        let tokens = self.base.sample(ids, (g, g), self.vae.cfg.latent, opts)?;
+        self.vae.decode_tokens(&tokens, g, g)
+    }
+}
+
+/// Images (B, 3, S, S) in [−1, 1] as 8-bit RGB pixel rows, one `Vec` per image.
+pub fn to_rgb8(images: &Tensor) -> candle_core::Result<Vec<Vec<[u8; 3]>>> {
+    let (b, _, h, w) = images.dims4()?;
+    let v: Vec<f32> = images.flatten_all()?.to_vec1()?;
+    let q = |x: f32| ((x + 1.0) * 127.5).round().clamp(0.0, 255.0) as u8;
+    Ok((0..b)
+        .map(|k| {
+            (0..h * w)
+                .map(|p| [0, 1, 2].map(|c| q(v[(k * 3 + c) * h * w + p])))
+                .collect()
+        })
+        .collect())
+}
+
 /// Images (n, 3, S, S) in [−1, 1] side by side.
 fn row(images: &Tensor, n: usize, s: usize) -> candle_core::Result<Image<Straight>> {
-    let v: Vec<f32> = images.flatten_all()?.to_vec1()?;
+    let rgb = to_rgb8(images)?;
     let mut img = Image::<Straight>::new(n * s, s);
-    for k in 0..n {
-        for y in 0..s {
-            for x in 0..s {
-                let c = |ch: usize| (v[((k * 3 + ch) * s + y) * s + x] + 1.0) / 2.0;
-                img.pixels[y * n * s + k * s + x] = Straight([c(0), c(1), c(2), 1.0]);
-            }
+    for (k, pixels) in rgb.iter().enumerate() {
+        for (p, px) in pixels.iter().enumerate() {
+            let c = px.map(|v| v as f32 / 255.0);
+            img.pixels[(p / s) * n * s + k * s + p % s] = Straight([c[0], c[1], c[2], 1.0]);
         }
     }
     Ok(img)

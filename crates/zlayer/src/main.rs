@@ -6,6 +6,7 @@
 mod cli;
 mod compose;
 mod eval_cmd;
+mod eval_prompts;
 mod generate_cmd;
 mod preview;
 mod scene_cmd;
@@ -16,6 +17,7 @@ use clap::Parser;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
+    zlayer_model::keep_freed_memory();
     let args = cli::Cli::parse();
     match cli::run(args) {
         Ok(()) => ExitCode::SUCCESS,

@@ -22,6 +22,16 @@ pub enum SplitArg {
     Complex,
 }
 
+impl From<SplitArg> for zlayer_synth::Split {
+    fn from(a: SplitArg) -> Self {
+        match a {
+            SplitArg::Simple => Self::Simple,
+            SplitArg::Regular => Self::Regular,
+            SplitArg::Complex => Self::Complex,
+        }
+    }
+}
+
 /// How `synth` stores scenes.
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum StoreArg {
@@ -74,11 +84,7 @@ pub struct SynthArgs {
 
 /// Runs the command.
 pub fn run(a: SynthArgs) -> Result<(), Failure> {
-    let split = match a.split {
-        SplitArg::Simple => zlayer_synth::Split::Simple,
-        SplitArg::Regular => zlayer_synth::Split::Regular,
-        SplitArg::Complex => zlayer_synth::Split::Complex,
-    };
+    let split = a.split.into();
     let mut params = Params::new(split, a.size);
     if let Some(o) = a.overlap {
         if !(0.0..=1.0).contains(&o) {

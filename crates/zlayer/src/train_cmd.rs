@@ -1,11 +1,14 @@
 //! `zlayer train`: training runs on SA-Z-synth, with progress, logs and exact resume.
 
 use crate::cli::Failure;
+use crate::synth_cmd::SplitArg;
 use candle_core::{Device, Tensor};
 use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use rayon::prelude::*;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use zlayer_composite::annotate::{Series, line_chart};
+use zlayer_composite::{BitDepth, write_png};
 use zlayer_model::train::{
     LoopConfig, VaeObjective, export_f16, latent_stats, load_weights, psnr, train_vae,
 };
@@ -52,6 +55,10 @@ pub struct BaseArgs {
     /// Probability of training a sample with the empty prompt (for guidance).
     #[arg(long, default_value_t = 0.1)]
     drop: f32,
+    /// Splits to train on, interleaved. The prompt-only stage stays lean: crowded `complex`
+    /// scenes are the layout branch's job.
+    #[arg(long, value_delimiter = ',', default_value = "simple,regular")]
+    splits: Vec<SplitArg>,
 }
 
 /// Flags of `zlayer train vae`.
@@ -86,16 +93,83 @@ pub struct VaeArgs {
     heldout: usize,
 }
 
-fn progress(steps: usize) -> ProgressBar {
-    let bar = ProgressBar::new(steps as u64);
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{elapsed_precise} [{bar:30}] {pos}/{len} {per_sec} eta {eta} {msg}",
-        )
-        .expect("valid template")
-        .progress_chars("=> "),
-    );
-    bar
+/// A progress bar on a terminal; in a log file (`nohup`), a line every 25 steps instead.
+struct Progress {
+    bar: ProgressBar,
+    start: std::time::Instant,
+}
+
+impl Progress {
+    fn new(steps: usize) -> Self {
+        let bar = ProgressBar::new(steps as u64);
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{elapsed_precise} [{bar:30}] {pos}/{len} {per_sec} eta {eta} {msg}",
+            )
+            .expect("valid template")
+            .progress_chars("=> "),
+        );
+        Self {
+            bar,
+            start: std::time::Instant::now(),
+        }
+    }
+
+    fn update(&self, step: usize, msg: String) {
+        self.bar.set_position(step as u64);
+        if self.bar.is_hidden() && step.is_multiple_of(25) {
+            let secs = self.start.elapsed().as_secs_f64();
+            eprintln!(
+                "step {step}/{} {msg} ({secs:.0} s)",
+                self.bar.length().unwrap_or(0)
+            );
+        }
+        self.bar.set_message(msg);
+    }
+
+    fn finish(&self) {
+        self.bar.finish();
+    }
+}
+
+/// Draws `DIR/NAME-loss.csv` (step, loss, …) as `DIR/NAME-loss.png`, with a 50-step moving
+/// average over the raw curve.
+pub fn plot_loss(dir: &Path, name: &str) -> Result<(), Failure> {
+    let csv = dir.join(format!("{name}-loss.csv"));
+    let text = std::fs::read_to_string(&csv)
+        .map_err(|e| Failure::Internal(format!("{}: {e}", csv.display())))?;
+    let raw: Vec<(f64, f64)> = text
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let mut f = l.split(',');
+            Some((f.next()?.parse().ok()?, f.next()?.parse().ok()?))
+        })
+        .collect();
+    let window = 50.min(raw.len().max(1));
+    let smooth = raw
+        .windows(window)
+        .map(|w| {
+            (
+                w[w.len() - 1].0,
+                w.iter().map(|p| p.1).sum::<f64>() / w.len() as f64,
+            )
+        })
+        .collect();
+    let series = [
+        Series {
+            label: "loss".into(),
+            points: raw,
+        },
+        Series {
+            label: format!("mean of {window}"),
+            points: smooth,
+        },
+    ];
+    let img = line_chart(&format!("{name} training loss"), "step", &series, 720, 400)
+        .ok_or_else(|| Failure::Internal("no canvas".into()))?;
+    write_png(&dir.join(format!("{name}-loss.png")), &img, BitDepth::Eight)
+        .map_err(|e| Failure::Internal(e.to_string()))
 }
 
 /// Runs the command.
@@ -106,16 +180,13 @@ pub fn run(cmd: TrainCommand) -> Result<(), Failure> {
     }
 }
 
-/// Scenes `first..first + n` of `seed`, the three splits interleaved, rendered in parallel.
-fn scenes(seed: u64, first: u64, n: usize, size: u32) -> Vec<SynthScene> {
+/// Scenes `first..first + n` of `seed`, cycling through `splits`, rendered in parallel.
+pub fn scenes(seed: u64, first: u64, n: usize, size: u32, splits: &[Split]) -> Vec<SynthScene> {
     (0..n as u64)
         .into_par_iter()
         .map(|i| {
-            scene_at(
-                seed,
-                first + i,
-                &Params::new(Split::ALL[(i % 3) as usize], size),
-            )
+            let split = splits[((first + i) % splits.len() as u64) as usize];
+            scene_at(seed, first + i, &Params::new(split, size))
         })
         .collect()
 }
@@ -133,7 +204,7 @@ fn to_tensor(scenes: &[SynthScene], size: u32, dev: &Device) -> candle_core::Res
 
 /// Synthetic images (B, 3, S, S) in [−1, 1], scenes `first..first + n` of `seed`.
 fn images(seed: u64, first: u64, n: usize, size: u32, dev: &Device) -> candle_core::Result<Tensor> {
-    to_tensor(&scenes(seed, first, n, size), size, dev)
+    to_tensor(&scenes(seed, first, n, size, &Split::ALL), size, dev)
 }
 
 /// The schedule both runs use: 5% warmup, checkpoints every 100 steps, clip 1, EMA 0.999.
@@ -161,7 +232,7 @@ fn vae(a: VaeArgs) -> Result<(), Failure> {
     let dev = Device::Cpu;
     let cfg = VaeConfig::tiny();
     let lc = loop_config(a.steps, a.lr);
-    let bar = progress(a.steps);
+    let bar = Progress::new(a.steps);
     let start = std::time::Instant::now();
     let (seed, batch, size) = (a.seed, a.batch, a.size);
     let (_, _, trainer) = train_vae(
@@ -175,16 +246,22 @@ fn vae(a: VaeArgs) -> Result<(), Failure> {
         &dev,
         |step| images(seed, (step * batch) as u64, batch, size, &dev),
         |log| {
-            bar.set_position(log.step as u64);
-            bar.set_message(format!(
-                "loss {:.5} mse {:.5}",
-                log.loss,
-                log.extra.first().map_or(0.0, |e| e.1)
-            ));
+            bar.update(
+                log.step,
+                format!(
+                    "loss {:.5} mse {:.5}",
+                    log.loss,
+                    log.extra.first().map_or(0.0, |e| e.1)
+                ),
+            );
+            if log.step.is_multiple_of(lc.checkpoint_every) {
+                let _ = plot_loss(&a.out, "vae");
+            }
         },
     )
     .map_err(Failure::Internal)?;
     bar.finish();
+    plot_loss(&a.out, "vae")?;
     // Evaluate and export the EMA (or last) weights.
     let ema = if a.export_raw {
         trainer.weights()
@@ -280,10 +357,15 @@ fn base(a: BaseArgs) -> Result<(), Failure> {
     )
     .map_err(|e| int(e.to_string()))?;
     let lc = loop_config(a.steps, a.lr);
-    let meta = serde_json::json!({"kind": "base", "dit": dit, "text": text, "vocabulary": tok.words(), "loop": lc, "seed": a.seed, "image_size": size});
-    let bar = progress(a.steps);
+    let split_names: Vec<&str> = a.splits.iter().map(|&s| Split::from(s).name()).collect();
+    let meta = serde_json::json!({"kind": "base", "splits": split_names, "dit": dit, "text": text, "vocabulary": tok.words(), "loop": lc, "seed": a.seed, "image_size": size});
+    let bar = Progress::new(a.steps);
     let start = std::time::Instant::now();
     let (seed, batch) = (a.seed, a.batch);
+    let splits: Vec<Split> = a.splits.iter().map(|&s| s.into()).collect();
+    if splits.is_empty() {
+        return Err(Failure::User("--splits needs at least one split".into()));
+    }
     let trainer = train_loop(
         &a.out,
         "base",
@@ -293,7 +375,7 @@ fn base(a: BaseArgs) -> Result<(), Failure> {
         &dev,
         |step| {
             let first = (step * batch) as u64;
-            let scenes = scenes(seed, first, batch, size);
+            let scenes = scenes(seed, first, batch, size, &splits);
             let x = to_tensor(&scenes, size, &dev)?;
             let x0 = vae.encode_tokens(&x)?;
             let mut rng =
@@ -314,14 +396,17 @@ fn base(a: BaseArgs) -> Result<(), Failure> {
             Ok((model.loss(&x0, &ids, grid, rng.next_u64())?, Vec::new()))
         },
         |log| {
-            bar.set_position(log.step as u64);
-            bar.set_message(format!("loss {:.4}", log.loss));
+            bar.update(log.step, format!("loss {:.4}", log.loss));
+            if log.step.is_multiple_of(lc.checkpoint_every) {
+                let _ = plot_loss(&a.out, "base");
+            }
         },
     )
     .map_err(int)?;
     bar.finish();
+    plot_loss(&a.out, "base")?;
     let weights = a.out.join("base.safetensors");
-    export_f16(&trainer.ema(), &weights, &serde_json::json!({"steps": trainer.step, "train_minutes": start.elapsed().as_secs_f64() / 60.0, "vae": a.vae, "dit": dit, "text": text, "vocabulary": tok.words(), "loop": lc, "image_size": size}))
+    export_f16(&trainer.ema(), &weights, &serde_json::json!({"steps": trainer.step, "train_minutes": start.elapsed().as_secs_f64() / 60.0, "vae": a.vae, "splits": split_names, "seed": a.seed, "batch": a.batch, "dit": dit, "text": text, "vocabulary": tok.words(), "loop": lc, "image_size": size}))
         .map_err(int)?;
     eprintln!(
         "trained {} steps in {:.1} min; wrote {}",

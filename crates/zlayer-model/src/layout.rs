@@ -1,0 +1,247 @@
+//! The pieces of OcclusionFormer's layout branch that do not depend on a block
+//! (DESIGN.md §4.1, §4.3): layout tokens, packing instances into ragged sequences, and the
+//! Z-order composition by volume rendering, all differentiable in candle.
+//!
+//! Packing: every instance of every scene in the batch becomes one sequence, its layout token
+//! followed by the image tokens inside its box. Sequences are padded to the longest box in the
+//! batch and attended in one call, with padded keys masked out, so the cost grows with the
+//! boxes, not with instances × canvas. Outputs are scattered back onto per-instance canvases
+//! (zero outside the box), which is what the composition needs.
+
+use crate::layers::masked_attention;
+use candle_core::{D, Result, Tensor};
+use candle_nn::{Linear, Module, VarBuilder};
+
+/// Points per box side of the layout token's box embedding.
+pub const BOX_GRID: usize = 6;
+/// Fourier frequencies per box coordinate.
+pub const BOX_FREQS: usize = 8;
+/// Width of the Fourier box embedding: 6×6 points × (x, y) × frequencies × (sin, cos).
+pub const BOX_EMBED: usize = BOX_GRID * BOX_GRID * 2 * BOX_FREQS * 2;
+
+/// The 6×6 grid of points over a box normalised to [0, 1], as (x, y) pairs with x the outer
+/// loop, corners included: the official code's `layout_boxes_dense`.
+pub fn box_points(b: [f32; 4]) -> [f32; BOX_GRID * BOX_GRID * 2] {
+    let mut out = [0.0; BOX_GRID * BOX_GRID * 2];
+    let step = |lo: f32, hi: f32, i: usize| lo + (hi - lo) * i as f32 / (BOX_GRID - 1) as f32;
+    for i in 0..BOX_GRID {
+        for j in 0..BOX_GRID {
+            let k = 2 * (i * BOX_GRID + j);
+            out[k] = step(b[0], b[2], i);
+            out[k + 1] = step(b[1], b[3], j);
+        }
+    }
+    out
+}
+
+/// Fourier features of (N, C) coordinates: for each frequency 100^(k/8), the sines of every
+/// coordinate then their cosines → (N, C·2·8), frequency-major as in GLIGEN and the official
+/// code.
+pub fn fourier(x: &Tensor) -> Result<Tensor> {
+    let mut parts = Vec::with_capacity(2 * BOX_FREQS);
+    for k in 0..BOX_FREQS {
+        let fx = (x * 100f64.powf(k as f64 / BOX_FREQS as f64))?;
+        parts.push(fx.sin()?);
+        parts.push(fx.cos()?);
+    }
+    Tensor::cat(&parts, D::Minus1)
+}
+
+/// Two linears with SiLU between (`linear_1`, `linear_2`).
+#[derive(Debug, Clone)]
+struct Projection(Linear, Linear);
+
+impl Projection {
+    fn new(input: usize, hidden: usize, out: usize, vb: VarBuilder) -> Result<Self> {
+        Ok(Self(
+            candle_nn::linear(input, hidden, vb.pp("linear_1"))?,
+            candle_nn::linear(hidden, out, vb.pp("linear_2"))?,
+        ))
+    }
+}
+
+impl Module for Projection {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.1.forward(&self.0.forward(x)?.silu()?)
+    }
+}
+
+/// One token per instance from its pooled caption and its box (`layout_net.*`):
+/// `linears([text_embedder(pooled), fourier(box points)])`.
+#[derive(Debug, Clone)]
+pub struct LayoutNet {
+    text: Projection,
+    linears: Projection,
+}
+
+impl LayoutNet {
+    /// `pooled`: width of the pooled caption; `hidden`: the DiT's width.
+    pub fn new(pooled: usize, hidden: usize, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            text: Projection::new(pooled, hidden, hidden, vb.pp("text_embedder"))?,
+            linears: Projection::new(hidden + BOX_EMBED, hidden / 2, hidden, vb.pp("linears"))?,
+        })
+    }
+
+    /// Layout tokens (N, hidden) from pooled captions (N, pooled) and box points (N, 72).
+    pub fn forward(&self, pooled: &Tensor, points: &Tensor) -> Result<Tensor> {
+        let x = Tensor::cat(&[self.text.forward(pooled)?, fourier(points)?], D::Minus1)?;
+        self.linears.forward(&x)
+    }
+}
+
+/// Instances of a batch packed as ragged sequences: index tables for gathering their box
+/// tokens from the canvases and scattering results back.
+#[derive(Debug, Clone)]
+pub struct Packing {
+    /// Instances N.
+    pub n: usize,
+    /// Tokens per canvas L.
+    pub tokens: usize,
+    /// Image positions per sequence, the longest box: sequences are 1 + this long.
+    pub len: usize,
+    /// (N·len,) u32 rows of the flattened canvases (B·L) to gather, or B·L (a zero row) for
+    /// padding.
+    gather: Tensor,
+    /// (N·len,) u32 rows of the flattened instance canvases (N·L) to scatter to, or N·L
+    /// (a discarded row) for padding.
+    scatter: Tensor,
+    /// (N, 1, 1, 1 + len) additive attention bias: 0 for real keys, −1e9 for padding.
+    pub bias: Tensor,
+    /// (N, 1 + len, 3) RoPE ids: the layout token's, then its image tokens'.
+    pub ids: Tensor,
+    /// The scene each instance belongs to.
+    pub scene: Vec<usize>,
+}
+
+impl Packing {
+    /// `boxes[n] = (scene b, token indices inside the box, layout token's RoPE id)`, with
+    /// `img_ids` (B, L, 3) the canvases' RoPE ids.
+    pub fn new(
+        boxes: &[(usize, Vec<usize>, [f32; 3])],
+        batch: usize,
+        img_ids: &Tensor,
+    ) -> Result<Self> {
+        let dev = img_ids.device();
+        let (_, tokens, _) = img_ids.dims3()?;
+        let n = boxes.len();
+        let len = boxes.iter().map(|b| b.1.len()).max().unwrap_or(0).max(1);
+        let ids_flat: Vec<f32> = img_ids.flatten_all()?.to_vec1()?;
+        let mut gather = Vec::with_capacity(n * len);
+        let mut scatter = Vec::with_capacity(n * len);
+        let mut bias = Vec::with_capacity(n * (len + 1));
+        let mut ids = Vec::with_capacity(n * (len + 1) * 3);
+        for (k, (b, idx, layout_id)) in boxes.iter().enumerate() {
+            if *b >= batch || idx.iter().any(|&p| p >= tokens) {
+                candle_core::bail!("instance {k}: scene {b} or a token index is out of range");
+            }
+            bias.push(0f32);
+            ids.extend_from_slice(layout_id);
+            for s in 0..len {
+                match idx.get(s) {
+                    Some(&p) => {
+                        gather.push((b * tokens + p) as u32);
+                        scatter.push((k * tokens + p) as u32);
+                        bias.push(0.0);
+                        ids.extend_from_slice(&ids_flat[(b * tokens + p) * 3..][..3]);
+                    }
+                    None => {
+                        gather.push((batch * tokens) as u32);
+                        scatter.push((n * tokens) as u32);
+                        bias.push(-1e9);
+                        ids.extend_from_slice(&[0.0; 3]);
+                    }
+                }
+            }
+        }
+        Ok(Self {
+            n,
+            tokens,
+            len,
+            gather: Tensor::from_vec(gather, n * len, dev)?,
+            scatter: Tensor::from_vec(scatter, n * len, dev)?,
+            bias: Tensor::from_vec(bias, (n, 1, 1, len + 1), dev)?,
+            ids: Tensor::from_vec(ids, (n, len + 1, 3), dev)?,
+            scene: boxes.iter().map(|b| b.0).collect(),
+        })
+    }
+
+    /// Sequences (N, 1 + len, D): each layout token (N, D), then its box's tokens from
+    /// `img` (B, L, D), zeros for padding.
+    pub fn pack(&self, layout: &Tensor, img: &Tensor) -> Result<Tensor> {
+        let (b, l, d) = img.dims3()?;
+        let flat = Tensor::cat(
+            &[
+                img.reshape((b * l, d))?,
+                Tensor::zeros((1, d), img.dtype(), img.device())?,
+            ],
+            0,
+        )?;
+        let boxed = flat
+            .index_select(&self.gather, 0)?
+            .reshape((self.n, self.len, d))?;
+        Tensor::cat(&[layout.unsqueeze(1)?, boxed], 1)
+    }
+
+    /// The image part of sequences (N, 1 + len, D) scattered onto instance canvases
+    /// (N, L, D), zero outside each box; the layout tokens (N, D) are returned apart.
+    pub fn unpack(&self, seq: &Tensor) -> Result<(Tensor, Tensor)> {
+        let d = seq.dim(2)?;
+        let layout = seq.narrow(1, 0, 1)?.squeeze(1)?;
+        let img = seq
+            .narrow(1, 1, self.len)?
+            .reshape((self.n * self.len, d))?;
+        let canvas = Tensor::zeros((self.n * self.tokens + 1, d), seq.dtype(), seq.device())?
+            .index_add(&self.scatter, &img, 0)?
+            .narrow(0, 0, self.n * self.tokens)?
+            .reshape((self.n, self.tokens, d))?;
+        Ok((canvas, layout))
+    }
+
+    /// Attention within each packed sequence: q, k, v (N, H, 1 + len, Dh) → (N, 1 + len, H·Dh).
+    pub fn attention(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        pe: &(Tensor, Tensor),
+    ) -> Result<Tensor> {
+        masked_attention(q, k, v, pe, Some(&self.bias))
+    }
+}
+
+/// Z-order composition of instance canvases (DESIGN.md §4.1), differentiable:
+/// `layers` (N, L, D) of one scene, `sigma` (N, D) ≥ 0, soft box masks `masks` (N, L), and
+/// each instance's occluders. Returns Z (L, D) and the weights w (N, L, D); Z is 0 where
+/// every weight is.
+pub fn compose(
+    layers: &Tensor,
+    sigma: &Tensor,
+    masks: &Tensor,
+    occluders: &[Vec<usize>],
+) -> Result<(Tensor, Tensor)> {
+    let (n, l, d) = layers.dims3()?;
+    let dev = layers.device();
+    // O (N, N): O[i][j] = 1 when j occludes i. Σ_j O_ij σ_j b_j(p) for every i, p, d as one
+    // matmul over j: (N, N) × (N, L·D).
+    let mut o = vec![0f32; n * n];
+    for (i, occ) in occluders.iter().enumerate() {
+        for &j in occ {
+            if j < n && j != i {
+                o[i * n + j] = 1.0;
+            }
+        }
+    }
+    let o = Tensor::from_vec(o, (n, n), dev)?.to_dtype(layers.dtype())?;
+    let b = masks.unsqueeze(2)?; // (N, L, 1)
+    let sb = b.broadcast_mul(&sigma.unsqueeze(1)?)?; // (N, L, D)
+    let optical = o.matmul(&sb.reshape((n, l * d))?)?.reshape((n, l, d))?;
+    let transmittance = optical.neg()?.exp()?;
+    let alpha = (sigma.neg()?.exp()?.neg()? + 1.0)?.unsqueeze(1)?; // 1 − e^{−σ}, (N, 1, D)
+    let w = transmittance.broadcast_mul(&alpha)?.broadcast_mul(&b)?;
+    let num = (&w * layers)?.sum(0)?;
+    let den = w.sum(0)?;
+    // Where every weight is 0 so is the numerator; dividing by max(den, tiny) gives 0 there.
+    let z = num.broadcast_div(&den.clamp(1e-30, f64::INFINITY)?)?;
+    Ok((z, w))
+}

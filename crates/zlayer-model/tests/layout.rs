@@ -1,0 +1,257 @@
+//! The layout branch's block-independent pieces: box embedding against the official fixture,
+//! packed attention against a dense masked reference, composition against zlayer-composite.
+
+use candle_core::{DType, Device, Tensor, Var};
+use zlayer_model::base::BaseModel;
+use zlayer_model::layers::{masked_attention, rope, split_qkv};
+use zlayer_model::layout::{BOX_EMBED, Packing, box_points, compose, fourier};
+use zlayer_model::sampling::noise;
+use zlayer_scene::rng::Rng;
+
+fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
+#[test]
+fn box_points_match_the_official_layout_boxes() {
+    let Some(dir) = zlayer_testkit::fixtures("official-parity") else {
+        return;
+    };
+    let io = candle_core::safetensors::load(dir.join("io.safetensors"), &Device::Cpu).unwrap();
+    let want: Vec<Vec<f32>> = io["layout_boxes_dense"].to_vec2().unwrap();
+    let scene: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("scene.json")).unwrap()).unwrap();
+    let (w, h) = (
+        scene["width"].as_f64().unwrap(),
+        scene["height"].as_f64().unwrap(),
+    );
+    for (k, a) in scene["annos"].as_array().unwrap().iter().enumerate() {
+        let b: Vec<f64> = a["bbox"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect();
+        let norm = [b[0] / w, b[1] / h, b[2] / w, b[3] / h].map(|v| v as f32);
+        let got = box_points(norm);
+        for (g, e) in got.iter().zip(&want[k]) {
+            assert!(
+                (g - e).abs() < 1e-6,
+                "instance {k}: {got:?} vs {:?}",
+                want[k]
+            );
+        }
+    }
+}
+
+#[test]
+fn fourier_features_are_frequency_major_sines_then_cosines() {
+    let pts: Vec<f32> = box_points([0.1, 0.2, 0.7, 0.9]).to_vec();
+    let x = Tensor::from_vec(pts.clone(), (1, 72), &Device::Cpu).unwrap();
+    let f: Vec<f32> = fourier(&x)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    assert_eq!(f.len(), BOX_EMBED);
+    for k in 0..8 {
+        let freq = 100f64.powf(k as f64 / 8.0);
+        for (c, &p) in pts.iter().enumerate() {
+            let arg = freq * p as f64;
+            assert!((f[(2 * k) * 72 + c] as f64 - arg.sin()).abs() < 1e-4);
+            assert!((f[(2 * k + 1) * 72 + c] as f64 - arg.cos()).abs() < 1e-4);
+        }
+    }
+}
+
+/// Random boxes on a 5×6 token grid, in two scenes.
+fn instances(rng: &mut Rng) -> Vec<(usize, Vec<usize>, [f32; 3])> {
+    let (h, w) = (5, 6);
+    (0..5)
+        .map(|k| {
+            let (x1, y1) = (rng.below(w), rng.below(h));
+            let (x2, y2) = (x1 + 1 + rng.below(w - x1), y1 + 1 + rng.below(h - y1));
+            let idx = (y1..y2)
+                .flat_map(|y| (x1..x2).map(move |x| y * w + x))
+                .collect();
+            let id = [0.0, (y1 + y2) as f32 / 2.0, (x1 + x2) as f32 / 2.0];
+            (k % 2, idx, id)
+        })
+        .collect()
+}
+
+#[test]
+fn packed_attention_equals_a_dense_masked_reference() {
+    let dev = Device::Cpu;
+    let (b, l, d, heads) = (2, 30, 16, 2);
+    let axes = [2, 2, 4];
+    for seed in 0..20 {
+        let mut rng = Rng::new(seed);
+        let boxes = instances(&mut rng);
+        let n = boxes.len();
+        let img = noise((b, l, d), seed, &dev).unwrap();
+        let layout = noise((n, d), seed + 100, &dev).unwrap();
+        // Unit-scale projections, so 1e-5 is a tight bound in f32.
+        let wqkv = (noise((d, 3 * d), seed + 200, &dev).unwrap() * 0.25).unwrap();
+        let img_ids = BaseModel::image_ids(b, 5, 6, &dev).unwrap();
+        let pk = Packing::new(&boxes, b, &img_ids).unwrap();
+        let seq = pk.pack(&layout, &img).unwrap();
+        let (q, k, v) = split_qkv(&seq.broadcast_matmul(&wqkv).unwrap(), heads).unwrap();
+        let pe = rope(&pk.ids, &axes, 10_000.0).unwrap();
+        let out = pk.attention(&q, &k, &v, &pe).unwrap();
+        let (canvas, tokens) = pk.unpack(&out).unwrap();
+        for (i, (scene, idx, id)) in boxes.iter().enumerate() {
+            // Dense: the layout token and the whole canvas, keys outside the box masked.
+            let seq = Tensor::cat(
+                &[
+                    layout.get(i).unwrap().unsqueeze(0).unwrap(),
+                    img.get(*scene).unwrap(),
+                ],
+                0,
+            )
+            .unwrap()
+            .unsqueeze(0)
+            .unwrap();
+            let mut bias = vec![-1e9f32; l + 1];
+            bias[0] = 0.0;
+            for &p in idx {
+                bias[p + 1] = 0.0;
+            }
+            let bias = Tensor::from_vec(bias, (1, 1, 1, l + 1), &dev).unwrap();
+            let ids = Tensor::cat(
+                &[
+                    Tensor::new(&[*id], &dev).unwrap(),
+                    img_ids.get(*scene).unwrap(),
+                ],
+                0,
+            )
+            .unwrap()
+            .unsqueeze(0)
+            .unwrap();
+            let (q, k, v) = split_qkv(&seq.broadcast_matmul(&wqkv).unwrap(), heads).unwrap();
+            let pe = rope(&ids, &axes, 10_000.0).unwrap();
+            let dense = masked_attention(&q, &k, &v, &pe, Some(&bias))
+                .unwrap()
+                .squeeze(0)
+                .unwrap();
+            let dt = max_diff(&dense.get(0).unwrap(), &tokens.get(i).unwrap());
+            assert!(dt < 1e-5, "seed {seed}, layout token {i}: {dt}");
+            let mut want = vec![0f32; l * d];
+            let dense: Vec<Vec<f32>> = dense.to_vec2().unwrap();
+            for &p in idx {
+                want[p * d..(p + 1) * d].copy_from_slice(&dense[p + 1]);
+            }
+            let want = Tensor::from_vec(want, (l, d), &dev).unwrap();
+            let diff = max_diff(&want, &canvas.get(i).unwrap());
+            assert!(diff < 1e-5, "seed {seed}, instance {i}: {diff}");
+        }
+    }
+}
+
+#[test]
+fn composition_matches_zlayer_composite() {
+    use zlayer_composite::volume::{VolumeInputs, compose as reference};
+    let dev = Device::Cpu;
+    for seed in 0..200u64 {
+        let mut rng = Rng::new(seed);
+        let (k, l, d) = (1 + rng.below(5), 1 + rng.below(20), 1 + rng.below(9));
+        let layers: Vec<f32> = (0..k * l * d).map(|_| rng.range(-2.0, 2.0)).collect();
+        let sigma: Vec<f32> = (0..k * d).map(|_| rng.range(0.0, 6.0)).collect();
+        let masks: Vec<f32> = (0..k * l)
+            .map(|_| match rng.below(3) {
+                0 => 0.0,
+                1 => 1.0,
+                _ => rng.f32(),
+            })
+            .collect();
+        // A random DAG: j may occlude i only when j > i.
+        let occ: Vec<Vec<usize>> = (0..k)
+            .map(|i| (i + 1..k).filter(|_| rng.below(2) == 0).collect())
+            .collect();
+        let mut want = vec![0f32; l * d];
+        reference(
+            &VolumeInputs::new(l, d, &layers, &sigma, &masks, &occ).unwrap(),
+            &mut want,
+        );
+        let t = |v: &[f32], s: &[usize]| Tensor::from_vec(v.to_vec(), s, &dev).unwrap();
+        let (z, _) = compose(
+            &t(&layers, &[k, l, d]),
+            &t(&sigma, &[k, d]),
+            &t(&masks, &[k, l]),
+            &occ,
+        )
+        .unwrap();
+        let diff = max_diff(&z, &t(&want, &[l, d]));
+        assert!(diff < 1e-5, "seed {seed} (K={k}, L={l}, D={d}): {diff}");
+    }
+}
+
+#[test]
+fn a_dense_front_instance_takes_its_whole_overlap() {
+    let dev = Device::Cpu;
+    // Two instances on 3 tokens; they overlap on token 1; instance 1 occludes instance 0.
+    let layers = Tensor::new(
+        &[
+            [[1f32, 1.0], [1.0, 1.0], [1.0, 1.0]],
+            [[5.0, 5.0], [5.0, 5.0], [5.0, 5.0]],
+        ],
+        &dev,
+    )
+    .unwrap();
+    let masks = Tensor::new(&[[1f32, 1.0, 0.0], [0.0, 1.0, 1.0]], &dev).unwrap();
+    let sigma = Tensor::new(&[[2f32, 2.0], [60.0, 60.0]], &dev).unwrap();
+    let (z, w) = compose(&layers, &sigma, &masks, &[vec![1], vec![]]).unwrap();
+    let z: Vec<Vec<f32>> = z.to_vec2().unwrap();
+    assert_eq!(z[1], [5.0, 5.0], "the front instance owns the overlap");
+    assert_eq!(z[0], [1.0, 1.0]);
+    assert_eq!(z[2], [5.0, 5.0]);
+    let w: Vec<Vec<Vec<f32>>> = w.to_vec3().unwrap();
+    assert!(
+        w[0][1][0] < 1e-20,
+        "the back instance's weight in the overlap: {}",
+        w[0][1][0]
+    );
+}
+
+#[test]
+fn gradients_reach_tokens_layers_and_densities_through_packing_and_composition() {
+    let dev = Device::Cpu;
+    let mut rng = Rng::new(3);
+    let boxes: Vec<_> = instances(&mut rng)
+        .into_iter()
+        .filter(|b| b.0 == 0)
+        .collect();
+    let n = boxes.len();
+    let img = Var::from_tensor(&noise((2, 30, 4), 1, &dev).unwrap()).unwrap();
+    let layout = Var::from_tensor(&noise((n, 4), 2, &dev).unwrap()).unwrap();
+    let sigma = Var::from_tensor(&noise((n, 4), 3, &dev).unwrap().abs().unwrap()).unwrap();
+    let pk = Packing::new(&boxes, 2, &BaseModel::image_ids(2, 5, 6, &dev).unwrap()).unwrap();
+    let seq = pk.pack(layout.as_tensor(), img.as_tensor()).unwrap();
+    let (canvas, _) = pk.unpack(&(seq.sqr().unwrap())).unwrap();
+    let masks = Tensor::ones((n, 30), DType::F32, &dev).unwrap();
+    let occ: Vec<Vec<usize>> = (0..n).map(|i| (i + 1..n).collect()).collect();
+    let (z, _) = compose(&canvas, sigma.as_tensor(), &masks, &occ).unwrap();
+    let g = z.sum_all().unwrap().backward().unwrap();
+    for (name, v) in [("image tokens", &img), ("densities", &sigma)] {
+        let norm = g
+            .get(v.as_tensor())
+            .unwrap()
+            .abs()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(norm > 0.0, "{name} get no gradient");
+    }
+}
