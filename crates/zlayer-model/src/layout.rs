@@ -245,3 +245,128 @@ pub fn compose(
     let z = num.broadcast_div(&den.clamp(1e-30, f64::INFINITY)?)?;
     Ok((z, w))
 }
+
+/// A linear layer with a low-rank update: `base(x) + B·A·x` when the update is on. The base
+/// is whatever its VarBuilder holds (plain tensors from a checkpoint stay frozen: they get
+/// no gradient); A and B come from their own VarBuilder, normally a trainable `VarMap`.
+/// As in the official code, the update has scale 1 (no α/r factor) and B starts at zero, so
+/// a fresh LoRA leaves the model unchanged.
+#[derive(Debug, Clone)]
+pub struct LoraLinear {
+    /// The frozen layer.
+    pub base: Linear,
+    a: Tensor,
+    b: Tensor,
+}
+
+impl LoraLinear {
+    /// Wraps `base`, with rank-`rank` factors `lora_A.weight` (rank, in) and
+    /// `lora_B.weight` (out, rank) under `vb`.
+    pub fn new(base: Linear, rank: usize, vb: VarBuilder) -> Result<Self> {
+        let (out, inp) = base.weight().dims2()?;
+        let bound = 1.0 / (inp as f64).sqrt();
+        let a = vb.get_with_hints(
+            (rank, inp),
+            "lora_A.weight",
+            candle_nn::Init::Uniform {
+                lo: -bound,
+                up: bound,
+            },
+        )?;
+        let b = vb.get_with_hints((out, rank), "lora_B.weight", candle_nn::Init::Const(0.0))?;
+        Ok(Self { base, a, b })
+    }
+
+    /// `base(x)`, plus the low-rank update when `lora` is on.
+    pub fn forward(&self, x: &Tensor, lora: bool) -> Result<Tensor> {
+        let y = self.base.forward(x)?;
+        if !lora {
+            return Ok(y);
+        }
+        let delta = x
+            .broadcast_matmul(&self.a.t()?)?
+            .broadcast_matmul(&self.b.t()?)?;
+        y + delta
+    }
+}
+
+/// Density σ > 0 per channel.
+pub const SIGMA_SCALE: f64 = 5.0;
+
+/// The per-block head of the layout branch: densities and alignment queries from each
+/// instance's embedding e_i (`norm1_layout.{linear, query_liner}`), and the queried alignment
+/// CNN (`mask_predictor.{0, 2, 4}`: 1→32→16→2 channels, 3×3, 3×3, 1×1, GELU between).
+#[derive(Debug, Clone)]
+pub struct ZHead {
+    sigma: Linear,
+    query: Linear,
+    cnn: [crate::vae::Conv; 3],
+}
+
+impl ZHead {
+    /// `dim`: the block's width.
+    pub fn new(dim: usize, vb: VarBuilder) -> Result<Self> {
+        let n = vb.pp("norm1_layout");
+        let m = vb.pp("mask_predictor");
+        Ok(Self {
+            sigma: candle_nn::linear(dim, dim, n.pp("linear"))?,
+            query: candle_nn::linear(dim, dim, n.pp("query_liner"))?,
+            cnn: [
+                crate::vae::conv(1, 32, 3, 1, m.pp("0"))?,
+                crate::vae::conv(32, 16, 3, 1, m.pp("2"))?,
+                crate::vae::conv(16, 2, 1, 1, m.pp("4"))?,
+            ],
+        })
+    }
+
+    /// σ_i = 5·softplus(linear(SiLU(e_i))) and q_i = query_liner(SiLU(e_i)), each (N, dim),
+    /// from e (N, dim).
+    pub fn sigma_query(&self, e: &Tensor) -> Result<(Tensor, Tensor)> {
+        let s = e.silu()?;
+        let raw = self.sigma.forward(&s)?;
+        // softplus(x) = max(x, 0) + ln(1 + e^{−|x|}), stable for large |x|.
+        let softplus = (raw.relu()? + (raw.abs()?.neg()?.exp()? + 1.0)?.log()?)?;
+        Ok(((softplus * SIGMA_SCALE)?, self.query.forward(&s)?))
+    }
+
+    /// Background/foreground logits (N, L, 2) on an `h × w` token grid: the cosine of each
+    /// instance canvas (N, L, D) with its query (N, D), times its soft box mask (N, L), through
+    /// the CNN.
+    pub fn align_logits(
+        &self,
+        canvases: &Tensor,
+        query: &Tensor,
+        masks: &Tensor,
+        grid: (usize, usize),
+    ) -> Result<Tensor> {
+        let n = canvases.dim(0)?;
+        let unit = |x: &Tensor| -> Result<Tensor> {
+            // F.normalize: x / max(‖x‖, 1e-12).
+            let norm = x
+                .sqr()?
+                .sum_keepdim(D::Minus1)?
+                .sqrt()?
+                .clamp(1e-12, f64::INFINITY)?;
+            x.broadcast_div(&norm)
+        };
+        let cos = unit(canvases)?
+            .broadcast_mul(&unit(query)?.unsqueeze(1)?)?
+            .sum(D::Minus1)?; // (N, L)
+        let x = (cos * masks)?.reshape((n, 1, grid.0, grid.1))?;
+        let x = self.cnn[0].forward(&x)?.gelu_erf()?;
+        let x = self.cnn[1].forward(&x)?.gelu_erf()?;
+        let x = self.cnn[2].forward(&x)?; // (N, 2, h, w)
+        x.reshape((n, 2, grid.0 * grid.1))?.transpose(1, 2)
+    }
+}
+
+/// Mean cross-entropy of logits (N, L, 2) against a {0, 1} target (N, L) (1 = inside the
+/// instance's amodal mask): the queried alignment loss.
+pub fn align_loss(logits: &Tensor, target: &Tensor) -> Result<Tensor> {
+    let logp = candle_nn::ops::log_softmax(logits, D::Minus1)?;
+    let fg = logp.narrow(D::Minus1, 1, 1)?.squeeze(D::Minus1)?;
+    let bg = logp.narrow(D::Minus1, 0, 1)?.squeeze(D::Minus1)?;
+    let t = target.to_dtype(logits.dtype())?;
+    let ll = ((&t * fg)? + ((t.neg()? + 1.0)? * bg)?)?;
+    ll.mean_all()?.neg()
+}

@@ -38,7 +38,8 @@ impl VaeConfig {
     pub const FACTOR: usize = 4;
 }
 
-fn conv(i: usize, o: usize, k: usize, stride: usize, vb: VarBuilder) -> Result<Conv> {
+/// A `k × k` convolution with padding k/2 (keys `weight`, `bias`), initialised like candle's.
+pub(crate) fn conv(i: usize, o: usize, k: usize, stride: usize, vb: VarBuilder) -> Result<Conv> {
     let cfg = Conv2dConfig {
         padding: k / 2,
         stride,

@@ -255,3 +255,115 @@ fn gradients_reach_tokens_layers_and_densities_through_packing_and_composition()
         assert!(norm > 0.0, "{name} get no gradient");
     }
 }
+
+#[test]
+fn lora_starts_as_the_identity_and_only_its_factors_learn() {
+    use candle_nn::{VarBuilder, VarMap};
+    use zlayer_model::layout::LoraLinear;
+    let dev = Device::Cpu;
+    // The frozen base: plain tensors, as loaded from a checkpoint.
+    let w = noise((6, 5), 1, &dev).unwrap();
+    let bias = noise(6, 2, &dev).unwrap();
+    let base = candle_nn::Linear::new(w.clone(), Some(bias.clone()));
+    let vm = VarMap::new();
+    let lora = LoraLinear::new(base, 4, VarBuilder::from_varmap(&vm, DType::F32, &dev)).unwrap();
+    let x = noise((3, 5), 3, &dev).unwrap();
+    let plain = lora.forward(&x, false).unwrap();
+    assert_eq!(
+        max_diff(&lora.forward(&x, true).unwrap(), &plain),
+        0.0,
+        "B starts at zero"
+    );
+    // One gradient step on B makes the update non-zero; the base never gets a gradient.
+    let loss = lora
+        .forward(&x, true)
+        .unwrap()
+        .sqr()
+        .unwrap()
+        .sum_all()
+        .unwrap();
+    let g = loss.backward().unwrap();
+    assert!(
+        g.get(&w).is_none() && g.get(&bias).is_none(),
+        "the base must stay frozen"
+    );
+    let vars = vm.all_vars();
+    assert_eq!(vars.len(), 2);
+    let grads: Vec<f32> = vars
+        .iter()
+        .map(|v| {
+            g.get(v.as_tensor())
+                .map(|t| {
+                    t.abs()
+                        .unwrap()
+                        .sum_all()
+                        .unwrap()
+                        .to_scalar::<f32>()
+                        .unwrap()
+                })
+                .unwrap_or(0.0)
+        })
+        .collect();
+    // With B = 0, only B's gradient is non-zero (A's is Bᵀ·…); after a step both are.
+    assert!(grads.iter().any(|&n| n > 0.0), "{grads:?}");
+    for v in &vars {
+        if let Some(gv) = g.get(v.as_tensor()) {
+            v.set(&(v.as_tensor() - (gv * 0.1).unwrap()).unwrap())
+                .unwrap();
+        }
+    }
+    assert!(max_diff(&lora.forward(&x, true).unwrap(), &plain) > 0.0);
+    assert_eq!(max_diff(&lora.forward(&x, false).unwrap(), &plain), 0.0);
+}
+
+#[test]
+fn the_alignment_head_learns_through_every_parameter_and_its_loss_is_cross_entropy() {
+    use candle_nn::{VarBuilder, VarMap};
+    use zlayer_model::layout::{ZHead, align_loss};
+    let dev = Device::Cpu;
+    let vm = VarMap::new();
+    let head = ZHead::new(8, VarBuilder::from_varmap(&vm, DType::F32, &dev)).unwrap();
+    let (n, h, w) = (3, 4, 5);
+    let e = noise((n, 8), 1, &dev).unwrap();
+    let canvases = noise((n, h * w, 8), 2, &dev).unwrap();
+    let masks = Tensor::ones((n, h * w), DType::F32, &dev).unwrap();
+    let (sigma, q) = head.sigma_query(&e).unwrap();
+    let sig: Vec<f32> = sigma.flatten_all().unwrap().to_vec1().unwrap();
+    assert!(sig.iter().all(|&s| s > 0.0 && s.is_finite()));
+    let logits = head.align_logits(&canvases, &q, &masks, (h, w)).unwrap();
+    assert_eq!(logits.dims(), &[n, h * w, 2]);
+    let target: Vec<f32> = (0..n * h * w).map(|p| (p % 3 == 0) as u8 as f32).collect();
+    let target = Tensor::from_vec(target.clone(), (n, h * w), &dev).unwrap();
+    let loss = align_loss(&logits, &target).unwrap();
+    // Naive cross-entropy.
+    let l: Vec<Vec<Vec<f32>>> = logits.to_vec3().unwrap();
+    let t: Vec<Vec<f32>> = target.to_vec2().unwrap();
+    let mut ce = 0f64;
+    for i in 0..n {
+        for p in 0..h * w {
+            let (a, b) = (l[i][p][0] as f64, l[i][p][1] as f64);
+            let lse = a.max(b) + ((a - a.max(b)).exp() + (b - a.max(b)).exp()).ln();
+            ce -= if t[i][p] == 1.0 { b - lse } else { a - lse };
+        }
+    }
+    ce /= (n * h * w) as f64;
+    assert!((loss.to_scalar::<f32>().unwrap() as f64 - ce).abs() < 1e-5);
+    let total = (loss + sigma.sum_all().unwrap()).unwrap();
+    let g = total.backward().unwrap();
+    let data = vm.data().lock().unwrap();
+    assert_eq!(data.len(), 10, "sigma, query and three convs, with biases");
+    for (name, v) in data.iter() {
+        let norm = g
+            .get(v.as_tensor())
+            .map(|t| {
+                t.abs()
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap()
+            })
+            .unwrap_or(0.0);
+        assert!(norm > 0.0, "{name} gets no gradient");
+    }
+}
