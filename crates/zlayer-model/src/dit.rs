@@ -3,34 +3,41 @@
 //! Port of black-forest-labs/flux `model.py` and `modules/layers.py` at any [`Config`];
 //! `vb.pp` paths copy the BFL checkpoint's key names, so real weights load without renaming.
 
+use crate::branch::{LayoutInput, LayoutParts, LayoutState};
 use crate::config::Config;
 use crate::layers::{
-    MlpEmbedder, Modulation, QkNorm, attention, layer_norm, rope, split_qkv, timestep_embedding,
+    LoraLinear, MlpEmbedder, Modulation, QkNorm, attention, layer_norm, rope, split_qkv,
+    timestep_embedding,
 };
 use candle_core::{D, Result, Tensor};
 use candle_nn::{Linear, Module, VarBuilder};
 
 /// Attention projections of one stream (`qkv`, `norm`, `proj`).
 #[derive(Debug, Clone)]
-struct SelfAttention {
-    qkv: Linear,
+pub(crate) struct SelfAttention {
+    pub(crate) qkv: LoraLinear,
     norm: QkNorm,
-    proj: Linear,
+    pub(crate) proj: LoraLinear,
 }
 
 impl SelfAttention {
     fn new(cfg: &Config, vb: VarBuilder) -> Result<Self> {
         let h = cfg.hidden_size;
         Ok(Self {
-            qkv: candle_nn::linear_b(h, 3 * h, cfg.qkv_bias, vb.pp("qkv"))?,
+            qkv: LoraLinear::plain(candle_nn::linear_b(h, 3 * h, cfg.qkv_bias, vb.pp("qkv"))?),
             norm: QkNorm::new(cfg.head_dim(), vb.pp("norm"))?,
-            proj: candle_nn::linear(h, h, vb.pp("proj"))?,
+            proj: LoraLinear::plain(candle_nn::linear(h, h, vb.pp("proj"))?),
         })
     }
 
-    /// Normalised q, k and v, each (B, H, L, D).
-    fn qkv(&self, x: &Tensor, heads: usize) -> Result<(Tensor, Tensor, Tensor)> {
-        let (q, k, v) = split_qkv(&self.qkv.forward(x)?, heads)?;
+    /// Normalised q, k and v, each (B, H, L, D), with the LoRA update on or off.
+    pub(crate) fn qkv(
+        &self,
+        x: &Tensor,
+        heads: usize,
+        lora: bool,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
+        let (q, k, v) = split_qkv(&self.qkv.forward_lora(x, lora)?, heads)?;
         let (q, k) = self.norm.forward(&q, &k)?;
         Ok((q, k, v.contiguous()?))
     }
@@ -38,36 +45,40 @@ impl SelfAttention {
 
 /// The feed-forward of a double block (`0`, `2`: Linear, GELU-tanh, Linear).
 #[derive(Debug, Clone)]
-struct Mlp {
+pub(crate) struct Mlp {
     l1: Linear,
-    l2: Linear,
+    pub(crate) l2: LoraLinear,
 }
 
 impl Mlp {
     fn new(cfg: &Config, vb: VarBuilder) -> Result<Self> {
         Ok(Self {
             l1: candle_nn::linear(cfg.hidden_size, cfg.mlp_hidden(), vb.pp("0"))?,
-            l2: candle_nn::linear(cfg.mlp_hidden(), cfg.hidden_size, vb.pp("2"))?,
+            l2: LoraLinear::plain(candle_nn::linear(
+                cfg.mlp_hidden(),
+                cfg.hidden_size,
+                vb.pp("2"),
+            )?),
         })
     }
-}
 
-impl Module for Mlp {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.l2.forward(&self.l1.forward(x)?.gelu()?)
+    /// `l2(gelu(l1(x)))`, with the LoRA update of `l2` on or off.
+    pub(crate) fn forward_lora(&self, x: &Tensor, lora: bool) -> Result<Tensor> {
+        self.l2.forward_lora(&self.l1.forward(x)?.gelu()?, lora)
     }
 }
 
 /// Image and text streams with their own weights, attending jointly.
 #[derive(Debug, Clone)]
 pub struct DoubleStreamBlock {
-    img_mod: Modulation,
-    img_attn: SelfAttention,
-    img_mlp: Mlp,
-    txt_mod: Modulation,
-    txt_attn: SelfAttention,
-    txt_mlp: Mlp,
-    heads: usize,
+    pub(crate) img_mod: Modulation,
+    pub(crate) img_attn: SelfAttention,
+    pub(crate) img_mlp: Mlp,
+    pub(crate) txt_mod: Modulation,
+    pub(crate) txt_attn: SelfAttention,
+    pub(crate) txt_mlp: Mlp,
+    pub(crate) heads: usize,
+    pub(crate) layout: Option<LayoutParts>,
 }
 
 impl DoubleStreamBlock {
@@ -81,6 +92,7 @@ impl DoubleStreamBlock {
             txt_attn: SelfAttention::new(cfg, vb.pp("txt_attn"))?,
             txt_mlp: Mlp::new(cfg, vb.pp("txt_mlp"))?,
             heads: cfg.num_heads,
+            layout: None,
         })
     }
 
@@ -93,12 +105,12 @@ impl DoubleStreamBlock {
         pe: &(Tensor, Tensor),
     ) -> Result<(Tensor, Tensor)> {
         let (im, tm) = (self.img_mod.forward(vec)?, self.txt_mod.forward(vec)?);
-        let (iq, ik, iv) = self
-            .img_attn
-            .qkv(&im[0].modulate(&layer_norm(img)?)?, self.heads)?;
-        let (tq, tk, tv) = self
-            .txt_attn
-            .qkv(&tm[0].modulate(&layer_norm(txt)?)?, self.heads)?;
+        let (iq, ik, iv) =
+            self.img_attn
+                .qkv(&im[0].modulate(&layer_norm(img)?)?, self.heads, false)?;
+        let (tq, tk, tv) =
+            self.txt_attn
+                .qkv(&tm[0].modulate(&layer_norm(txt)?)?, self.heads, false)?;
         let cat = |a: &Tensor, b: &Tensor| Tensor::cat(&[a, b], 2); // along L
         let attn = attention(&cat(&tq, &iq)?, &cat(&tk, &ik)?, &cat(&tv, &iv)?, pe)?; // (B, Lt+Li, H·D)
         let lt = txt.dim(1)?;
@@ -112,17 +124,21 @@ impl DoubleStreamBlock {
                 .gate
                 .broadcast_mul(&self.img_attn.proj.forward(&i_attn)?)?)?;
         let img = (&img
-            + im[1]
-                .gate
-                .broadcast_mul(&self.img_mlp.forward(&im[1].modulate(&layer_norm(&img)?)?)?)?)?;
+            + im[1].gate.broadcast_mul(
+                &self
+                    .img_mlp
+                    .forward_lora(&im[1].modulate(&layer_norm(&img)?)?, false)?,
+            )?)?;
         let txt = (txt
             + tm[0]
                 .gate
                 .broadcast_mul(&self.txt_attn.proj.forward(&t_attn)?)?)?;
         let txt = (&txt
-            + tm[1]
-                .gate
-                .broadcast_mul(&self.txt_mlp.forward(&tm[1].modulate(&layer_norm(&txt)?)?)?)?)?;
+            + tm[1].gate.broadcast_mul(
+                &self
+                    .txt_mlp
+                    .forward_lora(&tm[1].modulate(&layer_norm(&txt)?)?, false)?,
+            )?)?;
         Ok((img, txt))
     }
 }
@@ -130,12 +146,13 @@ impl DoubleStreamBlock {
 /// One stream, attention and MLP in parallel from one fused projection.
 #[derive(Debug, Clone)]
 pub struct SingleStreamBlock {
-    linear1: Linear,
-    linear2: Linear,
-    norm: QkNorm,
-    modulation: Modulation,
-    heads: usize,
-    hidden: usize,
+    pub(crate) linear1: LoraLinear,
+    pub(crate) linear2: LoraLinear,
+    pub(crate) norm: QkNorm,
+    pub(crate) modulation: Modulation,
+    pub(crate) heads: usize,
+    pub(crate) hidden: usize,
+    pub(crate) layout: Option<LayoutParts>,
 }
 
 impl SingleStreamBlock {
@@ -143,19 +160,34 @@ impl SingleStreamBlock {
     pub fn new(cfg: &Config, vb: VarBuilder) -> Result<Self> {
         let (h, m) = (cfg.hidden_size, cfg.mlp_hidden());
         Ok(Self {
-            linear1: candle_nn::linear(h, 3 * h + m, vb.pp("linear1"))?,
-            linear2: candle_nn::linear(h + m, h, vb.pp("linear2"))?,
+            linear1: LoraLinear::plain(candle_nn::linear(h, 3 * h + m, vb.pp("linear1"))?),
+            linear2: LoraLinear::plain(candle_nn::linear(h + m, h, vb.pp("linear2"))?),
             norm: QkNorm::new(cfg.head_dim(), vb.pp("norm"))?,
             modulation: Modulation::new(h, false, vb.pp("modulation"))?,
             heads: cfg.num_heads,
             hidden: h,
+            layout: None,
         })
     }
 
     /// `x + gate · linear2([attn(q, k, v), gelu(mlp)])`.
     pub fn forward(&self, x: &Tensor, vec: &Tensor, pe: &(Tensor, Tensor)) -> Result<Tensor> {
         let m = &self.modulation.forward(vec)?[0];
-        let fused = self.linear1.forward(&m.modulate(&layer_norm(x)?)?)?;
+        x + m
+            .gate
+            .broadcast_mul(&self.body(&m.modulate(&layer_norm(x)?)?, pe, None, false)?)?
+    }
+
+    /// `linear2([attn(q, k, v), gelu(mlp)])` of normalised tokens, with an optional attention
+    /// bias (packed sequences) and the LoRA updates on or off.
+    pub(crate) fn body(
+        &self,
+        x: &Tensor,
+        pe: &(Tensor, Tensor),
+        bias: Option<&Tensor>,
+        lora: bool,
+    ) -> Result<Tensor> {
+        let fused = self.linear1.forward_lora(x, lora)?;
         let qkv = fused.narrow(D::Minus1, 0, 3 * self.hidden)?;
         let mlp = fused.narrow(
             D::Minus1,
@@ -164,11 +196,9 @@ impl SingleStreamBlock {
         )?;
         let (q, k, v) = split_qkv(&qkv, self.heads)?;
         let (q, k) = self.norm.forward(&q, &k)?;
-        let attn = attention(&q, &k, &v.contiguous()?, pe)?;
-        let out = self
-            .linear2
-            .forward(&Tensor::cat(&[attn, mlp.gelu()?], D::Minus1)?)?;
-        x + m.gate.broadcast_mul(&out)?
+        let attn = crate::layers::masked_attention(&q, &k, &v.contiguous()?, pe, bias)?;
+        self.linear2
+            .forward_lora(&Tensor::cat(&[attn, mlp.gelu()?], D::Minus1)?, lora)
     }
 }
 
@@ -269,15 +299,35 @@ impl Flux {
         &self.cfg
     }
 
-    /// Predicts the flow velocity for the image tokens: (B, Li, in_channels).
-    pub fn forward(&self, x: &FluxInput) -> Result<Tensor> {
-        let mut vec = self
-            .time_in
-            .forward(&timestep_embedding(x.timesteps, 256)?)?;
-        if let (Some(g_in), Some(g)) = (&self.guidance_in, x.guidance) {
+    /// The blocks' conditioning vector (B, hidden): time, optional distilled guidance, pooled
+    /// text.
+    pub(crate) fn conditioning(
+        &self,
+        t: &Tensor,
+        y: &Tensor,
+        guidance: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        let mut vec = self.time_in.forward(&timestep_embedding(t, 256)?)?;
+        if let (Some(g_in), Some(g)) = (&self.guidance_in, guidance) {
             vec = (vec + g_in.forward(&timestep_embedding(g, 256)?)?)?;
         }
-        let vec = (vec + self.vector_in.forward(x.y)?)?; // (B, hidden)
+        vec + self.vector_in.forward(y)?
+    }
+
+    /// Predicts the flow velocity for the image tokens: (B, Li, in_channels).
+    pub fn forward(&self, x: &FluxInput) -> Result<Tensor> {
+        Ok(self.forward_layout(x, None)?.0)
+    }
+
+    /// [`Self::forward`] with the layout branch in the blocks that have one (see
+    /// [`Self::attach_layout`]) when `layout` is given; also returns each layout block's
+    /// alignment logits (N, Li, 2).
+    pub fn forward_layout(
+        &self,
+        x: &FluxInput,
+        layout: Option<&LayoutInput>,
+    ) -> Result<(Tensor, Vec<Tensor>)> {
+        let vec = self.conditioning(x.timesteps, x.y, x.guidance)?; // (B, hidden)
         let mut img = self.img_in.forward(x.img)?;
         let mut txt = self.txt_in.forward(x.txt)?;
         let pe = rope(
@@ -285,15 +335,57 @@ impl Flux {
             &self.cfg.axes_dim,
             self.cfg.theta,
         )?;
+        let mut state = match layout {
+            Some(l) => Some(LayoutState::new(self, x, &vec, l)?),
+            None => None,
+        };
         for b in &self.double_blocks {
             (img, txt) = b.forward(&img, &txt, &vec, &pe)?;
+            if let (Some(parts), Some(st)) = (&b.layout, state.as_mut()) {
+                img = b.layout_pass(parts, &img, st)?;
+            }
         }
         let lt = txt.dim(1)?;
         let mut joint = Tensor::cat(&[&txt, &img], 1)?;
         for b in &self.single_blocks {
             joint = b.forward(&joint, &vec, &pe)?;
+            if let (Some(parts), Some(st)) = (&b.layout, state.as_mut()) {
+                let img = joint.narrow(1, lt, joint.dim(1)? - lt)?;
+                let img = b.layout_pass(parts, &img, st)?;
+                joint = Tensor::cat(&[&joint.narrow(1, 0, lt)?, &img], 1)?;
+            }
         }
         let img = joint.narrow(1, lt, joint.dim(1)? - lt)?;
-        self.final_layer.forward(&img, &vec)
+        let logits = state.map(|s| s.logits).unwrap_or_default();
+        Ok((self.final_layer.forward(&img, &vec)?, logits))
+    }
+
+    /// Gives blocks `double` and `single` a layout branch: rank-`rank` LoRA on their
+    /// projections and modulations, a zero-initialised output projection and the Z-order
+    /// head, all under `vb` (with the official key names, e.g. `double_blocks.0.lora.*`,
+    /// `double_blocks.0.layout_forward`).
+    pub fn attach_layout(
+        &mut self,
+        double: &[usize],
+        single: &[usize],
+        rank: usize,
+        vb: VarBuilder,
+    ) -> Result<()> {
+        for &i in double {
+            let Some(b) = self.double_blocks.get_mut(i) else {
+                candle_core::bail!("no double block {i}: the model has {}", self.cfg.depth);
+            };
+            b.attach_layout(&self.cfg, rank, vb.pp("double_blocks").pp(i))?;
+        }
+        for &i in single {
+            let Some(b) = self.single_blocks.get_mut(i) else {
+                candle_core::bail!(
+                    "no single block {i}: the model has {}",
+                    self.cfg.depth_single_blocks
+                );
+            };
+            b.attach_layout(&self.cfg, rank, vb.pp("single_blocks").pp(i))?;
+        }
+        Ok(())
     }
 }

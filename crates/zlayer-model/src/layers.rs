@@ -133,7 +133,8 @@ impl ModulationOut {
 /// `lin(silu(vec))` split into one or two (shift, scale, gate) triples.
 #[derive(Debug, Clone)]
 pub struct Modulation {
-    lin: Linear,
+    /// The projection (LoRA-capable for the layout branch).
+    pub lin: LoraLinear,
     double: bool,
 }
 
@@ -142,14 +143,19 @@ impl Modulation {
     pub fn new(dim: usize, double: bool, vb: VarBuilder) -> Result<Self> {
         let mult = if double { 6 } else { 3 };
         Ok(Self {
-            lin: candle_nn::linear(dim, mult * dim, vb.pp("lin"))?,
+            lin: LoraLinear::plain(candle_nn::linear(dim, mult * dim, vb.pp("lin"))?),
             double,
         })
     }
 
     /// The triples, each (B, 1, dim).
     pub fn forward(&self, vec: &Tensor) -> Result<Vec<ModulationOut>> {
-        let out = self.lin.forward(&vec.silu()?)?.unsqueeze(1)?;
+        self.forward_lora(vec, false)
+    }
+
+    /// [`Self::forward`] with the LoRA update on or off.
+    pub fn forward_lora(&self, vec: &Tensor, lora: bool) -> Result<Vec<ModulationOut>> {
+        let out = self.lin.forward_lora(&vec.silu()?, lora)?.unsqueeze(1)?;
         let parts = out.chunk(if self.double { 6 } else { 3 }, D::Minus1)?;
         Ok(parts
             .chunks(3)
@@ -195,4 +201,63 @@ pub fn split_qkv(qkv: &Tensor, heads: usize) -> Result<(Tensor, Tensor, Tensor)>
         .reshape((b, l, 3, heads, three_hd / 3 / heads))?
         .permute((2, 0, 3, 1, 4))?; // (3, B, H, L, D)
     Ok((qkv.get(0)?, qkv.get(1)?, qkv.get(2)?))
+}
+
+/// A linear layer that can carry a low-rank update: `base(x) + B·A·x` when the update is on.
+/// The base is whatever its VarBuilder held (plain tensors from a checkpoint stay frozen:
+/// they get no gradient); A and B come from their own VarBuilder, normally a trainable
+/// `VarMap`. As in the official OcclusionFormer code the update has scale 1 (no α/r factor),
+/// and B starts at zero so a fresh update changes nothing. As a `Module` the update is off.
+#[derive(Debug, Clone)]
+pub struct LoraLinear {
+    /// The frozen layer.
+    pub base: Linear,
+    ab: Option<(Tensor, Tensor)>,
+}
+
+impl LoraLinear {
+    /// A layer without an update yet.
+    pub fn plain(base: Linear) -> Self {
+        Self { base, ab: None }
+    }
+
+    /// `base` with a rank-`rank` update under `vb` (see [`Self::attach`]).
+    pub fn new(base: Linear, rank: usize, vb: VarBuilder) -> Result<Self> {
+        let mut l = Self::plain(base);
+        l.attach(rank, vb)?;
+        Ok(l)
+    }
+
+    /// Adds the factors `lora_A.weight` (rank, in), uniform ±1/√in, and `lora_B.weight`
+    /// (out, rank), zero.
+    pub fn attach(&mut self, rank: usize, vb: VarBuilder) -> Result<()> {
+        let (out, inp) = self.base.weight().dims2()?;
+        let bound = 1.0 / (inp as f64).sqrt();
+        let a = vb.get_with_hints(
+            (rank, inp),
+            "lora_A.weight",
+            candle_nn::Init::Uniform {
+                lo: -bound,
+                up: bound,
+            },
+        )?;
+        let b = vb.get_with_hints((out, rank), "lora_B.weight", candle_nn::Init::Const(0.0))?;
+        self.ab = Some((a, b));
+        Ok(())
+    }
+
+    /// `base(x)`, plus the update when `on` and one is attached.
+    pub fn forward_lora(&self, x: &Tensor, on: bool) -> Result<Tensor> {
+        let y = self.base.forward(x)?;
+        match (&self.ab, on) {
+            (Some((a, b)), true) => y + x.broadcast_matmul(&a.t()?)?.broadcast_matmul(&b.t()?)?,
+            _ => Ok(y),
+        }
+    }
+}
+
+impl Module for LoraLinear {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward_lora(x, false)
+    }
 }

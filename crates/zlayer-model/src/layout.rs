@@ -210,24 +210,34 @@ impl Packing {
     }
 }
 
-/// Z-order composition of instance canvases (DESIGN.md §4.1), differentiable:
-/// `layers` (N, L, D) of one scene, `sigma` (N, D) ≥ 0, soft box masks `masks` (N, L), and
-/// each instance's occluders. Returns Z (L, D) and the weights w (N, L, D); Z is 0 where
-/// every weight is.
+/// Z-order composition of instance canvases (DESIGN.md §4.1), differentiable, for the
+/// instances of a whole batch: `layers` (N, L, D), `sigma` (N, D) ≥ 0, soft box masks
+/// `masks` (N, L), each instance's occluders (indices into 0..N, of the same scene), and the
+/// scene (< `batch`) of each instance. Returns Z (batch, L, D) and the weights w (N, L, D);
+/// Z is 0 where every weight of its scene is.
 pub fn compose(
     layers: &Tensor,
     sigma: &Tensor,
     masks: &Tensor,
     occluders: &[Vec<usize>],
+    scene: &[usize],
+    batch: usize,
 ) -> Result<(Tensor, Tensor)> {
     let (n, l, d) = layers.dims3()?;
     let dev = layers.device();
+    if scene.len() != n || occluders.len() != n || scene.iter().any(|&s| s >= batch) {
+        candle_core::bail!(
+            "compose: {n} layers, {} scene ids, {} occluder sets",
+            scene.len(),
+            occluders.len()
+        );
+    }
     // O (N, N): O[i][j] = 1 when j occludes i. Σ_j O_ij σ_j b_j(p) for every i, p, d as one
     // matmul over j: (N, N) × (N, L·D).
     let mut o = vec![0f32; n * n];
     for (i, occ) in occluders.iter().enumerate() {
         for &j in occ {
-            if j < n && j != i {
+            if j < n && j != i && scene[j] == scene[i] {
                 o[i * n + j] = 1.0;
             }
         }
@@ -239,55 +249,15 @@ pub fn compose(
     let transmittance = optical.neg()?.exp()?;
     let alpha = (sigma.neg()?.exp()?.neg()? + 1.0)?.unsqueeze(1)?; // 1 − e^{−σ}, (N, 1, D)
     let w = transmittance.broadcast_mul(&alpha)?.broadcast_mul(&b)?;
-    let num = (&w * layers)?.sum(0)?;
-    let den = w.sum(0)?;
-    // Where every weight is 0 so is the numerator; dividing by max(den, tiny) gives 0 there.
-    let z = num.broadcast_div(&den.clamp(1e-30, f64::INFINITY)?)?;
+    let ids = Tensor::from_vec(scene.iter().map(|&s| s as u32).collect::<Vec<_>>(), n, dev)?;
+    let zeros = Tensor::zeros((batch, l, d), layers.dtype(), dev)?;
+    let num = zeros.index_add(&ids, &(&w * layers)?, 0)?;
+    let den = zeros.index_add(&ids, &w, 0)?;
+    // Where every weight is 0 so is the numerator: add 1e-8 to the denominator there only
+    // (as the official code), so that Z and its gradient are 0, not NaN.
+    let empty = den.eq(0.0)?.to_dtype(den.dtype())?;
+    let z = (num / (den + (empty * 1e-8)?)?)?;
     Ok((z, w))
-}
-
-/// A linear layer with a low-rank update: `base(x) + B·A·x` when the update is on. The base
-/// is whatever its VarBuilder holds (plain tensors from a checkpoint stay frozen: they get
-/// no gradient); A and B come from their own VarBuilder, normally a trainable `VarMap`.
-/// As in the official code, the update has scale 1 (no α/r factor) and B starts at zero, so
-/// a fresh LoRA leaves the model unchanged.
-#[derive(Debug, Clone)]
-pub struct LoraLinear {
-    /// The frozen layer.
-    pub base: Linear,
-    a: Tensor,
-    b: Tensor,
-}
-
-impl LoraLinear {
-    /// Wraps `base`, with rank-`rank` factors `lora_A.weight` (rank, in) and
-    /// `lora_B.weight` (out, rank) under `vb`.
-    pub fn new(base: Linear, rank: usize, vb: VarBuilder) -> Result<Self> {
-        let (out, inp) = base.weight().dims2()?;
-        let bound = 1.0 / (inp as f64).sqrt();
-        let a = vb.get_with_hints(
-            (rank, inp),
-            "lora_A.weight",
-            candle_nn::Init::Uniform {
-                lo: -bound,
-                up: bound,
-            },
-        )?;
-        let b = vb.get_with_hints((out, rank), "lora_B.weight", candle_nn::Init::Const(0.0))?;
-        Ok(Self { base, a, b })
-    }
-
-    /// `base(x)`, plus the low-rank update when `lora` is on.
-    pub fn forward(&self, x: &Tensor, lora: bool) -> Result<Tensor> {
-        let y = self.base.forward(x)?;
-        if !lora {
-            return Ok(y);
-        }
-        let delta = x
-            .broadcast_matmul(&self.a.t()?)?
-            .broadcast_matmul(&self.b.t()?)?;
-        y + delta
-    }
 }
 
 /// Density σ > 0 per channel.

@@ -2,6 +2,7 @@
 //! Flux.1-dev shape.
 //!
 //! - [`base`]: the text-to-image base model (DiT + text encoder) and its flow loss and sampler.
+//! - [`branch`]: the layout branch inside the DiT blocks (LoRA, packing, Z-order residual).
 //! - [`bundle`]: model files (f16 safetensors + JSON) and latent normalisation.
 //! - [`config`]: shapes as data, with presets.
 //! - [`layers`]: differentiable building blocks (norms, RoPE, attention, modulation).
@@ -15,6 +16,7 @@
 #![warn(missing_docs)]
 
 pub mod base;
+pub mod branch;
 pub mod bundle;
 pub mod config;
 pub mod dit;

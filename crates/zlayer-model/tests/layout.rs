@@ -189,9 +189,11 @@ fn composition_matches_zlayer_composite() {
             &t(&sigma, &[k, d]),
             &t(&masks, &[k, l]),
             &occ,
+            &vec![0; k],
+            1,
         )
         .unwrap();
-        let diff = max_diff(&z, &t(&want, &[l, d]));
+        let diff = max_diff(&z.squeeze(0).unwrap(), &t(&want, &[l, d]));
         assert!(diff < 1e-5, "seed {seed} (K={k}, L={l}, D={d}): {diff}");
     }
 }
@@ -210,8 +212,8 @@ fn a_dense_front_instance_takes_its_whole_overlap() {
     .unwrap();
     let masks = Tensor::new(&[[1f32, 1.0, 0.0], [0.0, 1.0, 1.0]], &dev).unwrap();
     let sigma = Tensor::new(&[[2f32, 2.0], [60.0, 60.0]], &dev).unwrap();
-    let (z, w) = compose(&layers, &sigma, &masks, &[vec![1], vec![]]).unwrap();
-    let z: Vec<Vec<f32>> = z.to_vec2().unwrap();
+    let (z, w) = compose(&layers, &sigma, &masks, &[vec![1], vec![]], &[0, 0], 1).unwrap();
+    let z: Vec<Vec<f32>> = z.squeeze(0).unwrap().to_vec2().unwrap();
     assert_eq!(z[1], [5.0, 5.0], "the front instance owns the overlap");
     assert_eq!(z[0], [1.0, 1.0]);
     assert_eq!(z[2], [5.0, 5.0]);
@@ -240,7 +242,7 @@ fn gradients_reach_tokens_layers_and_densities_through_packing_and_composition()
     let (canvas, _) = pk.unpack(&(seq.sqr().unwrap())).unwrap();
     let masks = Tensor::ones((n, 30), DType::F32, &dev).unwrap();
     let occ: Vec<Vec<usize>> = (0..n).map(|i| (i + 1..n).collect()).collect();
-    let (z, _) = compose(&canvas, sigma.as_tensor(), &masks, &occ).unwrap();
+    let (z, _) = compose(&canvas, sigma.as_tensor(), &masks, &occ, &vec![0; n], 1).unwrap();
     let g = z.sum_all().unwrap().backward().unwrap();
     for (name, v) in [("image tokens", &img), ("densities", &sigma)] {
         let norm = g
@@ -259,7 +261,7 @@ fn gradients_reach_tokens_layers_and_densities_through_packing_and_composition()
 #[test]
 fn lora_starts_as_the_identity_and_only_its_factors_learn() {
     use candle_nn::{VarBuilder, VarMap};
-    use zlayer_model::layout::LoraLinear;
+    use zlayer_model::layers::LoraLinear;
     let dev = Device::Cpu;
     // The frozen base: plain tensors, as loaded from a checkpoint.
     let w = noise((6, 5), 1, &dev).unwrap();
@@ -268,15 +270,15 @@ fn lora_starts_as_the_identity_and_only_its_factors_learn() {
     let vm = VarMap::new();
     let lora = LoraLinear::new(base, 4, VarBuilder::from_varmap(&vm, DType::F32, &dev)).unwrap();
     let x = noise((3, 5), 3, &dev).unwrap();
-    let plain = lora.forward(&x, false).unwrap();
+    let plain = lora.forward_lora(&x, false).unwrap();
     assert_eq!(
-        max_diff(&lora.forward(&x, true).unwrap(), &plain),
+        max_diff(&lora.forward_lora(&x, true).unwrap(), &plain),
         0.0,
         "B starts at zero"
     );
     // One gradient step on B makes the update non-zero; the base never gets a gradient.
     let loss = lora
-        .forward(&x, true)
+        .forward_lora(&x, true)
         .unwrap()
         .sqr()
         .unwrap()
@@ -312,8 +314,11 @@ fn lora_starts_as_the_identity_and_only_its_factors_learn() {
                 .unwrap();
         }
     }
-    assert!(max_diff(&lora.forward(&x, true).unwrap(), &plain) > 0.0);
-    assert_eq!(max_diff(&lora.forward(&x, false).unwrap(), &plain), 0.0);
+    assert!(max_diff(&lora.forward_lora(&x, true).unwrap(), &plain) > 0.0);
+    assert_eq!(
+        max_diff(&lora.forward_lora(&x, false).unwrap(), &plain),
+        0.0
+    );
 }
 
 #[test]
@@ -365,5 +370,48 @@ fn the_alignment_head_learns_through_every_parameter_and_its_loss_is_cross_entro
             })
             .unwrap_or(0.0);
         assert!(norm > 0.0, "{name} gets no gradient");
+    }
+}
+
+#[test]
+fn composing_a_batch_equals_composing_each_scene() {
+    let dev = Device::Cpu;
+    let (l, d) = (7, 3);
+    let layers = noise((5, l, d), 1, &dev).unwrap();
+    let sigma = noise((5, d), 2, &dev).unwrap().abs().unwrap();
+    let masks = noise((5, l), 3, &dev)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .clamp(0f32, 1f32)
+        .unwrap();
+    // Instances 0, 2, 4 in scene 0 (4 in front of 2, 2 in front of 0); 1, 3 in scene 1.
+    let scene = [0, 1, 0, 1, 0];
+    let occ = vec![vec![2], vec![3], vec![4], vec![], vec![]];
+    let (z, _) = compose(&layers, &sigma, &masks, &occ, &scene, 2).unwrap();
+    for (s, members) in [(0usize, vec![0u32, 2, 4]), (1, vec![1, 3])] {
+        let pick = |t: &Tensor| {
+            t.index_select(&Tensor::new(members.as_slice(), &dev).unwrap(), 0)
+                .unwrap()
+        };
+        let local: Vec<Vec<usize>> = members
+            .iter()
+            .map(|&i| {
+                occ[i as usize]
+                    .iter()
+                    .map(|j| members.iter().position(|&m| m as usize == *j).unwrap())
+                    .collect()
+            })
+            .collect();
+        let (alone, _) = compose(
+            &pick(&layers),
+            &pick(&sigma),
+            &pick(&masks),
+            &local,
+            &vec![0; members.len()],
+            1,
+        )
+        .unwrap();
+        assert!(max_diff(&alone.squeeze(0).unwrap(), &z.get(s).unwrap()) < 1e-6);
     }
 }
