@@ -311,12 +311,13 @@ impl ZHead {
     ) -> Result<Tensor> {
         let n = canvases.dim(0)?;
         let unit = |x: &Tensor| -> Result<Tensor> {
-            // F.normalize: x / max(‖x‖, 1e-12).
+            // F.normalize: x / max(‖x‖, 1e-12). Clamped before the root: the root's
+            // gradient at 0 is infinite, and canvases are 0 outside their boxes.
             let norm = x
                 .sqr()?
                 .sum_keepdim(D::Minus1)?
-                .sqrt()?
-                .clamp(1e-12, f64::INFINITY)?;
+                .clamp(1e-24, f64::INFINITY)?
+                .sqrt()?;
             x.broadcast_div(&norm)
         };
         let cos = unit(canvases)?

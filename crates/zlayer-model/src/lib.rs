@@ -7,6 +7,7 @@
 //! - [`config`]: shapes as data, with presets.
 //! - [`layers`]: differentiable building blocks (norms, RoPE, attention, modulation).
 //! - [`dit`]: the Flux-style MM-DiT.
+//! - [`layout_model`]: stage 2, the frozen base with the layout branch: loss and sampler.
 //! - [`layout`]: layout tokens, packed per-instance sequences, Z-order composition.
 //! - [`text`]: word-level tokenizer and the tiny text encoder.
 //! - [`vae`]: the small KL autoencoder (nearest-then-conv upsampling).
@@ -22,6 +23,7 @@ pub mod config;
 pub mod dit;
 pub mod layers;
 pub mod layout;
+pub mod layout_model;
 pub mod optim;
 pub mod sampling;
 pub mod text;

@@ -1,0 +1,284 @@
+//! Stage 2 (DESIGN.md §4.3): the base model, frozen, plus a trainable layout branch.
+//! `L = L_flow + 0.5·L_align`; sampling runs the branch for the first `grounding_ratio` of
+//! the steps only.
+
+use crate::base::{BaseModel, SampleOptions};
+use crate::branch::LayoutInput;
+use crate::dit::FluxInput;
+use crate::layout::{LayoutNet, Packing, align_loss, box_points};
+use crate::sampling::{Rng, denoise, flow_pair, guided, noise, schedule};
+use candle_core::{DType, Device, Result, Tensor};
+use candle_nn::VarBuilder;
+use std::cell::Cell;
+use zlayer_scene::TokenGrid;
+use zlayer_scene::ValidScene;
+
+/// The weight of the alignment loss.
+pub const ALIGN_WEIGHT: f64 = 0.5;
+
+/// One instance on the token grid.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InstanceLayout {
+    /// Its caption, in the model's vocabulary.
+    pub caption: String,
+    /// Box `[x1, y1, x2, y2]` normalised to [0, 1].
+    pub bbox: [f32; 4],
+    /// Row-major tokens its box covers (at-least-one-token rule).
+    pub tokens: Vec<usize>,
+    /// Soft box mask (L,): the covered fraction of each token.
+    pub soft: Vec<f32>,
+    /// Indices (in its scene) of the instances in front of it.
+    pub occluders: Vec<usize>,
+    /// Ground-truth amodal mask on the grid (L,), 1 inside, for the alignment loss.
+    pub amodal: Option<Vec<f32>>,
+}
+
+/// A scene's instances on the token grid.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SceneLayout {
+    /// The instances, in scene order.
+    pub instances: Vec<InstanceLayout>,
+}
+
+impl SceneLayout {
+    /// A validated scene on an `h × w` token grid (no amodal targets).
+    pub fn from_scene(scene: &ValidScene, grid: (usize, usize)) -> Self {
+        let s = scene.scene();
+        let g = TokenGrid::new(grid.1, grid.0);
+        let (w, h) = (s.width as f32, s.height as f32);
+        let instances = s
+            .instances
+            .iter()
+            .enumerate()
+            .map(|(i, inst)| InstanceLayout {
+                caption: inst.caption.clone(),
+                bbox: [
+                    inst.bbox.x1 as f32 / w,
+                    inst.bbox.y1 as f32 / h,
+                    inst.bbox.x2 as f32 / w,
+                    inst.bbox.y2 as f32 / h,
+                ],
+                tokens: g.box_tokens(inst.bbox, s.width, s.height),
+                soft: g
+                    .soft_box_mask(inst.bbox, s.width, s.height)
+                    .data
+                    .into_iter()
+                    .map(|v| v as f32)
+                    .collect(),
+                occluders: scene.graph().occluders(i).to_vec(),
+                amodal: None,
+            })
+            .collect();
+        Self { instances }
+    }
+}
+
+/// A batch of layouts as tensors (everything but the trainable layout tokens).
+pub struct Prepared {
+    /// The packed instances.
+    pub packing: Packing,
+    /// Pooled captions (N, pooled), from the frozen text encoder.
+    pub pooled: Tensor,
+    /// Box points (N, 72).
+    pub points: Tensor,
+    /// Soft masks (N, L).
+    pub masks: Tensor,
+    /// Occluders as indices into 0..N.
+    pub occluders: Vec<Vec<usize>>,
+    /// Amodal targets (N, L), when every instance has one.
+    pub amodal: Option<Tensor>,
+    grid: (usize, usize),
+}
+
+/// The frozen base with the layout branch.
+pub struct LayoutModel {
+    /// The base model (its weights are plain tensors: frozen).
+    pub base: BaseModel,
+    /// Layout tokens from captions and boxes.
+    pub net: LayoutNet,
+}
+
+impl LayoutModel {
+    /// Attaches a rank-`rank` branch to blocks `double` and `single` of `base`, with every new
+    /// parameter under `vb` (normally a fresh `VarMap`).
+    pub fn new(
+        mut base: BaseModel,
+        double: &[usize],
+        single: &[usize],
+        rank: usize,
+        vb: VarBuilder,
+    ) -> Result<Self> {
+        base.dit.attach_layout(double, single, rank, vb.clone())?;
+        let cfg = base.dit.config();
+        let net = LayoutNet::new(cfg.vec_in_dim, cfg.hidden_size, vb.pp("layout_net"))?;
+        Ok(Self { base, net })
+    }
+
+    /// Tensors for a batch of scene layouts on `grid`.
+    pub fn prepare(
+        &self,
+        scenes: &[SceneLayout],
+        grid: (usize, usize),
+        dev: &Device,
+    ) -> Result<Prepared> {
+        let l = grid.0 * grid.1;
+        let mut boxes = Vec::new();
+        let (mut captions, mut points, mut masks, mut occluders, mut amodal) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for (s, scene) in scenes.iter().enumerate() {
+            let first = boxes.len();
+            for inst in &scene.instances {
+                if inst.soft.len() != l {
+                    candle_core::bail!("a soft mask has {} tokens, the grid {l}", inst.soft.len());
+                }
+                let b = inst.bbox;
+                let centre = [
+                    0.0,
+                    (b[1] + b[3]) / 2.0 * grid.0 as f32,
+                    (b[0] + b[2]) / 2.0 * grid.1 as f32,
+                ];
+                boxes.push((s, inst.tokens.clone(), centre));
+                captions.push(inst.caption.as_str());
+                points.extend_from_slice(&box_points(b));
+                masks.extend_from_slice(&inst.soft);
+                occluders.push(
+                    inst.occluders
+                        .iter()
+                        .map(|&j| first + j)
+                        .collect::<Vec<_>>(),
+                );
+                if let Some(a) = &inst.amodal {
+                    amodal.extend_from_slice(a);
+                }
+            }
+        }
+        let n = boxes.len();
+        if n == 0 {
+            candle_core::bail!("no instances in the batch");
+        }
+        let ids = self
+            .base
+            .tokenizer
+            .batch(&captions, self.base.max_len, dev)
+            .map_err(candle_core::Error::wrap)?;
+        let (_, pooled) = self.base.text.forward(&ids)?;
+        let img_ids = BaseModel::image_ids(scenes.len(), grid.0, grid.1, dev)?;
+        Ok(Prepared {
+            packing: Packing::new(&boxes, scenes.len(), &img_ids)?,
+            pooled: pooled.detach(),
+            points: Tensor::from_vec(points, (n, 72), dev)?,
+            masks: Tensor::from_vec(masks, (n, l), dev)?,
+            occluders,
+            amodal: (amodal.len() == n * l)
+                .then(|| Tensor::from_vec(amodal, (n, l), dev))
+                .transpose()?,
+            grid,
+        })
+    }
+
+    /// Velocity with the branch (B, L, C), and the alignment logits of each layout block.
+    pub fn velocity(
+        &self,
+        x: &Tensor,
+        t: &Tensor,
+        ids: &Tensor,
+        p: &Prepared,
+    ) -> Result<(Tensor, Vec<Tensor>)> {
+        let (b, lt) = ids.dims2()?;
+        let dev = x.device();
+        let (txt, y) = self.base.text.forward(ids)?;
+        let tokens = self.net.forward(&p.pooled, &p.points)?;
+        let input = LayoutInput {
+            packing: &p.packing,
+            tokens: &tokens,
+            pooled: &p.pooled,
+            masks: &p.masks,
+            occluders: &p.occluders,
+            grid: p.grid,
+        };
+        self.base.dit.forward_layout(
+            &FluxInput {
+                img: x,
+                img_ids: &BaseModel::image_ids(b, p.grid.0, p.grid.1, dev)?,
+                txt: &txt,
+                txt_ids: &Tensor::zeros((b, lt, 3), DType::F32, dev)?,
+                timesteps: t,
+                y: &y,
+                guidance: None,
+            },
+            Some(&input),
+        )
+    }
+
+    /// `(L_flow + 0.5·L_align, L_flow, L_align)` on latent tokens `x0` (B, L, C) with global
+    /// prompt ids (B, Lt); `seed` draws the noise and times. Needs amodal targets.
+    pub fn loss(
+        &self,
+        x0: &Tensor,
+        ids: &Tensor,
+        p: &Prepared,
+        seed: u64,
+    ) -> Result<(Tensor, f32, f32)> {
+        let Some(amodal) = &p.amodal else {
+            candle_core::bail!("the alignment loss needs every instance's amodal mask");
+        };
+        let b = x0.dim(0)?;
+        let dev = x0.device();
+        let mut rng = Rng::new(seed);
+        let t: Vec<f32> = (0..b).map(|_| rng.logit_normal() as f32).collect();
+        let t = Tensor::from_vec(t, b, dev)?;
+        let eps = noise(x0.shape(), rng.next_u64(), dev)?;
+        let (xt, v) = flow_pair(x0, &eps, &t)?;
+        let (pred, logits) = self.velocity(&xt, &t, ids, p)?;
+        let flow = (pred - v)?.sqr()?.mean_all()?;
+        let mut align = Tensor::zeros((), DType::F32, dev)?;
+        for l in &logits {
+            align = (align + align_loss(l, amodal)?)?;
+        }
+        if !logits.is_empty() {
+            align = (align / logits.len() as f64)?;
+        }
+        let total = (&flow + (&align * ALIGN_WEIGHT)?)?;
+        Ok((total, flow.to_scalar()?, align.to_scalar()?))
+    }
+
+    /// Samples latent tokens (B, L, C), one per prompt row, with the branch on for the first
+    /// `grounding_ratio` of the steps (at least one when the ratio is positive).
+    /// Classifier-free guidance compares against the empty prompt without the branch.
+    pub fn sample(
+        &self,
+        ids: &Tensor,
+        p: &Prepared,
+        channels: usize,
+        opts: &SampleOptions,
+        grounding_ratio: f64,
+    ) -> Result<Tensor> {
+        let dev = ids.device();
+        let n = ids.dim(0)?;
+        let grid = p.grid;
+        let times = schedule(opts.steps, grid.0 * grid.1, true);
+        let grounded = ((grounding_ratio * opts.steps as f64).ceil() as usize).min(opts.steps);
+        let step = Cell::new(0usize);
+        let empty = Tensor::zeros((n, 1), DType::U32, dev)?;
+        let field = |x: &Tensor, t: f64| -> Result<Tensor> {
+            let tt = Tensor::full(t as f32, n, dev)?;
+            let k = step.get();
+            step.set(k + 1);
+            let vc = if k < grounded {
+                self.velocity(x, &tt, ids, p)?.0
+            } else {
+                self.base.velocity(x, &tt, ids, grid)?
+            };
+            if opts.guidance <= 1.0 {
+                return Ok(vc);
+            }
+            let vu = self.base.velocity(x, &tt, &empty, grid)?;
+            guided(&vc, &vu, opts.guidance)
+        };
+        denoise(
+            &field,
+            noise((n, grid.0 * grid.1, channels), opts.seed, dev)?,
+            &times,
+        )
+    }
+}
