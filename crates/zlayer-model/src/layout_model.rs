@@ -59,12 +59,7 @@ impl SceneLayout {
                     inst.bbox.y2 as f32 / h,
                 ],
                 tokens: g.box_tokens(inst.bbox, s.width, s.height),
-                soft: g
-                    .soft_box_mask(inst.bbox, s.width, s.height)
-                    .data
-                    .into_iter()
-                    .map(|v| v as f32)
-                    .collect(),
+                soft: g.soft_box_mask(inst.bbox, s.width, s.height).data,
                 occluders: scene.graph().occluders(i).to_vec(),
                 amodal: None,
             })
