@@ -12,6 +12,7 @@ mod preview;
 mod scene_cmd;
 mod synth_cmd;
 mod train_cmd;
+mod train_layout;
 
 use clap::Parser;
 use std::process::ExitCode;

@@ -29,6 +29,12 @@ pub enum TrainCommand {
     /// Writes DIR/base.ckpt.safetensors (resumable), DIR/base-loss.csv, and at the end the EMA
     /// weights as DIR/base.safetensors (f16) with DIR/base.json (configs, vocabulary).
     Base(BaseArgs),
+    /// Stage 2: the layout branch (LoRA, layout tokens, Z-order heads) on the frozen base,
+    /// with L = L_flow + 0.5·L_align on SA-Z-synth's amodal masks.
+    ///
+    /// Writes DIR/layout.ckpt.safetensors (resumable), DIR/layout-loss.csv/.png, and at the
+    /// end the EMA weights as DIR/layout.safetensors (f16) with DIR/layout.json.
+    Layout(crate::train_layout::LayoutArgs),
 }
 
 /// Flags of `zlayer train base`.
@@ -94,13 +100,14 @@ pub struct VaeArgs {
 }
 
 /// A progress bar on a terminal; in a log file (`nohup`), a line every 25 steps instead.
-struct Progress {
+pub struct Progress {
     bar: ProgressBar,
     start: std::time::Instant,
 }
 
 impl Progress {
-    fn new(steps: usize) -> Self {
+    /// A bar for `steps` steps.
+    pub fn new(steps: usize) -> Self {
         let bar = ProgressBar::new(steps as u64);
         bar.set_style(
             ProgressStyle::with_template(
@@ -115,7 +122,8 @@ impl Progress {
         }
     }
 
-    fn update(&self, step: usize, msg: String) {
+    /// Shows step `step` with a message.
+    pub fn update(&self, step: usize, msg: String) {
         self.bar.set_position(step as u64);
         if self.bar.is_hidden() && step.is_multiple_of(25) {
             let secs = self.start.elapsed().as_secs_f64();
@@ -127,7 +135,8 @@ impl Progress {
         self.bar.set_message(msg);
     }
 
-    fn finish(&self) {
+    /// Ends the bar.
+    pub fn finish(&self) {
         self.bar.finish();
     }
 }
@@ -177,6 +186,7 @@ pub fn run(cmd: TrainCommand) -> Result<(), Failure> {
     match cmd {
         TrainCommand::Vae(a) => vae(a),
         TrainCommand::Base(a) => base(a),
+        TrainCommand::Layout(a) => crate::train_layout::run(a),
     }
 }
 
@@ -192,7 +202,7 @@ pub fn scenes(seed: u64, first: u64, n: usize, size: u32, splits: &[Split]) -> V
 }
 
 /// Their images as (B, 3, S, S) in [−1, 1] (HWC u8 → CHW).
-fn to_tensor(scenes: &[SynthScene], size: u32, dev: &Device) -> candle_core::Result<Tensor> {
+pub fn to_tensor(scenes: &[SynthScene], size: u32, dev: &Device) -> candle_core::Result<Tensor> {
     let data: Vec<f32> = scenes
         .iter()
         .flat_map(|s| {
@@ -208,7 +218,7 @@ fn images(seed: u64, first: u64, n: usize, size: u32, dev: &Device) -> candle_co
 }
 
 /// The schedule both runs use: 5% warmup, checkpoints every 100 steps, clip 1, EMA 0.999.
-fn loop_config(steps: usize, lr: f64) -> LoopConfig {
+pub fn loop_config(steps: usize, lr: f64) -> LoopConfig {
     LoopConfig {
         steps,
         lr,

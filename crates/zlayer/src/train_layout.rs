@@ -1,0 +1,162 @@
+//! `zlayer train layout`: stage 2, the layout branch on a frozen base (DESIGN.md §4.3).
+
+use crate::cli::Failure;
+use crate::generate_cmd::Model;
+use crate::synth_cmd::SplitArg;
+use crate::train_cmd::{Progress, loop_config, plot_loss, scenes, to_tensor};
+use candle_core::{DType, Device};
+use clap::Args;
+use std::path::PathBuf;
+use zlayer_model::layout_model::{LayoutModel, SceneLayout};
+use zlayer_model::train::{export_f16, train_loop};
+use zlayer_scene::{Format, Imported, TokenGrid, validate};
+use zlayer_synth::{Split, SynthScene};
+
+/// Flags of `zlayer train layout`.
+#[derive(Debug, Args)]
+pub struct LayoutArgs {
+    /// Model folder with the trained vae and base (their weights stay frozen).
+    #[arg(long, default_value = "models/tiny")]
+    model: PathBuf,
+    /// Run folder (created; an existing checkpoint there is resumed).
+    #[arg(long)]
+    out: PathBuf,
+    /// Total optimisation steps.
+    #[arg(long, default_value_t = 1000)]
+    steps: usize,
+    /// Scenes per step.
+    #[arg(long, default_value_t = 8)]
+    batch: usize,
+    /// Peak learning rate.
+    #[arg(long, default_value_t = 1e-3)]
+    lr: f64,
+    /// LoRA rank.
+    #[arg(long, default_value_t = 4)]
+    rank: usize,
+    /// Double blocks with a layout branch. The official model uses every third of 19; the
+    /// tiny model has 2, and its first sees the image before the text has mixed in.
+    #[arg(long, value_delimiter = ',', default_value = "0")]
+    double: Vec<usize>,
+    /// Single blocks with a layout branch (official: 0, 9, 18, 27, 37 of 38): the first and
+    /// last of tiny's 4.
+    #[arg(long, value_delimiter = ',', default_value = "0,3")]
+    single: Vec<usize>,
+    /// Splits to train on, interleaved.
+    #[arg(long, value_delimiter = ',', default_value = "complex")]
+    splits: Vec<SplitArg>,
+    /// Data seed (held-out evaluation uses seed + 1,000,000).
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+}
+
+/// A synthetic scene on the token grid, with its amodal masks as alignment targets (a token
+/// is inside when its cell is at least half covered).
+pub fn synth_layout(s: &SynthScene, grid: (usize, usize)) -> Result<SceneLayout, String> {
+    let loaded = validate(Imported {
+        scene: s.scene.clone(),
+        format: Format::Native,
+        warnings: Vec::new(),
+    })
+    .map_err(|e| e.to_string())?;
+    let mut layout = SceneLayout::from_scene(&loaded.scene, grid);
+    let size = s.spec.params.size as usize;
+    let g = TokenGrid::new(grid.1, grid.0);
+    let (cw, ch) = (size / grid.1, size / grid.0);
+    for (inst, amodal) in layout.instances.iter_mut().zip(&s.amodal) {
+        let mut m = vec![0f32; g.len()];
+        for (t, v) in m.iter_mut().enumerate() {
+            let (tx, ty) = (t % grid.1, t / grid.1);
+            let mut sum = 0u32;
+            for y in ty * ch..(ty + 1) * ch {
+                for x in tx * cw..(tx + 1) * cw {
+                    sum += amodal[y * size + x] as u32;
+                }
+            }
+            *v = (sum as f32 / (255 * cw * ch) as f32 >= 0.5) as u8 as f32;
+        }
+        inst.amodal = Some(m);
+    }
+    Ok(layout)
+}
+
+/// Runs the command.
+pub fn run(a: LayoutArgs) -> Result<(), Failure> {
+    if a.batch == 0 || a.steps == 0 || a.splits.is_empty() || a.rank == 0 {
+        return Err(Failure::User(
+            "--batch, --steps and --rank must be positive, and --splits non-empty".into(),
+        ));
+    }
+    std::fs::create_dir_all(&a.out)
+        .map_err(|e| Failure::User(format!("{}: {e}", a.out.display())))?;
+    let dev = Device::Cpu;
+    let Model { vae, base, size } = Model::load(&a.model, &dev)?;
+    let g = size / zlayer_model::vae::VaeConfig::FACTOR;
+    let grid = (g, g);
+    let vm = candle_nn::VarMap::new();
+    let model = LayoutModel::new(
+        base,
+        &a.double,
+        &a.single,
+        a.rank,
+        candle_nn::VarBuilder::from_varmap(&vm, DType::F32, &dev),
+    )
+    .map_err(|e| Failure::User(e.to_string()))?;
+    let lc = loop_config(a.steps, a.lr);
+    let splits: Vec<Split> = a.splits.iter().map(|&s| s.into()).collect();
+    let split_names: Vec<&str> = splits.iter().map(|s| s.name()).collect();
+    let meta = serde_json::json!({"kind": "layout", "model": a.model, "double": a.double, "single": a.single, "rank": a.rank, "splits": split_names, "seed": a.seed, "batch": a.batch, "loop": lc, "image_size": size});
+    let bar = Progress::new(a.steps);
+    let start = std::time::Instant::now();
+    let trainer = train_loop(
+        &a.out,
+        "layout",
+        &vm,
+        &lc,
+        &meta,
+        &dev,
+        |step| {
+            let batch = scenes(a.seed, (step * a.batch) as u64, a.batch, size as u32, &splits);
+            let x0 = vae.encode_tokens(&to_tensor(&batch, size as u32, &dev)?)?;
+            let prompts: Vec<&str> = batch.iter().map(|s| s.scene.prompt.as_str()).collect();
+            let ids = model
+                .base
+                .tokenizer
+                .batch(&prompts, model.base.max_len, &dev)
+                .map_err(candle_core::Error::wrap)?;
+            let layouts = batch
+                .iter()
+                .map(|s| synth_layout(s, grid))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(candle_core::Error::msg)?;
+            let p = model.prepare(&layouts, grid, &dev)?;
+            let seed = a.seed ^ (step as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            let (total, flow, align) = model.loss(&x0, &ids, &p, seed)?;
+            Ok((total, vec![("flow".into(), flow), ("align".into(), align)]))
+        },
+        |log| {
+            let get = |k: &str| log.extra.iter().find(|e| e.0 == k).map_or(0.0, |e| e.1);
+            bar.update(
+                log.step,
+                format!("loss {:.4} flow {:.4} align {:.4}", log.loss, get("flow"), get("align")),
+            );
+            if log.step.is_multiple_of(lc.checkpoint_every) {
+                let _ = plot_loss(&a.out, "layout");
+            }
+        },
+    )
+    .map_err(Failure::Internal)?;
+    bar.finish();
+    plot_loss(&a.out, "layout")?;
+    let weights = a.out.join("layout.safetensors");
+    let mut meta = meta;
+    meta["steps"] = trainer.step.into();
+    meta["train_minutes"] = (start.elapsed().as_secs_f64() / 60.0).into();
+    export_f16(&trainer.ema(), &weights, &meta).map_err(Failure::Internal)?;
+    eprintln!(
+        "trained {} steps in {:.1} min; wrote {}",
+        trainer.step,
+        start.elapsed().as_secs_f64() / 60.0,
+        weights.display()
+    );
+    Ok(())
+}
