@@ -97,3 +97,19 @@ pub fn load_base(weights: &Path, dev: &Device) -> Result<BaseModel, String> {
     )
     .map_err(|e| format!("{}: {e}", weights.display()))
 }
+
+/// The layout branch of `weights` (`layout.safetensors` + `layout.json`, from
+/// `zlayer train layout`) on `base`.
+pub fn load_layout(
+    weights: &Path,
+    base: BaseModel,
+    dev: &Device,
+) -> Result<crate::layout_model::LayoutModel, String> {
+    let json = weights.with_extension("json");
+    let meta = read_json(&json)?;
+    let double: Vec<usize> = field(&meta, "double", &json)?;
+    let single: Vec<usize> = field(&meta, "single", &json)?;
+    let rank: usize = field(&meta, "rank", &json)?;
+    crate::layout_model::LayoutModel::new(base, &double, &single, rank, load_weights(weights, dev)?)
+        .map_err(|e| format!("{}: {e}", weights.display()))
+}

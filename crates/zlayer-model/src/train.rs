@@ -227,9 +227,12 @@ pub fn export_f16(
         .map(|(k, t)| t.to_dtype(DType::F16).map(|t| (k.clone(), t)))
         .collect::<Result<_>>()
         .map_err(|e| e.to_string())?;
-    let tmp = path.with_extension("safetensors.tmp");
-    candle_core::safetensors::save(&half, &tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
-    std::fs::rename(&tmp, path).map_err(|e| format!("{}: {e}", path.display()))?;
+    // Sorted, so the same weights give the same bytes; fsynced and renamed into place.
+    let mut named: Vec<(&String, &Tensor)> = half.iter().collect();
+    named.sort_by(|a, b| a.0.cmp(b.0));
+    let bytes = safetensors::serialize(named, None).map_err(|e| e.to_string())?;
+    zlayer_composite::atomic_write(path, |f| f.write_all(&bytes))
+        .map_err(|e| format!("{}: {e}", path.display()))?;
     let json = serde_json::to_string_pretty(config).expect("JSON values print");
     zlayer_composite::atomic_write(&path.with_extension("json"), |f| {
         f.write_all(json.as_bytes())

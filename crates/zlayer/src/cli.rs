@@ -81,12 +81,14 @@ enum Command {
   zlayer synth --n 300 --split complex --format png --out gt/complex
   zlayer eval --pred generated/ --gt gt/ --split complex --plot")]
     Eval(crate::eval_cmd::EvalArgs),
-    /// Generate images from a global prompt with the tiny model.
+    /// Generate images from a global prompt, or from a scene with the layout branch.
     ///
     /// Words must be in the model's vocabulary; open vocabulary needs the Flux-scale model.
-    /// Scenes with boxes and Z-order (the layout branch) come with the next model.
-    #[command(after_help = "Example:
-  zlayer generate --prompt \"a red sphere in front of a blue cube on a sky background\" -o out.png --n 4")]
+    /// A scene is validated first (a cycle or a bad box never reaches the model); its boxes,
+    /// captions and Z-order drive the layout branch (`models/tiny/layout.safetensors`).
+    #[command(after_help = "Examples:
+  zlayer generate --prompt \"a red sphere in front of a blue cube on a sky background\" -o out.png --n 4
+  zlayer generate examples/sphere-cube.json -o out.png --grounding-ratio 0.3")]
     Generate(crate::generate_cmd::GenerateArgs),
     /// Score the base model on held-out global prompts: does the metrics segmenter find every
     /// prompted colour in the generated image? Writes a summary, a CSV and a sample sheet.

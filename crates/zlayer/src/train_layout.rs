@@ -115,7 +115,13 @@ pub fn run(a: LayoutArgs) -> Result<(), Failure> {
         &meta,
         &dev,
         |step| {
-            let batch = scenes(a.seed, (step * a.batch) as u64, a.batch, size as u32, &splits);
+            let batch = scenes(
+                a.seed,
+                (step * a.batch) as u64,
+                a.batch,
+                size as u32,
+                &splits,
+            );
             let x0 = vae.encode_tokens(&to_tensor(&batch, size as u32, &dev)?)?;
             let prompts: Vec<&str> = batch.iter().map(|s| s.scene.prompt.as_str()).collect();
             let ids = model
@@ -137,7 +143,12 @@ pub fn run(a: LayoutArgs) -> Result<(), Failure> {
             let get = |k: &str| log.extra.iter().find(|e| e.0 == k).map_or(0.0, |e| e.1);
             bar.update(
                 log.step,
-                format!("loss {:.4} flow {:.4} align {:.4}", log.loss, get("flow"), get("align")),
+                format!(
+                    "loss {:.4} flow {:.4} align {:.4}",
+                    log.loss,
+                    get("flow"),
+                    get("align")
+                ),
             );
             if log.step.is_multiple_of(lc.checkpoint_every) {
                 let _ = plot_loss(&a.out, "layout");
