@@ -56,6 +56,9 @@ pub struct LayoutInput<'a> {
     pub occluders: &'a [Vec<usize>],
     /// The image token grid (h, w).
     pub grid: (usize, usize),
+    /// One density vector for every instance and time (the paper's "w/o learned σ"
+    /// ablation): σ from the head's bias alone.
+    pub static_sigma: bool,
 }
 
 /// The branch's state as it passes through the blocks.
@@ -126,6 +129,12 @@ impl<'a> LayoutState<'a> {
     /// residual (B, Li, hidden) of instance canvases (N, Li, hidden).
     fn compose(&mut self, parts: &LayoutParts, canvases: &Tensor) -> Result<Tensor> {
         let (sigma, q) = parts.head.sigma_query(&self.embed)?;
+        let sigma = if self.input.static_sigma {
+            let (s0, _) = parts.head.sigma_query(&self.embed.zeros_like()?)?;
+            s0
+        } else {
+            sigma
+        };
         let i = self.input;
         self.logits
             .push(parts.head.align_logits(canvases, &q, i.masks, i.grid)?);

@@ -110,6 +110,16 @@ pub fn load_layout(
     let double: Vec<usize> = field(&meta, "double", &json)?;
     let single: Vec<usize> = field(&meta, "single", &json)?;
     let rank: usize = field(&meta, "rank", &json)?;
-    crate::layout_model::LayoutModel::new(base, &double, &single, rank, load_weights(weights, dev)?)
-        .map_err(|e| format!("{}: {e}", weights.display()))
+    let mut model = crate::layout_model::LayoutModel::new(
+        base,
+        &double,
+        &single,
+        rank,
+        load_weights(weights, dev)?,
+    )
+    .map_err(|e| format!("{}: {e}", weights.display()))?;
+    if meta.get("variant").is_some() {
+        model.variant = field(&meta, "variant", &json)?;
+    }
+    Ok(model)
 }

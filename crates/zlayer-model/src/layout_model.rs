@@ -16,6 +16,50 @@ use zlayer_scene::ValidScene;
 /// The weight of the alignment loss.
 pub const ALIGN_WEIGHT: f64 = 0.5;
 
+/// Which method the layout branch runs: the full method or one of the paper's ablations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Variant {
+    /// The full method.
+    Occlusionformer,
+    /// σ shared by every instance and time (no learned per-instance density).
+    StaticSigma,
+    /// No alignment loss.
+    NoAlign,
+    /// Alignment against visible instead of amodal masks (a data choice; the model is the
+    /// full one).
+    VisibleMasks,
+}
+
+impl Variant {
+    /// Every variant, in the order tables list them.
+    pub const ALL: [Variant; 4] = [
+        Variant::Occlusionformer,
+        Variant::StaticSigma,
+        Variant::NoAlign,
+        Variant::VisibleMasks,
+    ];
+
+    /// The name on the command line and in model files.
+    pub fn name(self) -> &'static str {
+        match self {
+            Variant::Occlusionformer => "occlusionformer",
+            Variant::StaticSigma => "static-sigma",
+            Variant::NoAlign => "no-align",
+            Variant::VisibleMasks => "visible-masks",
+        }
+    }
+
+    /// The alignment loss weight it trains with.
+    pub fn align_weight(self) -> f64 {
+        if self == Variant::NoAlign {
+            0.0
+        } else {
+            ALIGN_WEIGHT
+        }
+    }
+}
+
 /// One instance on the token grid.
 #[derive(Debug, Clone, PartialEq)]
 pub struct InstanceLayout {
@@ -91,6 +135,8 @@ pub struct LayoutModel {
     pub base: BaseModel,
     /// Layout tokens from captions and boxes.
     pub net: LayoutNet,
+    /// The method.
+    pub variant: Variant,
 }
 
 impl LayoutModel {
@@ -106,7 +152,11 @@ impl LayoutModel {
         base.dit.attach_layout(double, single, rank, vb.clone())?;
         let cfg = base.dit.config();
         let net = LayoutNet::new(cfg.vec_in_dim, cfg.hidden_size, vb.pp("layout_net"))?;
-        Ok(Self { base, net })
+        Ok(Self {
+            base,
+            net,
+            variant: Variant::Occlusionformer,
+        })
     }
 
     /// Tensors for a batch of scene layouts on `grid`.
@@ -190,6 +240,7 @@ impl LayoutModel {
             masks: &p.masks,
             occluders: &p.occluders,
             grid: p.grid,
+            static_sigma: self.variant == Variant::StaticSigma,
         };
         self.base.dit.forward_layout(
             &FluxInput {
@@ -205,7 +256,7 @@ impl LayoutModel {
         )
     }
 
-    /// `(L_flow + 0.5·L_align, L_flow, L_align)` on latent tokens `x0` (B, L, C) with global
+    /// `(L_flow + w·L_align, L_flow, L_align)`, w = 0.5 (0 for `no-align`), on latent tokens `x0` (B, L, C) with global
     /// prompt ids (B, Lt); `seed` draws the noise and times. Needs amodal targets.
     pub fn loss(
         &self,
@@ -233,7 +284,7 @@ impl LayoutModel {
         if !logits.is_empty() {
             align = (align / logits.len() as f64)?;
         }
-        let total = (&flow + (&align * ALIGN_WEIGHT)?)?;
+        let total = (&flow + (&align * self.variant.align_weight())?)?;
         Ok((total, flow.to_scalar()?, align.to_scalar()?))
     }
 

@@ -105,6 +105,7 @@ fn forward(flux: &Flux, net: &LayoutNet, b: &Batch, layout: bool) -> (Tensor, Ve
         masks: &b.masks,
         occluders: &b.occluders,
         grid: (4, 4),
+        static_sigma: false,
     };
     let x = FluxInput {
         img: &b.img,

@@ -7,7 +7,7 @@ use crate::train_cmd::{Progress, loop_config, plot_loss, scenes, to_tensor};
 use candle_core::{DType, Device};
 use clap::Args;
 use std::path::PathBuf;
-use zlayer_model::layout_model::{LayoutModel, SceneLayout};
+use zlayer_model::layout_model::{LayoutModel, SceneLayout, Variant};
 use zlayer_model::train::{export_f16, train_loop};
 use zlayer_scene::{Format, Imported, TokenGrid, validate};
 use zlayer_synth::{Split, SynthScene};
@@ -47,11 +47,37 @@ pub struct LayoutArgs {
     /// Data seed (held-out evaluation uses seed + 1,000,000).
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// The method: occlusionformer, or an ablation (static-sigma, no-align, visible-masks).
+    #[arg(long, default_value = "occlusionformer", value_parser = parse_variant)]
+    variant: Variant,
 }
 
-/// A synthetic scene on the token grid, with its amodal masks as alignment targets (a token
-/// is inside when its cell is at least half covered).
-pub fn synth_layout(s: &SynthScene, grid: (usize, usize)) -> Result<SceneLayout, String> {
+/// A variant by name; the baselines still to come are named as such.
+pub fn parse_variant(s: &str) -> Result<Variant, String> {
+    if let Some(v) = Variant::ALL.into_iter().find(|v| v.name() == s) {
+        return Ok(v);
+    }
+    let names: Vec<&str> = Variant::ALL.iter().map(|v| v.name()).collect();
+    let planned = ["global", "global-rank", "larender", "attn-map-loss"];
+    if planned.contains(&s) {
+        return Err(format!(
+            "{s:?} is not built yet (see docs/layout.md); available: {}",
+            names.join(", ")
+        ));
+    }
+    Err(format!(
+        "unknown variant {s:?}; use one of {}",
+        names.join(", ")
+    ))
+}
+
+/// A synthetic scene on the token grid, with its amodal (or, for `visible`, visible) masks
+/// as alignment targets: a token is inside when its cell is at least half covered.
+pub fn synth_layout(
+    s: &SynthScene,
+    grid: (usize, usize),
+    visible: bool,
+) -> Result<SceneLayout, String> {
     let loaded = validate(Imported {
         scene: s.scene.clone(),
         format: Format::Native,
@@ -62,7 +88,8 @@ pub fn synth_layout(s: &SynthScene, grid: (usize, usize)) -> Result<SceneLayout,
     let size = s.spec.params.size as usize;
     let g = TokenGrid::new(grid.1, grid.0);
     let (cw, ch) = (size / grid.1, size / grid.0);
-    for (inst, amodal) in layout.instances.iter_mut().zip(&s.amodal) {
+    let targets = if visible { &s.visible } else { &s.amodal };
+    for (inst, amodal) in layout.instances.iter_mut().zip(targets) {
         let mut m = vec![0f32; g.len()];
         for (t, v) in m.iter_mut().enumerate() {
             let (tx, ty) = (t % grid.1, t / grid.1);
@@ -93,7 +120,7 @@ pub fn run(a: LayoutArgs) -> Result<(), Failure> {
     let g = size / zlayer_model::vae::VaeConfig::FACTOR;
     let grid = (g, g);
     let vm = candle_nn::VarMap::new();
-    let model = LayoutModel::new(
+    let mut model = LayoutModel::new(
         base,
         &a.double,
         &a.single,
@@ -101,10 +128,11 @@ pub fn run(a: LayoutArgs) -> Result<(), Failure> {
         candle_nn::VarBuilder::from_varmap(&vm, DType::F32, &dev),
     )
     .map_err(|e| Failure::User(e.to_string()))?;
+    model.variant = a.variant;
     let lc = loop_config(a.steps, a.lr);
     let splits: Vec<Split> = a.splits.iter().map(|&s| s.into()).collect();
     let split_names: Vec<&str> = splits.iter().map(|s| s.name()).collect();
-    let meta = serde_json::json!({"kind": "layout", "model": a.model, "double": a.double, "single": a.single, "rank": a.rank, "splits": split_names, "seed": a.seed, "batch": a.batch, "loop": lc, "image_size": size});
+    let meta = serde_json::json!({"kind": "layout", "variant": a.variant, "model": a.model, "double": a.double, "single": a.single, "rank": a.rank, "splits": split_names, "seed": a.seed, "batch": a.batch, "loop": lc, "image_size": size});
     let bar = Progress::new(a.steps);
     let start = std::time::Instant::now();
     let trainer = train_loop(
@@ -131,7 +159,7 @@ pub fn run(a: LayoutArgs) -> Result<(), Failure> {
                 .map_err(candle_core::Error::wrap)?;
             let layouts = batch
                 .iter()
-                .map(|s| synth_layout(s, grid))
+                .map(|s| synth_layout(s, grid, a.variant == Variant::VisibleMasks))
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(candle_core::Error::msg)?;
             let p = model.prepare(&layouts, grid, &dev)?;
