@@ -230,6 +230,21 @@ pub fn colour_pixels(
     counts
 }
 
+/// Every vocabulary colour as a [`colour_pixels`] candidate, glass where one of `looks`
+/// (a scene's captions) is glass of that colour.
+pub fn vocabulary_candidates(looks: &[zlayer_synth::vocab::Look]) -> Vec<([u8; 3], bool)> {
+    use zlayer_synth::vocab::{Colour, Material};
+    Colour::ALL
+        .iter()
+        .map(|c| {
+            let glass = looks
+                .iter()
+                .any(|l| l.colour == *c && l.material == Material::Glass);
+            (c.rgb(), glass)
+        })
+        .collect()
+}
+
 /// The border [`colour_present`] keeps as the background reference, in px.
 pub const PRESENT_INSET: usize = 2;
 

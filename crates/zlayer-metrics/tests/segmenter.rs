@@ -84,15 +84,7 @@ fn colour_presence_on_clean_images() {
                 .iter()
                 .map(|i| Look::parse(&i.caption).unwrap())
                 .collect();
-            let all: Vec<([u8; 3], bool)> = Colour::ALL
-                .iter()
-                .map(|c| {
-                    let glass = looks
-                        .iter()
-                        .any(|l| l.colour == *c && l.material == Material::Glass);
-                    (c.rgb(), glass)
-                })
-                .collect();
+            let all = zlayer_metrics::segment::vocabulary_candidates(&looks);
             // Every vocabulary colour competes for every pixel, as in `zlayer eval-prompts`.
             let present = colour_present(&s.image, 64, 64, &all, PRESENT_INSET);
             for (c, &found) in Colour::ALL.iter().zip(&present) {

@@ -3,7 +3,7 @@
 
 use crate::config::Config;
 use crate::dit::{Flux, FluxInput};
-use crate::sampling::{Rng, denoise, flow_pair, guided, noise, schedule};
+use crate::sampling::{denoise, guided, noise, schedule, training_draw};
 use crate::text::{TextConfig, TextEncoder, Tokenizer};
 use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::VarBuilder;
@@ -106,13 +106,7 @@ impl BaseModel {
         grid: (usize, usize),
         seed: u64,
     ) -> Result<Tensor> {
-        let b = x0.dim(0)?;
-        let dev = x0.device();
-        let mut rng = Rng::new(seed);
-        let t: Vec<f32> = (0..b).map(|_| rng.logit_normal() as f32).collect();
-        let t = Tensor::from_vec(t, b, dev)?;
-        let eps = noise(x0.shape(), rng.next_u64(), dev)?;
-        let (xt, v) = flow_pair(x0, &eps, &t)?;
+        let (xt, t, v) = training_draw(x0, seed)?;
         (self.velocity(&xt, &t, ids, grid)? - v)?.sqr()?.mean_all()
     }
 

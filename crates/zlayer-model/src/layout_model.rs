@@ -6,7 +6,7 @@ use crate::base::{BaseModel, SampleOptions};
 use crate::branch::LayoutInput;
 use crate::dit::FluxInput;
 use crate::layout::{LayoutNet, Packing, align_loss, box_points};
-use crate::sampling::{Rng, denoise, flow_pair, guided, noise, schedule};
+use crate::sampling::{denoise, guided, noise, schedule, training_draw};
 use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::VarBuilder;
 use std::cell::Cell;
@@ -268,13 +268,8 @@ impl LayoutModel {
         let Some(amodal) = &p.amodal else {
             candle_core::bail!("the alignment loss needs every instance's amodal mask");
         };
-        let b = x0.dim(0)?;
         let dev = x0.device();
-        let mut rng = Rng::new(seed);
-        let t: Vec<f32> = (0..b).map(|_| rng.logit_normal() as f32).collect();
-        let t = Tensor::from_vec(t, b, dev)?;
-        let eps = noise(x0.shape(), rng.next_u64(), dev)?;
-        let (xt, v) = flow_pair(x0, &eps, &t)?;
+        let (xt, t, v) = training_draw(x0, seed)?;
         let (pred, logits) = self.velocity(&xt, &t, ids, p)?;
         let flow = (pred - v)?.sqr()?.mean_all()?;
         let mut align = Tensor::zeros((), DType::F32, dev)?;

@@ -83,6 +83,19 @@ pub fn flow_pair(x0: &Tensor, eps: &Tensor, t: &Tensor) -> Result<(Tensor, Tenso
     Ok((xt, (eps - x0)?))
 }
 
+/// A training draw for latents `x0` (B, …): logit-normal times t (B,), then noise, both from
+/// `seed`; returns `(x_t, t, v)` as [`flow_pair`] makes them.
+pub fn training_draw(x0: &Tensor, seed: u64) -> Result<(Tensor, Tensor, Tensor)> {
+    let b = x0.dim(0)?;
+    let dev = x0.device();
+    let mut rng = Rng::new(seed);
+    let t: Vec<f32> = (0..b).map(|_| rng.logit_normal() as f32).collect();
+    let t = Tensor::from_vec(t, b, dev)?;
+    let eps = noise(x0.shape(), rng.next_u64(), dev)?;
+    let (xt, v) = flow_pair(x0, &eps, &t)?;
+    Ok((xt, t, v))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -13,9 +13,9 @@ use std::io::Write;
 use std::path::PathBuf;
 use zlayer_composite::annotate::Canvas;
 use zlayer_composite::{BitDepth, atomic_write, write_png};
-use zlayer_metrics::segment::{PRESENT_INSET, colour_present};
+use zlayer_metrics::segment::{PRESENT_INSET, colour_present, vocabulary_candidates};
 use zlayer_model::base::SampleOptions;
-use zlayer_synth::vocab::{Colour, Look, Material};
+use zlayer_synth::vocab::{Colour, Look};
 use zlayer_synth::{Split, SynthScene};
 
 /// Flags of `zlayer eval-prompts`.
@@ -89,16 +89,7 @@ fn colours_of(s: &SynthScene) -> (Vec<usize>, Vec<([u8; 3], bool)>) {
         .collect();
     named.sort_unstable();
     named.dedup();
-    let all = Colour::ALL
-        .iter()
-        .map(|c| {
-            let glass = looks
-                .iter()
-                .any(|l| l.colour == *c && l.material == Material::Glass);
-            (c.rgb(), glass)
-        })
-        .collect();
-    (named, all)
+    (named, vocabulary_candidates(&looks))
 }
 
 /// The prompts the model was trained on, when its JSON says how it was trained.
