@@ -8,11 +8,16 @@
 //! The image outputs pass a zero-initialised projection (`layout_forward`), are scattered onto
 //! per-instance canvases, and are composed by Z-order (`layout::compose`) into a residual. The
 //! alignment head reads the same canvases.
+//!
+//! The `global` baselines run the same passes over per-scene regional sequences instead
+//! ([`Regional`]): the canvas attends to itself and to the layout tokens of the boxes covering
+//! each token, and the (zero-initialised) output is the residual itself, with no Z-order.
 
 use crate::config::Config;
 use crate::dit::{DoubleStreamBlock, Flux, FluxInput, SingleStreamBlock};
 use crate::layers::{ModulationOut, layer_norm, rope};
 use crate::layout::{Packing, ZHead, compose};
+use crate::regional::Regional;
 use candle_core::{DType, Result, Tensor};
 use candle_nn::{Linear, Module, VarBuilder};
 
@@ -59,6 +64,9 @@ pub struct LayoutInput<'a> {
     /// One density vector for every instance and time (the paper's "w/o learned σ"
     /// ablation): σ from the head's bias alone.
     pub static_sigma: bool,
+    /// When given, the passes attend per scene with regional masks (the `global`
+    /// baselines) instead of per instance, and nothing is composed.
+    pub regional: Option<&'a Regional>,
 }
 
 /// The branch's state as it passes through the blocks.
@@ -109,7 +117,11 @@ impl<'a> LayoutState<'a> {
             embed,
             scene_ids,
             batch,
-            pe: rope(&pk.ids, &cfg.axes_dim, cfg.theta)?,
+            pe: rope(
+                input.regional.map_or(&pk.ids, |r| &r.ids),
+                &cfg.axes_dim,
+                cfg.theta,
+            )?,
             tokens: input.tokens.unsqueeze(1)?.to_dtype(DType::F32)?,
             logits: Vec::new(),
         })
@@ -123,6 +135,55 @@ impl<'a> LayoutState<'a> {
             scale: pick(&m.scale)?,
             gate: pick(&m.gate)?,
         })
+    }
+
+    /// A modulation for the pass's sequences: per instance, or per scene when regional.
+    fn per_sequence(&self, m: &ModulationOut) -> Result<ModulationOut> {
+        match self.input.regional {
+            Some(_) => Ok(m.clone()),
+            None => self.per_instance(m),
+        }
+    }
+
+    /// Layout positions at the start of each sequence.
+    fn prefix(&self) -> usize {
+        self.input.regional.map_or(1, |r| r.slots)
+    }
+
+    /// Sequences of layout tokens (N, hidden) and canvases (B, Li, hidden).
+    fn pack(&self, layout: &Tensor, img: &Tensor) -> Result<Tensor> {
+        match self.input.regional {
+            Some(r) => r.pack(layout, img),
+            None => self.input.packing.pack(layout, img),
+        }
+    }
+
+    /// The attention bias of the sequences.
+    fn bias(&self) -> &Tensor {
+        self.input
+            .regional
+            .map_or(&self.input.packing.bias, |r| &r.bias)
+    }
+
+    /// Attention within the sequences: q, k, v (S, H, len, Dh) → (S, len, H·Dh).
+    fn attention(&self, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
+        match self.input.regional {
+            Some(r) => r.attention(q, k, v, &self.pe),
+            None => self.input.packing.attention(q, k, v, &self.pe),
+        }
+    }
+
+    /// The image residual (B, Li, hidden) and the layout tokens' outputs (N, hidden) of the
+    /// pass's output sequences: instance canvases composed by Z-order, or, when regional,
+    /// the canvases themselves.
+    fn residual(&mut self, parts: &LayoutParts, seq: &Tensor) -> Result<(Tensor, Tensor)> {
+        match self.input.regional {
+            Some(r) => r.unpack(seq),
+            None => {
+                let (canvases, lay) = self.input.packing.unpack(seq)?;
+                Ok((self.compose(parts, &canvases)?, lay))
+            }
+        }
     }
 
     /// Densities and queries from e_i, the alignment logits (recorded), and the composed
@@ -179,37 +240,37 @@ impl DoubleStreamBlock {
         img: &Tensor,
         st: &mut LayoutState,
     ) -> Result<Tensor> {
-        let pk = st.input.packing;
         let im = self.img_mod.forward_lora(&st.temb, true)?;
         let tm = self.txt_mod.forward_lora(&st.temb, true)?;
         let (lm0, lm1) = (st.per_instance(&tm[0])?, st.per_instance(&tm[1])?);
         let norm_img = im[0].modulate(&layer_norm(img)?)?;
         let norm_lay = lm0.modulate(&layer_norm(&st.tokens)?)?; // (N, 1, hidden)
-        let seq = pk.pack(&norm_lay.squeeze(1)?, &norm_img)?;
-        let (lq, lk, lv) = self.txt_attn.qkv(&seq.narrow(1, 0, 1)?, self.heads, true)?;
+        let seq = st.pack(&norm_lay.squeeze(1)?, &norm_img)?;
+        let p = st.prefix();
+        let len = seq.dim(1)? - p;
+        let (lq, lk, lv) = self.txt_attn.qkv(&seq.narrow(1, 0, p)?, self.heads, true)?;
         let (iq, ik, iv) = self
             .img_attn
-            .qkv(&seq.narrow(1, 1, pk.len)?, self.heads, true)?;
+            .qkv(&seq.narrow(1, p, len)?, self.heads, true)?;
         let cat = |a: &Tensor, b: &Tensor| Tensor::cat(&[a, b], 2);
-        let out = pk.attention(&cat(&lq, &iq)?, &cat(&lk, &ik)?, &cat(&lv, &iv)?, &st.pe)?;
+        let out = st.attention(&cat(&lq, &iq)?, &cat(&lk, &ik)?, &cat(&lv, &iv)?)?;
         let lay_out = self
             .txt_attn
             .proj
-            .forward_lora(&out.narrow(1, 0, 1)?, true)?;
+            .forward_lora(&out.narrow(1, 0, p)?, true)?;
         let img_out = parts.out.forward(
             &self
                 .img_attn
                 .proj
-                .forward_lora(&out.narrow(1, 1, pk.len)?, true)?,
+                .forward_lora(&out.narrow(1, p, len)?, true)?,
         )?;
-        let (canvases, _) = pk.unpack(&Tensor::cat(&[&lay_out, &img_out], 1)?)?;
-        let z = st.compose(parts, &canvases)?;
+        let (z, lay_out) = st.residual(parts, &Tensor::cat(&[&lay_out, &img_out], 1)?)?;
         let img = (img + im[0].gate.broadcast_mul(&z)?)?;
         let mlp = self
             .img_mlp
             .forward_lora(&im[1].modulate(&layer_norm(&img)?)?, true)?;
         let img = (&img + im[1].gate.broadcast_mul(&mlp)?)?;
-        let lay = (&st.tokens + lm0.gate.broadcast_mul(&lay_out)?)?;
+        let lay = (&st.tokens + lm0.gate.broadcast_mul(&lay_out.unsqueeze(1)?)?)?;
         let mlp = self
             .txt_mlp
             .forward_lora(&lm1.modulate(&layer_norm(&lay)?)?, true)?;
@@ -241,21 +302,20 @@ impl SingleStreamBlock {
         img: &Tensor,
         st: &mut LayoutState,
     ) -> Result<Tensor> {
-        let pk = st.input.packing;
-        let m = st.per_instance(&self.modulation.forward_lora(&st.temb, true)?[0])?;
-        let seq = pk.pack(&st.tokens.squeeze(1)?, img)?;
+        let m = st.per_sequence(&self.modulation.forward_lora(&st.temb, true)?[0])?;
+        let seq = st.pack(&st.tokens.squeeze(1)?, img)?;
         let body = self.body(
             &m.modulate(&layer_norm(&seq)?)?,
             &st.pe,
-            Some(&pk.bias),
+            Some(st.bias()),
             true,
         )?;
         let out = m.gate.broadcast_mul(&body)?;
-        let lay_out = out.narrow(1, 0, 1)?;
-        let img_out = parts.out.forward(&out.narrow(1, 1, pk.len)?)?;
-        let (canvases, _) = pk.unpack(&Tensor::cat(&[&lay_out, &img_out], 1)?)?;
-        let z = st.compose(parts, &canvases)?;
-        st.tokens = (&st.tokens + lay_out)?;
+        let p = st.prefix();
+        let img_out = parts.out.forward(&out.narrow(1, p, out.dim(1)? - p)?)?;
+        let (z, lay_out) =
+            st.residual(parts, &Tensor::cat(&[&out.narrow(1, 0, p)?, &img_out], 1)?)?;
+        st.tokens = (&st.tokens + lay_out.unsqueeze(1)?)?;
         img + z
     }
 }

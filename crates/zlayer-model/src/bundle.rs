@@ -110,16 +110,17 @@ pub fn load_layout(
     let double: Vec<usize> = field(&meta, "double", &json)?;
     let single: Vec<usize> = field(&meta, "single", &json)?;
     let rank: usize = field(&meta, "rank", &json)?;
-    let mut model = crate::layout_model::LayoutModel::new(
+    let variant = match meta.get("variant") {
+        Some(_) => field(&meta, "variant", &json)?,
+        None => crate::layout_model::Variant::Occlusionformer,
+    };
+    crate::layout_model::LayoutModel::new(
         base,
         &double,
         &single,
         rank,
+        variant,
         load_weights(weights, dev)?,
     )
-    .map_err(|e| format!("{}: {e}", weights.display()))?;
-    if meta.get("variant").is_some() {
-        model.variant = field(&meta, "variant", &json)?;
-    }
-    Ok(model)
+    .map_err(|e| format!("{}: {e}", weights.display()))
 }

@@ -6,15 +6,18 @@ use crate::base::{BaseModel, SampleOptions};
 use crate::branch::LayoutInput;
 use crate::dit::FluxInput;
 use crate::layout::{LayoutNet, Packing, align_loss, box_points};
+use crate::regional::Regional;
 use crate::sampling::{denoise, guided, noise, schedule, training_draw};
 use candle_core::{DType, Device, Result, Tensor};
-use candle_nn::VarBuilder;
+use candle_nn::{Module, VarBuilder};
 use std::cell::Cell;
 use zlayer_scene::TokenGrid;
 use zlayer_scene::ValidScene;
 
 /// The weight of the alignment loss.
 pub const ALIGN_WEIGHT: f64 = 0.5;
+/// Depth levels `global-rank` embeds; deeper instances share the last.
+pub const RANK_LEVELS: usize = 16;
 
 /// Which method the layout branch runs: the full method or one of the paper's ablations.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -29,12 +32,20 @@ pub enum Variant {
     /// Alignment against visible instead of amodal masks (a data choice; the model is the
     /// full one).
     VisibleMasks,
+    /// EliGen/GLIGEN-like: layout tokens join a canvas-wide attention with regional masks;
+    /// no instance layers, no Z-order, no alignment head.
+    Global,
+    /// `global` plus a learned embedding of each instance's depth level added to its layout
+    /// token: the strongest implicit-order baseline.
+    GlobalRank,
 }
 
 impl Variant {
     /// Every variant, in the order tables list them.
-    pub const ALL: [Variant; 4] = [
+    pub const ALL: [Variant; 6] = [
         Variant::Occlusionformer,
+        Variant::Global,
+        Variant::GlobalRank,
         Variant::StaticSigma,
         Variant::NoAlign,
         Variant::VisibleMasks,
@@ -47,12 +58,19 @@ impl Variant {
             Variant::StaticSigma => "static-sigma",
             Variant::NoAlign => "no-align",
             Variant::VisibleMasks => "visible-masks",
+            Variant::Global => "global",
+            Variant::GlobalRank => "global-rank",
         }
     }
 
-    /// The alignment loss weight it trains with.
+    /// Whether it attends per scene with regional masks instead of composing instances.
+    pub fn regional(self) -> bool {
+        matches!(self, Variant::Global | Variant::GlobalRank)
+    }
+
+    /// The alignment loss weight it trains with (0 where there is no alignment head).
     pub fn align_weight(self) -> f64 {
-        if self == Variant::NoAlign {
+        if self == Variant::NoAlign || self.regional() {
             0.0
         } else {
             ALIGN_WEIGHT
@@ -73,6 +91,8 @@ pub struct InstanceLayout {
     pub soft: Vec<f32>,
     /// Indices (in its scene) of the instances in front of it.
     pub occluders: Vec<usize>,
+    /// Its depth level: 0 for the front-most, one more than its deepest occluder otherwise.
+    pub level: usize,
     /// Ground-truth amodal mask on the grid (L,), 1 inside, for the alignment loss.
     pub amodal: Option<Vec<f32>>,
 }
@@ -105,6 +125,7 @@ impl SceneLayout {
                 tokens: g.box_tokens(inst.bbox, s.width, s.height),
                 soft: g.soft_box_mask(inst.bbox, s.width, s.height).data,
                 occluders: scene.graph().occluders(i).to_vec(),
+                level: scene.graph().depth_levels()[i],
                 amodal: None,
             })
             .collect();
@@ -126,6 +147,10 @@ pub struct Prepared {
     pub occluders: Vec<Vec<usize>>,
     /// Amodal targets (N, L), when every instance has one.
     pub amodal: Option<Tensor>,
+    /// Per-scene regional sequences, for the `global` variants.
+    pub regional: Option<Regional>,
+    /// Depth levels (N,) u32, clamped to [`RANK_LEVELS`].
+    pub levels: Tensor,
     grid: (usize, usize),
 }
 
@@ -137,25 +162,32 @@ pub struct LayoutModel {
     pub net: LayoutNet,
     /// The method.
     pub variant: Variant,
+    /// `global-rank`'s depth-level embedding (`rank_embed`).
+    rank_embed: Option<candle_nn::Embedding>,
 }
 
 impl LayoutModel {
-    /// Attaches a rank-`rank` branch to blocks `double` and `single` of `base`, with every new
-    /// parameter under `vb` (normally a fresh `VarMap`).
+    /// Attaches a rank-`rank` branch for `variant` to blocks `double` and `single` of `base`,
+    /// with every new parameter under `vb` (normally a fresh `VarMap`).
     pub fn new(
         mut base: BaseModel,
         double: &[usize],
         single: &[usize],
         rank: usize,
+        variant: Variant,
         vb: VarBuilder,
     ) -> Result<Self> {
         base.dit.attach_layout(double, single, rank, vb.clone())?;
         let cfg = base.dit.config();
         let net = LayoutNet::new(cfg.vec_in_dim, cfg.hidden_size, vb.pp("layout_net"))?;
+        let rank_embed = (variant == Variant::GlobalRank)
+            .then(|| candle_nn::embedding(RANK_LEVELS, cfg.hidden_size, vb.pp("rank_embed")))
+            .transpose()?;
         Ok(Self {
             base,
             net,
-            variant: Variant::Occlusionformer,
+            variant,
+            rank_embed,
         })
     }
 
@@ -170,6 +202,7 @@ impl LayoutModel {
         let mut boxes = Vec::new();
         let (mut captions, mut points, mut masks, mut occluders, mut amodal) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let mut levels = Vec::new();
         for (s, scene) in scenes.iter().enumerate() {
             let first = boxes.len();
             for inst in &scene.instances {
@@ -184,6 +217,7 @@ impl LayoutModel {
                 ];
                 boxes.push((s, inst.tokens.clone(), centre));
                 captions.push(inst.caption.as_str());
+                levels.push(inst.level.min(RANK_LEVELS - 1) as u32);
                 points.extend_from_slice(&box_points(b));
                 masks.extend_from_slice(&inst.soft);
                 occluders.push(
@@ -208,8 +242,15 @@ impl LayoutModel {
             .map_err(candle_core::Error::wrap)?;
         let (_, pooled) = self.base.text.forward(&ids)?;
         let img_ids = BaseModel::image_ids(scenes.len(), grid.0, grid.1, dev)?;
+        let regional = self
+            .variant
+            .regional()
+            .then(|| Regional::new(&boxes, scenes.len(), &img_ids))
+            .transpose()?;
         Ok(Prepared {
             packing: Packing::new(&boxes, scenes.len(), &img_ids)?,
+            regional,
+            levels: Tensor::from_vec(levels, n, dev)?,
             pooled: pooled.detach(),
             points: Tensor::from_vec(points, (n, 72), dev)?,
             masks: Tensor::from_vec(masks, (n, l), dev)?,
@@ -232,7 +273,10 @@ impl LayoutModel {
         let (b, lt) = ids.dims2()?;
         let dev = x.device();
         let (txt, y) = self.base.text.forward(ids)?;
-        let tokens = self.net.forward(&p.pooled, &p.points)?;
+        let mut tokens = self.net.forward(&p.pooled, &p.points)?;
+        if let Some(e) = &self.rank_embed {
+            tokens = (tokens + e.forward(&p.levels)?)?;
+        }
         let input = LayoutInput {
             packing: &p.packing,
             tokens: &tokens,
@@ -241,6 +285,7 @@ impl LayoutModel {
             occluders: &p.occluders,
             grid: p.grid,
             static_sigma: self.variant == Variant::StaticSigma,
+            regional: p.regional.as_ref(),
         };
         self.base.dit.forward_layout(
             &FluxInput {

@@ -9,6 +9,7 @@
 //! - [`dit`]: the Flux-style MM-DiT.
 //! - [`layout_model`]: stage 2, the frozen base with the layout branch: loss and sampler.
 //! - [`layout`]: layout tokens, packed per-instance sequences, Z-order composition.
+//! - [`regional`]: per-scene sequences with regional masks, for the `global` baselines.
 //! - [`text`]: word-level tokenizer and the tiny text encoder.
 //! - [`vae`]: the small KL autoencoder (nearest-then-conv upsampling).
 //! - [`optim`]: AdamW with saved state, clipping, warmup/cosine, EMA, exact-resume checkpoints.
@@ -25,6 +26,7 @@ pub mod layers;
 pub mod layout;
 pub mod layout_model;
 pub mod optim;
+pub mod regional;
 pub mod sampling;
 pub mod text;
 pub mod train;

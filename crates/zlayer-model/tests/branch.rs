@@ -4,6 +4,7 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use zlayer_model::branch::LayoutInput;
 use zlayer_model::layout::{LayoutNet, Packing, align_loss};
+use zlayer_model::regional::Regional;
 use zlayer_model::sampling::noise;
 use zlayer_model::{Config, Flux, FluxInput};
 
@@ -29,6 +30,7 @@ struct Batch {
     t: Tensor,
     y: Tensor,
     packing: Packing,
+    regional: Regional,
     pooled: Tensor,
     points: Tensor,
     masks: Tensor,
@@ -76,6 +78,7 @@ fn batch(dev: &Device) -> Batch {
         t: Tensor::new(&[0.3f32, 0.8], dev).unwrap(),
         y: noise((2, 16), 3, dev).unwrap(),
         packing: Packing::new(&packed, 2, &img_ids).unwrap(),
+        regional: Regional::new(&packed, 2, &img_ids).unwrap(),
         img_ids,
         pooled: noise((4, 16), 4, dev).unwrap(),
         points: Tensor::from_vec(points, (4, 72), dev).unwrap(),
@@ -97,6 +100,16 @@ fn model(dev: &Device) -> (VarMap, VarMap, Flux, LayoutNet) {
 }
 
 fn forward(flux: &Flux, net: &LayoutNet, b: &Batch, layout: bool) -> (Tensor, Vec<Tensor>) {
+    forward_route(flux, net, b, layout, None)
+}
+
+fn forward_route(
+    flux: &Flux,
+    net: &LayoutNet,
+    b: &Batch,
+    layout: bool,
+    regional: Option<&Regional>,
+) -> (Tensor, Vec<Tensor>) {
     let tokens = net.forward(&b.pooled, &b.points).unwrap();
     let input = LayoutInput {
         packing: &b.packing,
@@ -106,6 +119,7 @@ fn forward(flux: &Flux, net: &LayoutNet, b: &Batch, layout: bool) -> (Tensor, Ve
         occluders: &b.occluders,
         grid: (4, 4),
         static_sigma: false,
+        regional,
     };
     let x = FluxInput {
         img: &b.img,
@@ -158,6 +172,38 @@ fn the_branch_trains_lora_and_layout_modules_and_leaves_the_base_frozen() {
     for (name, v) in data.iter() {
         let n = grad_norm(&g, v.as_tensor());
         assert!(n > 0.0 && n.is_finite(), "{name}: gradient {n}");
+    }
+    drop(base);
+}
+
+#[test]
+fn the_global_route_trains_the_shared_modules_and_leaves_the_z_order_head_alone() {
+    let dev = Device::Cpu;
+    let (base, branch, flux, net) = model(&dev);
+    for v in branch.all_vars() {
+        let r = (noise(v.shape(), 9, &dev).unwrap() * 0.1).unwrap();
+        v.set(&r).unwrap();
+    }
+    let b = batch(&dev);
+    let (out, logits) = forward_route(&flux, &net, &b, true, Some(&b.regional));
+    assert_eq!(out.dims(), &[2, 16, 4]);
+    assert!(logits.is_empty(), "no instance layers, no alignment maps");
+    let (local, _) = forward(&flux, &net, &b, true);
+    let values = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    assert_ne!(values(&out), values(&local), "the routes differ");
+    let g = out.sqr().unwrap().mean_all().unwrap().backward().unwrap();
+    let data = branch.data().lock().unwrap();
+    for (name, v) in data.iter() {
+        let n = grad_norm(&g, v.as_tensor());
+        let head = name.contains("norm1_layout") || name.contains("mask_predictor");
+        if head {
+            assert_eq!(
+                n, 0.0,
+                "{name}: the Z-order head is unused by the global route"
+            );
+        } else {
+            assert!(n > 0.0 && n.is_finite(), "{name}: gradient {n}");
+        }
     }
     drop(base);
 }

@@ -5,7 +5,7 @@ use candle_core::{DType, Device};
 use candle_nn::{VarBuilder, VarMap};
 use zlayer_model::Config;
 use zlayer_model::base::{BaseModel, SampleOptions};
-use zlayer_model::layout_model::{LayoutModel, SceneLayout};
+use zlayer_model::layout_model::{LayoutModel, SceneLayout, Variant};
 use zlayer_model::optim::{AdamWConfig, Trainer};
 use zlayer_model::sampling::noise;
 use zlayer_model::text::{TextConfig, Tokenizer};
@@ -63,6 +63,7 @@ fn the_alignment_loss_falls_and_a_zero_grounding_ratio_samples_like_the_base() {
         &[0],
         &[0],
         4,
+        Variant::Occlusionformer,
         VarBuilder::from_varmap(&branch, DType::F32, &dev),
     )
     .unwrap();

@@ -95,6 +95,13 @@ enum Command {
     ///
     /// Example: `zlayer eval-prompts --model models/tiny --n 200`
     EvalPrompts(crate::eval_prompts::EvalPromptsArgs),
+    /// Compare trained layout branches on held-out synthetic scenes: each generates the same
+    /// scenes from the same noise, and the metrics crate scores order, Occ. F1 and masks.
+    ///
+    /// Writes OUT/gt, one image folder per variant, summary.md/json and grid.png.
+    #[command(after_help = "Example:
+  zlayer eval-layout --layout runs/occ/layout.safetensors,runs/global/layout.safetensors --split complex --n 300 --out eval/complex")]
+    EvalLayout(crate::eval_layout::EvalLayoutArgs),
     /// Train a model on SA-Z-synth, on the CPU (resumes from DIR's checkpoint).
     #[command(subcommand)]
     Train(crate::train_cmd::TrainCommand),
@@ -181,5 +188,6 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
         Command::Train(cmd) => crate::train_cmd::run(cmd),
         Command::Generate(args) => crate::generate_cmd::run(args),
         Command::EvalPrompts(args) => crate::eval_prompts::run(args),
+        Command::EvalLayout(args) => crate::eval_layout::run(args),
     }
 }

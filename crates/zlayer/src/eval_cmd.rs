@@ -6,7 +6,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use zlayer_composite::annotate::{Canvas, Series, level_colour, line_chart};
 use zlayer_composite::{BitDepth, atomic_write, write_png};
-use zlayer_metrics::eval::{Summary, csv, evaluate_dirs, markdown, summarize};
+use zlayer_metrics::eval::{SceneResult, Summary, csv, evaluate_dirs, markdown, summarize};
 
 /// Flags of `zlayer eval`.
 #[derive(Debug, Args)]
@@ -58,19 +58,8 @@ pub fn run(a: EvalArgs) -> Result<(), Failure> {
     let results = evaluate_dirs(&pred, &gt).map_err(user)?;
     let summary = summarize(&results);
     let out = a.out.unwrap_or_else(|| pred.join("eval"));
-    std::fs::create_dir_all(&out).map_err(|e| user(format!("{}: {e}", out.display())))?;
     let title = format!("zlayer eval: {} against {}", pred.display(), gt.display());
-    let md = markdown(&summary, &title);
-    let json =
-        serde_json::to_string_pretty(&serde_json::json!({"summary": summary, "scenes": results}))
-            .expect("plain data serialises");
-    for (name, text) in [
-        ("summary.json", json.as_str()),
-        ("summary.md", md.as_str()),
-        ("per_scene.csv", csv(&results).as_str()),
-    ] {
-        atomic_write(&out.join(name), |f| f.write_all(text.as_bytes())).map_err(user)?;
-    }
+    let md = write_report(&out, &summary, &results, &title)?;
     if a.plot {
         plot(&summary, &out.join("metrics.png"))?;
         plot_curve(&summary, &out.join("halo.png"))?;
@@ -83,6 +72,28 @@ pub fn run(a: EvalArgs) -> Result<(), Failure> {
         out.display()
     );
     Ok(())
+}
+
+/// Writes summary.json, summary.md and per_scene.csv to `out`; returns the Markdown.
+pub fn write_report(
+    out: &Path,
+    summary: &Summary,
+    results: &[SceneResult],
+    title: &str,
+) -> Result<String, Failure> {
+    std::fs::create_dir_all(out).map_err(|e| user(format!("{}: {e}", out.display())))?;
+    let md = markdown(summary, title);
+    let json =
+        serde_json::to_string_pretty(&serde_json::json!({"summary": summary, "scenes": results}))
+            .expect("plain data serialises");
+    for (name, text) in [
+        ("summary.json", json.as_str()),
+        ("summary.md", md.as_str()),
+        ("per_scene.csv", csv(results).as_str()),
+    ] {
+        atomic_write(&out.join(name), |f| f.write_all(text.as_bytes())).map_err(user)?;
+    }
+    Ok(md)
 }
 
 /// A horizontal bar chart of the summary's [0, 1] metrics.

@@ -172,6 +172,21 @@ pub fn to_rgb8(images: &Tensor) -> candle_core::Result<Vec<Vec<[u8; 3]>>> {
         .collect())
 }
 
+/// 8-bit RGB pixels as an opaque image.
+pub fn rgb_image(pixels: &[[u8; 3]], width: usize, height: usize) -> Image<Straight> {
+    Image {
+        width,
+        height,
+        pixels: pixels
+            .iter()
+            .map(|p| {
+                let c = p.map(|v| v as f32 / 255.0);
+                Straight([c[0], c[1], c[2], 1.0])
+            })
+            .collect(),
+    }
+}
+
 /// Images (n, 3, S, S) in [−1, 1] side by side.
 fn row(images: &Tensor, n: usize, s: usize) -> candle_core::Result<Image<Straight>> {
     let rgb = to_rgb8(images)?;

@@ -6,6 +6,7 @@
 mod cli;
 mod compose;
 mod eval_cmd;
+mod eval_layout;
 mod eval_prompts;
 mod generate_cmd;
 mod preview;

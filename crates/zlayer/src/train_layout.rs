@@ -47,7 +47,8 @@ pub struct LayoutArgs {
     /// Data seed (held-out evaluation uses seed + 1,000,000).
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// The method: occlusionformer, or an ablation (static-sigma, no-align, visible-masks).
+    /// The method: occlusionformer; the baselines global and global-rank; or an ablation
+    /// (static-sigma, no-align, visible-masks). See docs/layout.md.
     #[arg(long, default_value = "occlusionformer", value_parser = parse_variant)]
     variant: Variant,
 }
@@ -58,7 +59,7 @@ pub fn parse_variant(s: &str) -> Result<Variant, String> {
         return Ok(v);
     }
     let names: Vec<&str> = Variant::ALL.iter().map(|v| v.name()).collect();
-    let planned = ["global", "global-rank", "larender", "attn-map-loss"];
+    let planned = ["larender", "attn-map-loss"];
     if planned.contains(&s) {
         return Err(format!(
             "{s:?} is not built yet (see docs/layout.md); available: {}",
@@ -120,15 +121,15 @@ pub fn run(a: LayoutArgs) -> Result<(), Failure> {
     let g = size / zlayer_model::vae::VaeConfig::FACTOR;
     let grid = (g, g);
     let vm = candle_nn::VarMap::new();
-    let mut model = LayoutModel::new(
+    let model = LayoutModel::new(
         base,
         &a.double,
         &a.single,
         a.rank,
+        a.variant,
         candle_nn::VarBuilder::from_varmap(&vm, DType::F32, &dev),
     )
     .map_err(|e| Failure::User(e.to_string()))?;
-    model.variant = a.variant;
     let lc = loop_config(a.steps, a.lr);
     let splits: Vec<Split> = a.splits.iter().map(|&s| s.into()).collect();
     let split_names: Vec<&str> = splits.iter().map(|s| s.name()).collect();
