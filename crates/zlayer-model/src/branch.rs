@@ -18,7 +18,7 @@ use crate::dit::{DoubleStreamBlock, Flux, FluxInput, SingleStreamBlock};
 use crate::layers::{ModulationOut, layer_norm, rope};
 use crate::layout::{Packing, ZHead, compose};
 use crate::regional::Regional;
-use candle_core::{DType, Result, Tensor};
+use candle_core::{D, DType, Result, Tensor};
 use candle_nn::{Linear, Module, VarBuilder};
 
 /// The guidance the official branch embeds for layout passes (models with guidance input).
@@ -69,6 +69,15 @@ pub struct LayoutInput<'a> {
     pub regional: Option<&'a Regional>,
 }
 
+/// What the layout blocks report besides the velocity, one entry per composing block.
+#[derive(Debug, Default)]
+pub struct BranchMaps {
+    /// Alignment logits (N, Li, 2).
+    pub logits: Vec<Tensor>,
+    /// Composition weights (N, Li), averaged over channels; detached.
+    pub weights: Vec<Tensor>,
+}
+
 /// The branch's state as it passes through the blocks.
 pub(crate) struct LayoutState<'a> {
     input: &'a LayoutInput<'a>,
@@ -81,8 +90,8 @@ pub(crate) struct LayoutState<'a> {
     pe: (Tensor, Tensor),
     /// Layout tokens (N, 1, hidden).
     tokens: Tensor,
-    /// Alignment logits (N, Li, 2) of each layout block so far.
-    pub(crate) logits: Vec<Tensor>,
+    /// The maps of each layout block so far.
+    pub(crate) maps: BranchMaps,
 }
 
 impl<'a> LayoutState<'a> {
@@ -123,7 +132,7 @@ impl<'a> LayoutState<'a> {
                 cfg.theta,
             )?,
             tokens: input.tokens.unsqueeze(1)?.to_dtype(DType::F32)?,
-            logits: Vec::new(),
+            maps: BranchMaps::default(),
         })
     }
 
@@ -197,9 +206,10 @@ impl<'a> LayoutState<'a> {
             sigma
         };
         let i = self.input;
-        self.logits
+        self.maps
+            .logits
             .push(parts.head.align_logits(canvases, &q, i.masks, i.grid)?);
-        let (z, _) = compose(
+        let (z, w) = compose(
             canvases,
             &sigma,
             i.masks,
@@ -207,6 +217,7 @@ impl<'a> LayoutState<'a> {
             &i.packing.scene,
             self.batch,
         )?;
+        self.maps.weights.push(w.detach().mean(D::Minus1)?);
         Ok(z)
     }
 }

@@ -3,7 +3,7 @@
 //! Port of black-forest-labs/flux `model.py` and `modules/layers.py` at any [`Config`];
 //! `vb.pp` paths copy the BFL checkpoint's key names, so real weights load without renaming.
 
-use crate::branch::{LayoutInput, LayoutParts, LayoutState};
+use crate::branch::{BranchMaps, LayoutInput, LayoutParts, LayoutState};
 use crate::config::Config;
 use crate::layers::{
     LoraLinear, MlpEmbedder, Modulation, QkNorm, attention, layer_norm, rope, split_qkv,
@@ -321,12 +321,12 @@ impl Flux {
 
     /// [`Self::forward`] with the layout branch in the blocks that have one (see
     /// [`Self::attach_layout`]) when `layout` is given; also returns each layout block's
-    /// alignment logits (N, Li, 2).
+    /// alignment logits and composition weights.
     pub fn forward_layout(
         &self,
         x: &FluxInput,
         layout: Option<&LayoutInput>,
-    ) -> Result<(Tensor, Vec<Tensor>)> {
+    ) -> Result<(Tensor, BranchMaps)> {
         let vec = self.conditioning(x.timesteps, x.y, x.guidance)?; // (B, hidden)
         let mut img = self.img_in.forward(x.img)?;
         let mut txt = self.txt_in.forward(x.txt)?;
@@ -356,8 +356,8 @@ impl Flux {
             }
         }
         let img = joint.narrow(1, lt, joint.dim(1)? - lt)?;
-        let logits = state.map(|s| s.logits).unwrap_or_default();
-        Ok((self.final_layer.forward(&img, &vec)?, logits))
+        let maps = state.map(|s| s.maps).unwrap_or_default();
+        Ok((self.final_layer.forward(&img, &vec)?, maps))
     }
 
     /// Gives blocks `double` and `single` a layout branch: rank-`rank` LoRA on their

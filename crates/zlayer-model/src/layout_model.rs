@@ -3,14 +3,14 @@
 //! the steps only.
 
 use crate::base::{BaseModel, SampleOptions};
-use crate::branch::LayoutInput;
+use crate::branch::{BranchMaps, LayoutInput};
 use crate::dit::FluxInput;
 use crate::layout::{LayoutNet, Packing, align_loss, box_points};
 use crate::regional::Regional;
 use crate::sampling::{denoise, guided, noise, schedule, training_draw};
 use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::{Module, VarBuilder};
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use zlayer_scene::TokenGrid;
 use zlayer_scene::ValidScene;
 
@@ -262,14 +262,14 @@ impl LayoutModel {
         })
     }
 
-    /// Velocity with the branch (B, L, C), and the alignment logits of each layout block.
+    /// Velocity with the branch (B, L, C), and the maps of each layout block.
     pub fn velocity(
         &self,
         x: &Tensor,
         t: &Tensor,
         ids: &Tensor,
         p: &Prepared,
-    ) -> Result<(Tensor, Vec<Tensor>)> {
+    ) -> Result<(Tensor, BranchMaps)> {
         let (b, lt) = ids.dims2()?;
         let dev = x.device();
         let (txt, y) = self.base.text.forward(ids)?;
@@ -315,7 +315,8 @@ impl LayoutModel {
         };
         let dev = x0.device();
         let (xt, t, v) = training_draw(x0, seed)?;
-        let (pred, logits) = self.velocity(&xt, &t, ids, p)?;
+        let (pred, maps) = self.velocity(&xt, &t, ids, p)?;
+        let logits = maps.logits;
         let flow = (pred - v)?.sqr()?.mean_all()?;
         let mut align = Tensor::zeros((), DType::F32, dev)?;
         for l in &logits {
@@ -339,19 +340,35 @@ impl LayoutModel {
         opts: &SampleOptions,
         grounding_ratio: f64,
     ) -> Result<Tensor> {
+        Ok(self.sample_maps(ids, p, channels, opts, grounding_ratio)?.0)
+    }
+
+    /// [`Self::sample`], also returning the instances' maps at the last grounded step (none
+    /// when no step is grounded, or for the `global` variants, which have no instance layers).
+    pub fn sample_maps(
+        &self,
+        ids: &Tensor,
+        p: &Prepared,
+        channels: usize,
+        opts: &SampleOptions,
+        grounding_ratio: f64,
+    ) -> Result<(Tensor, Option<InstanceMaps>)> {
         let dev = ids.device();
         let n = ids.dim(0)?;
         let grid = p.grid;
         let times = schedule(opts.steps, grid.0 * grid.1, true);
         let grounded = ((grounding_ratio * opts.steps as f64).ceil() as usize).min(opts.steps);
         let step = Cell::new(0usize);
+        let last = RefCell::new(None);
         let empty = Tensor::zeros((n, 1), DType::U32, dev)?;
         let field = |x: &Tensor, t: f64| -> Result<Tensor> {
             let tt = Tensor::full(t as f32, n, dev)?;
             let k = step.get();
             step.set(k + 1);
             let vc = if k < grounded {
-                self.velocity(x, &tt, ids, p)?.0
+                let (v, maps) = self.velocity(x, &tt, ids, p)?;
+                *last.borrow_mut() = InstanceMaps::new(&maps)?;
+                v
             } else {
                 self.base.velocity(x, &tt, ids, grid)?
             };
@@ -361,10 +378,45 @@ impl LayoutModel {
             let vu = self.base.velocity(x, &tt, &empty, grid)?;
             guided(&vc, &vu, opts.guidance)
         };
-        denoise(
+        let tokens = denoise(
             &field,
             noise((n, grid.0 * grid.1, channels), opts.seed, dev)?,
             &times,
-        )
+        )?;
+        Ok((tokens, last.into_inner()))
+    }
+}
+
+/// Per-instance maps on the token grid, averaged over the layout blocks.
+#[derive(Debug, Clone)]
+pub struct InstanceMaps {
+    /// The alignment head's amodal-mask probability (N, L).
+    pub masks: Tensor,
+    /// Composition weight w_i (N, L): how much of each token instance i supplies.
+    pub weights: Tensor,
+}
+
+impl InstanceMaps {
+    /// The block average of `maps`; `None` when no block composed.
+    fn new(maps: &BranchMaps) -> Result<Option<Self>> {
+        if maps.logits.is_empty() {
+            return Ok(None);
+        }
+        let mean = |ts: &[Tensor]| -> Result<Tensor> {
+            (Tensor::stack(ts, 0)?.mean(0)?).detach().contiguous()
+        };
+        let probs: Vec<Tensor> = maps
+            .logits
+            .iter()
+            .map(|l| {
+                candle_nn::ops::softmax(l, candle_core::D::Minus1)?
+                    .narrow(2, 1, 1)?
+                    .squeeze(2)
+            })
+            .collect::<Result<_>>()?;
+        Ok(Some(Self {
+            masks: mean(&probs)?,
+            weights: mean(&maps.weights)?,
+        }))
     }
 }

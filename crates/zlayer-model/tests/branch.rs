@@ -130,7 +130,8 @@ fn forward_route(
         y: &b.y,
         guidance: None,
     };
-    flux.forward_layout(&x, layout.then_some(&input)).unwrap()
+    let (out, maps) = flux.forward_layout(&x, layout.then_some(&input)).unwrap();
+    (out, maps.logits)
 }
 
 fn grad_norm(g: &candle_core::backprop::GradStore, t: &Tensor) -> f32 {

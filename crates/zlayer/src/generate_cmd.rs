@@ -41,6 +41,15 @@ pub struct GenerateArgs {
     /// Number of samples.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
     n: u32,
+    /// With a scene: write each instance's predicted amodal mask (alignment head,
+    /// `mask-K.png`) and its share of the Z-order composition (`weight-K.png`) here, for the
+    /// first sample, at the last grounded step.
+    #[arg(long, requires = "scene")]
+    layers: Option<PathBuf>,
+    /// With a scene: write the first sample as an OpenRaster file (GIMP, Krita): the image,
+    /// each instance cut out by its composition share (back to front), and the masks hidden.
+    #[arg(long, requires = "scene")]
+    ora: Option<PathBuf>,
 }
 
 /// Runs the command.
@@ -112,10 +121,40 @@ fn generate_scene(
         .tokenizer
         .batch(&vec![prompt.as_str(); n], model.base.max_len, dev)
         .map_err(|e| Failure::User(e.to_string()))?;
-    let tokens = model
-        .sample(&ids, &p, m.vae.cfg.latent, opts, a.grounding_ratio)
+    let (tokens, maps) = model
+        .sample_maps(&ids, &p, m.vae.cfg.latent, opts, a.grounding_ratio)
         .map_err(int)?;
-    m.vae.decode_tokens(&tokens, g, g).map_err(int)
+    let images = m.vae.decode_tokens(&tokens, g, g).map_err(int)?;
+    if a.layers.is_some() || a.ora.is_some() {
+        let Some(maps) = maps else {
+            return Err(Failure::User(format!(
+                "--layers/--ora need instance maps: the {} variant has no instance layers, or --grounding-ratio is 0",
+                model.variant.name()
+            )));
+        };
+        let k = scene.instances.len();
+        let rows =
+            |t: &Tensor| -> candle_core::Result<Vec<Vec<f32>>> { t.narrow(0, 0, k)?.to_vec2() };
+        let first = to_rgb8(&images.narrow(0, 0, 1).map_err(int)?).map_err(int)?;
+        let out = crate::layers_out::InstanceLayers {
+            image: &first[0],
+            size: m.size,
+            grid: g,
+            masks: rows(&maps.masks).map_err(int)?,
+            weights: rows(&maps.weights).map_err(int)?,
+            captions: scene.instances.iter().map(|i| i.caption.clone()).collect(),
+            draw_order: loaded.scene.graph().draw_order(),
+        };
+        if let Some(dir) = &a.layers {
+            let files = out.write_dir(dir)?;
+            eprintln!("wrote {} instance maps to {}", files.len(), dir.display());
+        }
+        if let Some(path) = &a.ora {
+            out.write_ora(path)?;
+            eprintln!("wrote {}", path.display());
+        }
+    }
+    Ok(images)
 }
 
 /// The tiny model: VAE, base, and the image side they were trained at.

@@ -9,6 +9,7 @@ mod eval_cmd;
 mod eval_layout;
 mod eval_prompts;
 mod generate_cmd;
+mod layers_out;
 mod preview;
 mod scene_cmd;
 mod synth_cmd;
