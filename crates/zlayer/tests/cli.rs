@@ -520,4 +520,101 @@ fn train_and_generate_end_to_end_smoke() {
         "{}",
         text(&run.stderr)
     );
+
+    // Stage 2: one step of the full method and one of a baseline, on the same base.
+    let mut layouts = Vec::new();
+    for variant in ["occlusionformer", "global-rank"] {
+        let out = dir.join(format!("layout-{variant}"));
+        let run = zlayer(&[
+            "train",
+            "layout",
+            "--model",
+            model.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--steps",
+            "1",
+            "--batch",
+            "2",
+            "--variant",
+            variant,
+        ]);
+        assert_eq!(run.status.code(), Some(0), "{}", text(&run.stderr));
+        layouts.push(out.join("layout.safetensors"));
+    }
+    for ext in ["safetensors", "json"] {
+        std::fs::copy(
+            layouts[0].with_extension(ext),
+            model.join(format!("layout.{ext}")),
+        )
+        .unwrap();
+    }
+    let (maps, ora) = (dir.join("maps"), dir.join("scene.ora"));
+    let run = zlayer(&[
+        "generate",
+        "examples/sphere-cube.json",
+        "-o",
+        png.to_str().unwrap(),
+        "--model",
+        model.to_str().unwrap(),
+        "--steps",
+        "2",
+        "--layers",
+        maps.to_str().unwrap(),
+        "--ora",
+        ora.to_str().unwrap(),
+    ]);
+    assert_eq!(run.status.code(), Some(0), "{}", text(&run.stderr));
+    for k in 0..2 {
+        for name in ["mask", "weight"] {
+            let img = zlayer_composite::read_png(&maps.join(format!("{name}-{k}.png"))).unwrap();
+            assert_eq!((img.width, img.height), (32, 32));
+        }
+    }
+    let stack = zlayer_composite::ora::read_ora(&ora).unwrap();
+    let names: Vec<&str> = stack.layers.iter().map(|l| l.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "generated image",
+            "1: blue cube",
+            "0: red sphere",
+            "1: blue cube (predicted amodal mask)",
+            "0: red sphere (predicted amodal mask)"
+        ],
+        "bottom first: the cube behind the sphere"
+    );
+    assert!(!stack.layers[4].visible, "masks are hidden");
+
+    let out = dir.join("eval-layout");
+    let list = format!("{},{}", layouts[0].display(), layouts[1].display());
+    let run = zlayer(&[
+        "eval-layout",
+        "--layout",
+        &list,
+        "--model",
+        model.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--n",
+        "3",
+        "--batch",
+        "2",
+        "--steps",
+        "2",
+    ]);
+    assert_eq!(run.status.code(), Some(0), "{}", text(&run.stderr));
+    let md = std::fs::read_to_string(out.join("summary.md")).unwrap();
+    for row in [
+        "| ground truth |",
+        "| base (no branch) |",
+        "| occlusionformer |",
+        "| global-rank |",
+    ] {
+        assert!(md.contains(row), "{row} missing:\n{md}");
+    }
+    for k in 0..3 {
+        assert!(out.join(format!("global-rank/{k:06}.png")).is_file());
+    }
+    assert!(out.join("grid.png").is_file());
 }
