@@ -60,6 +60,9 @@ pub struct EvalLayoutArgs {
     no_base: bool,
 }
 
+/// 8-bit RGB images, one per scene.
+type Images = Vec<Vec<[u8; 3]>>;
+
 /// One row of the comparison.
 #[derive(serde::Serialize)]
 struct Row {
@@ -155,7 +158,7 @@ fn generate(
     held: &[SynthScene],
     size: usize,
     dev: &Device,
-) -> Result<(f64, Vec<Vec<[u8; 3]>>), Failure> {
+) -> Result<(f64, Images), Failure> {
     let m = Model::load(&a.model, dev)?;
     let int = |e: candle_core::Error| Failure::Internal(e.to_string());
     let g = size / VaeConfig::FACTOR;
@@ -277,7 +280,7 @@ fn table(a: &EvalLayoutArgs, rows: &[Row]) -> String {
 /// The first scenes (columns) under each row's images, labelled.
 fn grid(
     held: &[SynthScene],
-    rows: &[(String, Vec<Vec<[u8; 3]>>)],
+    rows: &[(String, Images)],
     size: usize,
 ) -> Option<zlayer_composite::Image<zlayer_composite::Straight>> {
     let cols = held.len().min(8);
