@@ -19,7 +19,9 @@ pub struct SampleOptions {
     pub seed: u64,
 }
 
-/// The DiT and its text encoder, with the tokenizer they were trained with.
+/// The DiT and its text encoder, with the tokenizer they were trained with. Cloning shares
+/// the weights.
+#[derive(Debug, Clone)]
 pub struct BaseModel {
     /// The transformer.
     pub dit: Flux,

@@ -114,7 +114,7 @@ pub fn load_layout(
         Some(_) => field(&meta, "variant", &json)?,
         None => crate::layout_model::Variant::Occlusionformer,
     };
-    crate::layout_model::LayoutModel::new(
+    let mut model = crate::layout_model::LayoutModel::new(
         base,
         &double,
         &single,
@@ -122,5 +122,9 @@ pub fn load_layout(
         variant,
         load_weights(weights, dev)?,
     )
-    .map_err(|e| format!("{}: {e}", weights.display()))
+    .map_err(|e| format!("{}: {e}", weights.display()))?;
+    if meta.get("grounding_ratio").is_some() {
+        model.grounding_ratio = field(&meta, "grounding_ratio", &json)?;
+    }
+    Ok(model)
 }

@@ -238,15 +238,15 @@ impl LastLayer {
 /// The transformer: embed, double blocks, concatenate, single blocks, final layer.
 #[derive(Debug, Clone)]
 pub struct Flux {
-    cfg: Config,
-    img_in: Linear,
-    txt_in: Linear,
+    pub(crate) cfg: Config,
+    pub(crate) img_in: Linear,
+    pub(crate) txt_in: Linear,
     time_in: MlpEmbedder,
     vector_in: MlpEmbedder,
     guidance_in: Option<MlpEmbedder>,
-    double_blocks: Vec<DoubleStreamBlock>,
-    single_blocks: Vec<SingleStreamBlock>,
-    final_layer: LastLayer,
+    pub(crate) double_blocks: Vec<DoubleStreamBlock>,
+    pub(crate) single_blocks: Vec<SingleStreamBlock>,
+    pub(crate) final_layer: LastLayer,
 }
 
 /// The inputs of one forward pass.

@@ -16,6 +16,8 @@ use zlayer_scene::ValidScene;
 
 /// The weight of the alignment loss.
 pub const ALIGN_WEIGHT: f64 = 0.5;
+/// The official grounding ratio: the branch runs for the first 30% of the sampling steps.
+pub const OFFICIAL_GROUNDING_RATIO: f64 = 0.3;
 /// Depth levels `global-rank` embeds; deeper instances share the last.
 pub const RANK_LEVELS: usize = 16;
 
@@ -162,6 +164,9 @@ pub struct LayoutModel {
     pub net: LayoutNet,
     /// The method.
     pub variant: Variant,
+    /// The grounding ratio sampling uses unless told otherwise (a model file's
+    /// `grounding_ratio`, else the official value).
+    pub grounding_ratio: f64,
     /// `global-rank`'s depth-level embedding (`rank_embed`).
     rank_embed: Option<candle_nn::Embedding>,
 }
@@ -187,6 +192,7 @@ impl LayoutModel {
             base,
             net,
             variant,
+            grounding_ratio: OFFICIAL_GROUNDING_RATIO,
             rank_embed,
         })
     }

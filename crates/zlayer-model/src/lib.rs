@@ -5,6 +5,7 @@
 //! - [`branch`]: the layout branch inside the DiT blocks (LoRA, packing, Z-order residual).
 //! - [`bundle`]: model files (f16 safetensors + JSON) and latent normalisation.
 //! - [`config`]: shapes as data, with presets.
+//! - [`larender`]: LaRender, the training-free baseline (per-copy attention, Z-order composition).
 //! - [`layers`]: differentiable building blocks (norms, RoPE, attention, modulation).
 //! - [`dit`]: the Flux-style MM-DiT.
 //! - [`layout_model`]: stage 2, the frozen base with the layout branch: loss and sampler.
@@ -22,6 +23,7 @@ pub mod branch;
 pub mod bundle;
 pub mod config;
 pub mod dit;
+pub mod larender;
 pub mod layers;
 pub mod layout;
 pub mod layout_model;

@@ -8,7 +8,8 @@
 
 use crate::cli::Failure;
 use crate::eval_cmd::write_report;
-use crate::generate_cmd::{Model, rgb_image, to_rgb8};
+use crate::generate_cmd::{Model, ratio, rgb_image, to_rgb8};
+use crate::scene_sampler::SceneSampler;
 use crate::synth_cmd::SplitArg;
 use crate::train_cmd::{Progress, scenes};
 use crate::train_layout::synth_layout;
@@ -20,7 +21,6 @@ use zlayer_composite::annotate::Canvas;
 use zlayer_composite::{BitDepth, atomic_write, write_png};
 use zlayer_metrics::eval::{Summary, evaluate_dirs, summarize};
 use zlayer_model::base::SampleOptions;
-use zlayer_model::bundle::load_layout;
 use zlayer_model::vae::VaeConfig;
 use zlayer_synth::SynthScene;
 use zlayer_synth::store::write_png_folder;
@@ -29,7 +29,11 @@ use zlayer_synth::store::write_png_folder;
 #[derive(Debug, Args)]
 pub struct EvalLayoutArgs {
     /// Trained layout branches (`layout.safetensors` with its `.json`), one row each.
-    #[arg(long = "layout", required = true, value_delimiter = ',')]
+    #[arg(
+        long = "layout",
+        required_unless_present = "larender",
+        value_delimiter = ','
+    )]
     layouts: Vec<PathBuf>,
     /// Model folder with the vae and base the branches were trained on.
     #[arg(long, default_value = "models/tiny")]
@@ -49,15 +53,19 @@ pub struct EvalLayoutArgs {
     /// Euler steps.
     #[arg(long, default_value_t = 20)]
     steps: usize,
-    /// Fraction of the steps that run the layout branch.
-    #[arg(long, default_value_t = 0.3)]
-    grounding_ratio: f64,
+    /// Fraction of the sampling steps that run the layout branch (default: the model
+    /// file's tuned `grounding_ratio`, else the official 0.3; see docs/layout.md).
+    #[arg(long, value_parser = ratio)]
+    grounding_ratio: Option<f64>,
     /// Scenes generated per batch (each batch has its own noise seed, shared by the variants).
     #[arg(long, default_value_t = 16)]
     batch: usize,
     /// Leave out the base model's row (it costs one more generation pass).
     #[arg(long)]
     no_base: bool,
+    /// Add a row for LaRender (training-free, on the base; object opacity 0.8, every step).
+    #[arg(long)]
+    larender: bool,
 }
 
 /// 8-bit RGB images, one per scene.
@@ -67,6 +75,8 @@ type Images = Vec<Vec<[u8; 3]>>;
 #[derive(serde::Serialize)]
 struct Row {
     name: String,
+    /// The grounding ratio it sampled with (none for the reference rows).
+    grounding_ratio: Option<f64>,
     seconds: f64,
     summary: Summary,
 }
@@ -81,7 +91,8 @@ pub fn run(a: EvalLayoutArgs) -> Result<(), Failure> {
         return Err(user("--n, --batch and --steps must be positive"));
     }
     let dev = Device::Cpu;
-    let size = Model::load(&a.model, &dev)?.size;
+    let m = Model::load(&a.model, &dev)?;
+    let size = m.size;
     let split: zlayer_synth::Split = a.split.into();
     let held = scenes(a.seed, 0, a.n, size as u32, &[split]);
     let (gt, render) = (a.out.join("gt"), a.out.join("render"));
@@ -97,23 +108,31 @@ pub fn run(a: EvalLayoutArgs) -> Result<(), Failure> {
         .map_err(user)?;
     }
     // The real renders, segmented like any prediction: the ceiling of the measure.
-    let mut rows = vec![score(&a, "ground truth", &render, &gt, 0.0)?];
+    let mut rows = vec![score(&a, "ground truth", &render, &gt, 0.0, None)?];
     let mut images = vec![("ground truth".to_string(), Vec::new())];
     if !a.no_base {
-        let (secs, imgs) = generate(&a, None, &held, size, &dev)?;
-        rows.push(score(
-            &a,
-            "base (no branch)",
-            &a.out.join("base"),
-            &gt,
-            secs,
-        )?);
+        let (secs, _, imgs) = generate(&a, None, "base", &m, &held, &dev)?;
+        let base = a.out.join("base");
+        rows.push(score(&a, "base (no branch)", &base, &gt, secs, None)?);
         images.push(("base (no branch)".into(), imgs));
     }
+    let mut samplers = Vec::new();
     for path in &a.layouts {
-        let (secs, imgs) = generate(&a, Some(path), &held, size, &dev)?;
-        let label = variant_label(path)?;
-        rows.push(score(&a, &label, &a.out.join(&label), &gt, secs)?);
+        samplers.push(SceneSampler::from_file(path, m.base.clone(), &dev)?);
+    }
+    if a.larender {
+        samplers.push(SceneSampler::LaRender(m.base.clone()));
+    }
+    for s in &samplers {
+        // Two branches of one variant (say, two runs) get distinct folders and rows.
+        let mut label = s.name().to_string();
+        let mut k = 1;
+        while rows.iter().any(|r| r.name == label) {
+            k += 1;
+            label = format!("{}-{k}", s.name());
+        }
+        let (secs, r, imgs) = generate(&a, Some(s), &label, &m, &held, &dev)?;
+        rows.push(score(&a, &label, &a.out.join(&label), &gt, secs, r)?);
         images.push((label, imgs));
     }
     let md = table(&a, &rows);
@@ -133,47 +152,22 @@ fn name(i: usize) -> String {
     format!("{i:06}")
 }
 
-/// The row label of a branch: its variant, or its folder name when the file has none.
-fn variant_label(path: &Path) -> Result<String, Failure> {
-    let json = path.with_extension("json");
-    let text =
-        std::fs::read_to_string(&json).map_err(|e| user(format!("{}: {e}", json.display())))?;
-    let v: serde_json::Value =
-        serde_json::from_str(&text).map_err(|e| user(format!("{}: {e}", json.display())))?;
-    Ok(v["variant"].as_str().map_or_else(
-        || {
-            path.parent()
-                .and_then(|p| p.file_name())
-                .map_or("layout".into(), |s| s.to_string_lossy().into_owned())
-        },
-        str::to_string,
-    ))
-}
-
-/// Generates every held-out scene with branch `layout` (the base alone when `None`), writes
-/// the images to `OUT/<label>/<scene>.png`; returns the seconds taken and the images.
+/// Generates every held-out scene with `sampler` (the base alone when `None`), writes the
+/// images to `OUT/<label>/<scene>.png`; returns the seconds taken, the grounding ratio used
+/// and the images.
 fn generate(
     a: &EvalLayoutArgs,
-    layout: Option<&Path>,
+    sampler: Option<&SceneSampler>,
+    label: &str,
+    m: &Model,
     held: &[SynthScene],
-    size: usize,
     dev: &Device,
-) -> Result<(f64, Images), Failure> {
-    let m = Model::load(&a.model, dev)?;
+) -> Result<(f64, Option<f64>, Images), Failure> {
     let int = |e: candle_core::Error| Failure::Internal(e.to_string());
+    let (size, vae) = (m.size, &m.vae);
     let g = size / VaeConfig::FACTOR;
-    let Model { vae, base, .. } = m;
-    let tokenizer = base.tokenizer.clone();
-    let max_len = base.max_len;
-    let (label, model, base) = match layout {
-        Some(p) => (
-            variant_label(p)?,
-            Some(load_layout(p, base, dev).map_err(user)?),
-            None,
-        ),
-        None => ("base".to_string(), None, Some(base)),
-    };
-    let dir = a.out.join(&label);
+    let base = sampler.map_or(&m.base, SceneSampler::base);
+    let dir = a.out.join(label);
     std::fs::create_dir_all(&dir).map_err(|e| user(format!("{}: {e}", dir.display())))?;
     eprintln!("generating {} scenes with {label}…", held.len());
     let bar = Progress::new(held.len());
@@ -186,21 +180,26 @@ fn generate(
             seed: a.seed ^ c as u64,
         };
         let prompts: Vec<&str> = chunk.iter().map(|s| s.scene.prompt.as_str()).collect();
-        let ids = tokenizer.batch(&prompts, max_len, dev).map_err(user)?;
-        let tokens = match (&model, &base) {
-            (None, Some(base)) => base.sample(&ids, (g, g), vae.cfg.latent, &opts),
-            (None, None) => unreachable!("a model or a base"),
-            (Some(model), _) => {
+        let ids = base
+            .tokenizer
+            .batch(&prompts, base.max_len, dev)
+            .map_err(user)?;
+        let tokens = match sampler {
+            None => base
+                .sample(&ids, (g, g), vae.cfg.latent, &opts)
+                .map_err(int)?,
+            Some(s) => {
                 let layouts = chunk
                     .iter()
                     .map(|s| synth_layout(s, (g, g), false))
                     .collect::<Result<Vec<_>, _>>()
                     .map_err(Failure::Internal)?;
-                let p = model.prepare(&layouts, (g, g), dev).map_err(int)?;
-                model.sample(&ids, &p, vae.cfg.latent, &opts, a.grounding_ratio)
+                let spec = ((g, g), vae.cfg.latent);
+                s.sample(&ids, &prompts, &layouts, spec, &opts, a.grounding_ratio)
+                    .map_err(int)?
+                    .0
             }
-        }
-        .map_err(int)?;
+        };
         let imgs = to_rgb8(&vae.decode_tokens(&tokens, g, g).map_err(int)?).map_err(int)?;
         for (k, img) in imgs.into_iter().enumerate() {
             let path = dir.join(format!("{}.png", name(c * a.batch + k)));
@@ -210,7 +209,8 @@ fn generate(
         bar.update(out.len(), String::new());
     }
     bar.finish();
-    Ok((start.elapsed().as_secs_f64(), out))
+    let ratio = sampler.and_then(|s| s.ratio(a.grounding_ratio));
+    Ok((start.elapsed().as_secs_f64(), ratio, out))
 }
 
 /// Scores `pred` against `gt` and writes the report under `pred/eval`.
@@ -220,6 +220,7 @@ fn score(
     pred: &Path,
     gt: &Path,
     seconds: f64,
+    grounding_ratio: Option<f64>,
 ) -> Result<Row, Failure> {
     let results = evaluate_dirs(pred, gt).map_err(user)?;
     let summary = summarize(&results);
@@ -232,6 +233,7 @@ fn score(
     )?;
     Ok(Row {
         name: label.into(),
+        grounding_ratio,
         seconds,
         summary,
     })
@@ -243,23 +245,23 @@ fn table(a: &EvalLayoutArgs, rows: &[Row]) -> String {
     let split: zlayer_synth::Split = a.split.into();
     let mut s = format!(
         "# Layout variants on {} held-out `{}` scenes\n\n\
-         Data seed {}, {} Euler steps, grounding ratio {}, no guidance; every variant draws the \
-         same noise. Order accuracy and Occ. F1 are over declared overlapping pairs whose order \
-         the real render shows ({} pairs).\n\n\
-         | variant | order acc. | Occ. F1 | WHDR (%) | mIoU | O-mIoU | box mIoU | box O-mIoU | s/image |\n\
-         |---|---|---|---|---|---|---|---|---|\n",
+         Data seed {}, {} Euler steps, no guidance; every variant draws the same noise. Order \
+         accuracy and Occ. F1 are over declared overlapping pairs whose order the real render \
+         shows ({} pairs).\n\n\
+         | variant | grounding ratio | order acc. | Occ. F1 | WHDR (%) | mIoU | O-mIoU | box mIoU | box O-mIoU | s/image |\n\
+         |---|---|---|---|---|---|---|---|---|---|\n",
         a.n,
         split.name(),
         a.seed,
         a.steps,
-        a.grounding_ratio,
         rows[0].summary.pairs,
     );
     for r in rows {
         let m = &r.summary;
         s += &format!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
             r.name,
+            r.grounding_ratio.map_or("–".into(), |v| format!("{v}")),
             f(m.order_accuracy),
             f(m.occ_f1),
             m.whdr.map_or("–".into(), |v| format!("{v:.1}")),

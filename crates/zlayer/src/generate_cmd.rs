@@ -1,6 +1,7 @@
 //! `zlayer generate`: images from a prompt with the tiny model.
 
 use crate::cli::Failure;
+use crate::scene_sampler::SceneSampler;
 use candle_core::{Device, Tensor};
 use clap::Args;
 use std::path::{Path, PathBuf};
@@ -19,9 +20,10 @@ pub struct GenerateArgs {
     /// scene, defaults to the scene's prompt.
     #[arg(long, required_unless_present = "scene")]
     prompt: Option<String>,
-    /// Fraction of the sampling steps that run the layout branch (official 0.3).
-    #[arg(long, default_value_t = 0.3)]
-    grounding_ratio: f64,
+    /// Fraction of the sampling steps that run the layout branch (default: the model
+    /// file's tuned `grounding_ratio`, else the official 0.3; see docs/layout.md).
+    #[arg(long, value_parser = ratio)]
+    grounding_ratio: Option<f64>,
     /// Output PNG (a row of --n samples).
     #[arg(short, long)]
     output: PathBuf,
@@ -41,6 +43,11 @@ pub struct GenerateArgs {
     /// Number of samples.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
     n: u32,
+    /// With a scene, the method that draws it: occlusionformer (the bundled branch), a
+    /// baseline or ablation trained into MODEL/variants/NAME (global, global-rank, …), or
+    /// larender (training-free).
+    #[arg(long, default_value = "occlusionformer", requires = "scene")]
+    variant: String,
     /// With a scene: write each instance's predicted amodal mask (alignment head,
     /// `mask-K.png`) and its share of the Z-order composition (`weight-K.png`) here, for the
     /// first sample, at the last grounded step.
@@ -50,6 +57,16 @@ pub struct GenerateArgs {
     /// each instance cut out by its composition share (back to front), and the masks hidden.
     #[arg(long, requires = "scene")]
     ora: Option<PathBuf>,
+}
+
+/// A grounding ratio: a number in [0, 1].
+pub fn ratio(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(r) if (0.0..=1.0).contains(&r) => Ok(r),
+        _ => Err(format!(
+            "{s:?}: a fraction of the steps, from 0 (base model only) to 1 (every step)"
+        )),
+    }
 }
 
 /// Runs the command.
@@ -89,7 +106,8 @@ pub fn run(a: GenerateArgs) -> Result<(), Failure> {
     Ok(())
 }
 
-/// Images (n, 3, S, S) for a scene, with the layout branch for the first grounding steps.
+/// Images (n, 3, S, S) for a scene, drawn by the chosen variant (for a branch, on the first
+/// grounding steps only).
 fn generate_scene(
     m: Model,
     path: &Path,
@@ -98,39 +116,47 @@ fn generate_scene(
     dev: &Device,
 ) -> Result<Tensor, Failure> {
     let loaded = crate::scene_cmd::load(path)?;
-    let weights = a.model.join("layout.safetensors");
-    if !weights.is_file() {
-        return Err(Failure::User(format!(
-            "{}: no layout branch; train one with `zlayer train layout --model {} --out DIR` and copy DIR/layout.* there",
-            weights.display(),
-            a.model.display()
-        )));
-    }
     let scene = loaded.scene.scene();
     let prompt = a.prompt.clone().unwrap_or_else(|| scene.prompt.clone());
     let g = m.size / VaeConfig::FACTOR;
-    let model = zlayer_model::bundle::load_layout(&weights, m.base, dev).map_err(Failure::User)?;
+    let sampler = SceneSampler::by_name(&a.model, &a.variant, m.base, dev)?;
+    let wants_maps = a.layers.is_some() || a.ora.is_some();
+    if wants_maps && (!sampler.has_maps() || sampler.ratio(a.grounding_ratio) == Some(0.0)) {
+        return Err(Failure::User(format!(
+            "--layers/--ora need instance layers: the {} variant has none{}; use --variant occlusionformer",
+            sampler.name(),
+            if sampler.has_maps() {
+                " at --grounding-ratio 0"
+            } else {
+                ""
+            }
+        )));
+    }
     let n = a.n as usize;
     let layout = zlayer_model::layout_model::SceneLayout::from_scene(&loaded.scene, (g, g));
     let int = |e: candle_core::Error| Failure::Internal(e.to_string());
-    let p = model
-        .prepare(&vec![layout; n], (g, g), dev)
-        .map_err(|e| Failure::User(e.to_string()))?;
-    let ids = model
-        .base
+    let prompts = vec![prompt.as_str(); n];
+    let base = sampler.base();
+    let ids = base
         .tokenizer
-        .batch(&vec![prompt.as_str(); n], model.base.max_len, dev)
+        .batch(&prompts, base.max_len, dev)
         .map_err(|e| Failure::User(e.to_string()))?;
-    let (tokens, maps) = model
-        .sample_maps(&ids, &p, m.vae.cfg.latent, opts, a.grounding_ratio)
-        .map_err(int)?;
+    let (tokens, maps) = sampler
+        .sample(
+            &ids,
+            &prompts,
+            &vec![layout; n],
+            ((g, g), m.vae.cfg.latent),
+            opts,
+            a.grounding_ratio,
+        )
+        .map_err(|e| Failure::User(e.to_string()))?;
     let images = m.vae.decode_tokens(&tokens, g, g).map_err(int)?;
-    if a.layers.is_some() || a.ora.is_some() {
+    if wants_maps {
         let Some(maps) = maps else {
-            return Err(Failure::User(format!(
-                "--layers/--ora need instance maps: the {} variant has no instance layers, or --grounding-ratio is 0",
-                model.variant.name()
-            )));
+            return Err(Failure::Internal(
+                "the branch returned no instance maps".into(),
+            ));
         };
         let k = scene.instances.len();
         let rows =

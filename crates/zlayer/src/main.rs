@@ -12,6 +12,7 @@ mod generate_cmd;
 mod layers_out;
 mod preview;
 mod scene_cmd;
+mod scene_sampler;
 mod synth_cmd;
 mod train_cmd;
 mod train_layout;

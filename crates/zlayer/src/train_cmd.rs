@@ -122,15 +122,15 @@ impl Progress {
         }
     }
 
-    /// Shows step `step` with a message.
+    /// Shows step `step` with a message; without a terminal, a line whenever the count
+    /// passes a multiple of 25 (callers may advance by more than one) or ends.
     pub fn update(&self, step: usize, msg: String) {
+        let before = self.bar.position() as usize;
         self.bar.set_position(step as u64);
-        if self.bar.is_hidden() && step.is_multiple_of(25) {
+        let len = self.bar.length().unwrap_or(0) as usize;
+        if self.bar.is_hidden() && (step / 25 > before / 25 || (step == len && before < len)) {
             let secs = self.start.elapsed().as_secs_f64();
-            eprintln!(
-                "step {step}/{} {msg} ({secs:.0} s)",
-                self.bar.length().unwrap_or(0)
-            );
+            eprintln!("step {step}/{len} {msg} ({secs:.0} s)");
         }
         self.bar.set_message(msg);
     }

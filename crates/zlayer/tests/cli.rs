@@ -586,6 +586,35 @@ fn train_and_generate_end_to_end_smoke() {
     );
     assert!(!stack.layers[4].visible, "masks are hidden");
 
+    // The training-free baseline needs no weights; a baseline without instance layers has
+    // none to write, and says so before generating anything.
+    let base_args = [
+        "generate",
+        "examples/sphere-cube.json",
+        "-o",
+        png.to_str().unwrap(),
+        "--model",
+        model.to_str().unwrap(),
+        "--steps",
+        "2",
+    ];
+    let run = zlayer(&[&base_args[..], &["--variant", "larender"]].concat());
+    assert_eq!(run.status.code(), Some(0), "{}", text(&run.stderr));
+    let run = zlayer(&[&base_args[..], &["--variant", "larender", "--ora", "x.ora"]].concat());
+    assert_eq!(run.status.code(), Some(2));
+    assert!(
+        text(&run.stderr).contains("the larender variant has none"),
+        "{}",
+        text(&run.stderr)
+    );
+    let run = zlayer(&[&base_args[..], &["--variant", "global"]].concat());
+    assert_eq!(run.status.code(), Some(2));
+    assert!(
+        text(&run.stderr).contains("no trained `global` branch"),
+        "{}",
+        text(&run.stderr)
+    );
+
     let out = dir.join("eval-layout");
     let list = format!("{},{}", layouts[0].display(), layouts[1].display());
     let run = zlayer(&[
@@ -602,6 +631,7 @@ fn train_and_generate_end_to_end_smoke() {
         "2",
         "--steps",
         "2",
+        "--larender",
     ]);
     assert_eq!(run.status.code(), Some(0), "{}", text(&run.stderr));
     let md = std::fs::read_to_string(out.join("summary.md")).unwrap();
