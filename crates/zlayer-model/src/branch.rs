@@ -67,6 +67,8 @@ pub struct LayoutInput<'a> {
     /// When given, the passes attend per scene with regional masks (the `global`
     /// baselines) instead of per instance, and nothing is composed.
     pub regional: Option<&'a Regional>,
+    /// Record each layout token's attention map ([`BranchMaps::attention`]).
+    pub attention_maps: bool,
 }
 
 /// What the layout blocks report besides the velocity, one entry per composing block.
@@ -76,6 +78,9 @@ pub struct BranchMaps {
     pub logits: Vec<Tensor>,
     /// Composition weights (N, Li), averaged over channels; detached.
     pub weights: Vec<Tensor>,
+    /// Each layout token's attention over its box on the canvas (N, Li), when asked for
+    /// (the `attn-map-loss` ablation).
+    pub attention: Vec<Tensor>,
 }
 
 /// The branch's state as it passes through the blocks.
@@ -165,6 +170,19 @@ impl<'a> LayoutState<'a> {
             Some(r) => r.pack(layout, img),
             None => self.input.packing.pack(layout, img),
         }
+    }
+
+    /// Records the layout tokens' attention (per-instance route, when asked for) from the
+    /// pass's q and k (N, H, 1 + len, Dh).
+    fn record_attention(&mut self, q: &Tensor, k: &Tensor) -> Result<()> {
+        if !self.input.attention_maps || self.input.regional.is_some() {
+            return Ok(());
+        }
+        let pk = self.input.packing;
+        let a = crate::layout::layout_attention(q, k, &self.pe, &pk.bias)?;
+        let (canvas, _) = pk.unpack(&a.unsqueeze(2)?)?;
+        self.maps.attention.push(canvas.squeeze(2)?);
+        Ok(())
     }
 
     /// The attention bias of the sequences.
@@ -264,7 +282,9 @@ impl DoubleStreamBlock {
             .img_attn
             .qkv(&seq.narrow(1, p, len)?, self.heads, true)?;
         let cat = |a: &Tensor, b: &Tensor| Tensor::cat(&[a, b], 2);
-        let out = st.attention(&cat(&lq, &iq)?, &cat(&lk, &ik)?, &cat(&lv, &iv)?)?;
+        let (q, k) = (cat(&lq, &iq)?, cat(&lk, &ik)?);
+        st.record_attention(&q, &k)?;
+        let out = st.attention(&q, &k, &cat(&lv, &iv)?)?;
         let lay_out = self
             .txt_attn
             .proj
@@ -315,12 +335,13 @@ impl SingleStreamBlock {
     ) -> Result<Tensor> {
         let m = st.per_sequence(&self.modulation.forward_lora(&st.temb, true)?[0])?;
         let seq = st.pack(&st.tokens.squeeze(1)?, img)?;
-        let body = self.body(
+        let (body, (q, k)) = self.body(
             &m.modulate(&layer_norm(&seq)?)?,
             &st.pe,
             Some(st.bias()),
             true,
         )?;
+        st.record_attention(&q, &k)?;
         let out = m.gate.broadcast_mul(&body)?;
         let p = st.prefix();
         let img_out = parts.out.forward(&out.narrow(1, p, out.dim(1)? - p)?)?;

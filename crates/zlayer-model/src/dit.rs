@@ -175,18 +175,18 @@ impl SingleStreamBlock {
         let m = &self.modulation.forward(vec)?[0];
         x + m
             .gate
-            .broadcast_mul(&self.body(&m.modulate(&layer_norm(x)?)?, pe, None, false)?)?
+            .broadcast_mul(&self.body(&m.modulate(&layer_norm(x)?)?, pe, None, false)?.0)?
     }
 
     /// `linear2([attn(q, k, v), gelu(mlp)])` of normalised tokens, with an optional attention
-    /// bias (packed sequences) and the LoRA updates on or off.
+    /// bias (packed sequences) and the LoRA updates on or off; also the normalised q and k.
     pub(crate) fn body(
         &self,
         x: &Tensor,
         pe: &(Tensor, Tensor),
         bias: Option<&Tensor>,
         lora: bool,
-    ) -> Result<Tensor> {
+    ) -> Result<(Tensor, (Tensor, Tensor))> {
         let fused = self.linear1.forward_lora(x, lora)?;
         let qkv = fused.narrow(D::Minus1, 0, 3 * self.hidden)?;
         let mlp = fused.narrow(
@@ -197,8 +197,10 @@ impl SingleStreamBlock {
         let (q, k, v) = split_qkv(&qkv, self.heads)?;
         let (q, k) = self.norm.forward(&q, &k)?;
         let attn = crate::layers::masked_attention(&q, &k, &v.contiguous()?, pe, bias)?;
-        self.linear2
-            .forward_lora(&Tensor::cat(&[attn, mlp.gelu()?], D::Minus1)?, lora)
+        let out = self
+            .linear2
+            .forward_lora(&Tensor::cat(&[attn, mlp.gelu()?], D::Minus1)?, lora)?;
+        Ok((out, (q, k)))
     }
 }
 

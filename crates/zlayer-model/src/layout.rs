@@ -331,6 +331,36 @@ impl ZHead {
     }
 }
 
+/// The layout tokens' attention over their packed sequences, averaged over heads: q, k
+/// (N, H, 1 + len, Dh) → (N, 1 + len), the first query row of each (RoPE applied, padded keys
+/// masked by `bias`).
+pub fn layout_attention(
+    q: &Tensor,
+    k: &Tensor,
+    pe: &(Tensor, Tensor),
+    bias: &Tensor,
+) -> Result<Tensor> {
+    let (q, k) = (
+        crate::layers::apply_rope(q, &pe.0, &pe.1)?,
+        crate::layers::apply_rope(k, &pe.0, &pe.1)?,
+    );
+    let d = q.dim(D::Minus1)?;
+    let q0 = q.narrow(2, 0, 1)?.contiguous()?;
+    let scores = (q0.matmul(&k.t()?.contiguous()?)? / (d as f64).sqrt())?.broadcast_add(bias)?;
+    candle_nn::ops::softmax(&scores, D::Minus1)?
+        .mean(1)?
+        .squeeze(1)
+}
+
+/// The `attn-map-loss` ablation's loss: the share of each layout token's attention to image
+/// tokens that falls outside its amodal mask, averaged over instances. `attn` (N, L) is that
+/// attention on the canvas, `target` (N, L) the {0, 1} mask.
+pub fn attention_map_loss(attn: &Tensor, target: &Tensor) -> Result<Tensor> {
+    let inside = (attn * target.to_dtype(attn.dtype())?)?.sum(D::Minus1)?;
+    let total = (attn.sum(D::Minus1)? + 1e-8)?;
+    ((inside / total)?.neg()? + 1.0)?.mean_all()
+}
+
 /// Mean cross-entropy of logits (N, L, 2) against a {0, 1} target (N, L) (1 = inside the
 /// instance's amodal mask): the queried alignment loss.
 pub fn align_loss(logits: &Tensor, target: &Tensor) -> Result<Tensor> {

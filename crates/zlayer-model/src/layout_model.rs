@@ -5,7 +5,7 @@
 use crate::base::{BaseModel, SampleOptions};
 use crate::branch::{BranchMaps, LayoutInput};
 use crate::dit::FluxInput;
-use crate::layout::{LayoutNet, Packing, align_loss, box_points};
+use crate::layout::{LayoutNet, Packing, align_loss, attention_map_loss, box_points};
 use crate::regional::Regional;
 use crate::sampling::{denoise, guided, noise, schedule, training_draw};
 use candle_core::{DType, Device, Result, Tensor};
@@ -40,17 +40,21 @@ pub enum Variant {
     /// `global` plus a learned embedding of each instance's depth level added to its layout
     /// token: the strongest implicit-order baseline.
     GlobalRank,
+    /// The mask loss on the layout tokens' attention maps instead of the query head: the
+    /// share of each token's attention outside its amodal mask, weight 0.5.
+    AttnMapLoss,
 }
 
 impl Variant {
     /// Every variant, in the order tables list them.
-    pub const ALL: [Variant; 6] = [
+    pub const ALL: [Variant; 7] = [
         Variant::Occlusionformer,
         Variant::Global,
         Variant::GlobalRank,
         Variant::StaticSigma,
         Variant::NoAlign,
         Variant::VisibleMasks,
+        Variant::AttnMapLoss,
     ];
 
     /// The name on the command line and in model files.
@@ -62,6 +66,7 @@ impl Variant {
             Variant::VisibleMasks => "visible-masks",
             Variant::Global => "global",
             Variant::GlobalRank => "global-rank",
+            Variant::AttnMapLoss => "attn-map-loss",
         }
     }
 
@@ -72,7 +77,7 @@ impl Variant {
 
     /// The alignment loss weight it trains with (0 where there is no alignment head).
     pub fn align_weight(self) -> f64 {
-        if self == Variant::NoAlign || self.regional() {
+        if matches!(self, Variant::NoAlign | Variant::AttnMapLoss) || self.regional() {
             0.0
         } else {
             ALIGN_WEIGHT
@@ -292,6 +297,7 @@ impl LayoutModel {
             grid: p.grid,
             static_sigma: self.variant == Variant::StaticSigma,
             regional: p.regional.as_ref(),
+            attention_maps: self.variant == Variant::AttnMapLoss,
         };
         self.base.dit.forward_layout(
             &FluxInput {
@@ -307,7 +313,8 @@ impl LayoutModel {
         )
     }
 
-    /// `(L_flow + w·L_align, L_flow, L_align)`, w = 0.5 (0 for `no-align`), on latent tokens `x0` (B, L, C) with global
+    /// `(L_flow + w·L_align, L_flow, L_align)`, w = 0.5 (0 for `no-align`; for
+    /// `attn-map-loss`, L_align is the attention-map loss), on latent tokens `x0` (B, L, C) with global
     /// prompt ids (B, Lt); `seed` draws the noise and times. Needs amodal targets.
     pub fn loss(
         &self,
@@ -322,6 +329,16 @@ impl LayoutModel {
         let dev = x0.device();
         let (xt, t, v) = training_draw(x0, seed)?;
         let (pred, maps) = self.velocity(&xt, &t, ids, p)?;
+        if self.variant == Variant::AttnMapLoss {
+            let flow = (pred - v)?.sqr()?.mean_all()?;
+            let mut attn = Tensor::zeros((), DType::F32, dev)?;
+            for a in &maps.attention {
+                attn = (attn + attention_map_loss(a, amodal)?)?;
+            }
+            let attn = (attn / maps.attention.len().max(1) as f64)?;
+            let total = (&flow + (&attn * ALIGN_WEIGHT)?)?;
+            return Ok((total, flow.to_scalar()?, attn.to_scalar()?));
+        }
         let logits = maps.logits;
         let flow = (pred - v)?.sqr()?.mean_all()?;
         let mut align = Tensor::zeros((), DType::F32, dev)?;

@@ -120,6 +120,7 @@ fn forward_route(
         grid: (4, 4),
         static_sigma: false,
         regional,
+        attention_maps: true,
     };
     let x = FluxInput {
         img: &b.img,
@@ -131,6 +132,9 @@ fn forward_route(
         guidance: None,
     };
     let (out, maps) = flux.forward_layout(&x, layout.then_some(&input)).unwrap();
+    if layout && regional.is_none() {
+        check_attention_maps(&maps.attention, b);
+    }
     (out, maps.logits)
 }
 
@@ -175,6 +179,90 @@ fn the_branch_trains_lora_and_layout_modules_and_leaves_the_base_frozen() {
         assert!(n > 0.0 && n.is_finite(), "{name}: gradient {n}");
     }
     drop(base);
+}
+
+/// Each layout token's attention map: one per layout block, inside its box only, positive
+/// there, and at most 1 in all (the rest went to the token itself).
+fn check_attention_maps(maps: &[Tensor], b: &Batch) {
+    assert_eq!(maps.len(), 2, "one map per layout block");
+    let masks: Vec<Vec<f32>> = b.masks.to_vec2().unwrap();
+    for m in maps {
+        let rows: Vec<Vec<f32>> = m.to_vec2().unwrap();
+        for (i, (row, mask)) in rows.iter().zip(&masks).enumerate() {
+            for (p, (&a, &inside)) in row.iter().zip(mask).enumerate() {
+                if inside > 0.0 {
+                    assert!(
+                        a > 0.0,
+                        "instance {i}, token {p}: no attention inside the box"
+                    );
+                } else {
+                    assert_eq!(a, 0.0, "instance {i}, token {p}: attention outside the box");
+                }
+            }
+            let sum: f32 = row.iter().sum();
+            assert!(
+                sum > 0.0 && sum <= 1.0 + 1e-5,
+                "instance {i}: attention sums to {sum}"
+            );
+        }
+    }
+}
+
+#[test]
+fn the_attention_map_loss_reaches_the_lora_of_the_attention() {
+    use zlayer_model::layout::attention_map_loss;
+    let dev = Device::Cpu;
+    let (_base, branch, flux, net) = model(&dev);
+    for v in branch.all_vars() {
+        let r = (noise(v.shape(), 9, &dev).unwrap() * 0.1).unwrap();
+        v.set(&r).unwrap();
+    }
+    let b = batch(&dev);
+    let tokens = net.forward(&b.pooled, &b.points).unwrap();
+    let input = LayoutInput {
+        packing: &b.packing,
+        tokens: &tokens,
+        pooled: &b.pooled,
+        masks: &b.masks,
+        occluders: &b.occluders,
+        grid: (4, 4),
+        static_sigma: false,
+        regional: None,
+        attention_maps: true,
+    };
+    let x = FluxInput {
+        img: &b.img,
+        img_ids: &b.img_ids,
+        txt: &b.txt,
+        txt_ids: &b.txt_ids,
+        timesteps: &b.t,
+        y: &b.y,
+        guidance: None,
+    };
+    let (_, maps) = flux.forward_layout(&x, Some(&input)).unwrap();
+    // A target smaller than the boxes, so that some attention falls outside.
+    let target = (b.masks.clone() * 0.0).unwrap().narrow(1, 0, 16).unwrap();
+    let loss = attention_map_loss(&maps.attention[0], &target).unwrap();
+    assert!(
+        (loss.to_scalar::<f32>().unwrap() - 1.0).abs() < 1e-5,
+        "all outside: loss 1"
+    );
+    let loss = attention_map_loss(&maps.attention[0], &b.amodal).unwrap();
+    assert!(
+        loss.to_scalar::<f32>().unwrap().abs() < 1e-5,
+        "all inside: loss 0"
+    );
+    let target = b.amodal.narrow(1, 0, 8).unwrap();
+    let target = Tensor::cat(&[&target, &target.zeros_like().unwrap()], 1).unwrap();
+    let loss = attention_map_loss(&maps.attention[0], &target).unwrap();
+    let g = loss.backward().unwrap();
+    let data = branch.data().lock().unwrap();
+    for (name, v) in data.iter() {
+        let n = grad_norm(&g, v.as_tensor());
+        if name.starts_with("double_blocks.1.lora") && name.contains("attn.qkv") {
+            assert!(n > 0.0, "{name}: no gradient from the attention-map loss");
+        }
+    }
 }
 
 #[test]

@@ -48,21 +48,20 @@ pub struct LayoutArgs {
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// The method: occlusionformer; the baselines global and global-rank; or an ablation
-    /// (static-sigma, no-align, visible-masks). See docs/layout.md.
+    /// (static-sigma, no-align, visible-masks, attn-map-loss). See docs/layout.md.
     #[arg(long, default_value = "occlusionformer", value_parser = parse_variant)]
     variant: Variant,
 }
 
-/// A variant by name; the baselines still to come are named as such.
+/// A trainable variant by name.
 pub fn parse_variant(s: &str) -> Result<Variant, String> {
     if let Some(v) = Variant::ALL.into_iter().find(|v| v.name() == s) {
         return Ok(v);
     }
     let names: Vec<&str> = Variant::ALL.iter().map(|v| v.name()).collect();
-    let planned = ["larender", "attn-map-loss"];
-    if planned.contains(&s) {
+    if s == "larender" {
         return Err(format!(
-            "{s:?} is not built yet (see docs/layout.md); available: {}",
+            "larender is training-free: use it with `zlayer generate --variant larender` or `zlayer eval-layout --larender`; trainable: {}",
             names.join(", ")
         ));
     }
