@@ -62,7 +62,9 @@ pub fn denoise(model: &impl Velocity, x: Tensor, times: &[f64]) -> Result<Tensor
     let mut x = x;
     for w in times.windows(2) {
         let (t, next) = (w[0], w[1]);
-        let v = model.velocity(&x, t)?;
+        // Detached: with trainable weights (a model under training, a bench) every step's
+        // graph would otherwise stay alive through x until sampling ends.
+        let v = model.velocity(&x, t)?.detach();
         x = (x + (v * (next - t))?)?;
     }
     Ok(x)
