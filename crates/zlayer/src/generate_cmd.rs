@@ -119,6 +119,12 @@ fn generate_scene(
     let scene = loaded.scene.scene();
     let prompt = a.prompt.clone().unwrap_or_else(|| scene.prompt.clone());
     let g = m.size / VaeConfig::FACTOR;
+    // Every caption in the vocabulary before anything runs, named by instance.
+    for inst in &scene.instances {
+        m.base.tokenizer.encode(&inst.caption).map_err(|e| {
+            Failure::User(format!("{}: instance {:?}: {e}", path.display(), inst.id))
+        })?;
+    }
     let sampler = SceneSampler::by_name(&a.model, &a.variant, m.base, dev)?;
     let wants_maps = a.layers.is_some() || a.ora.is_some();
     if wants_maps && (!sampler.has_maps() || sampler.ratio(a.grounding_ratio) == Some(0.0)) {

@@ -607,6 +607,25 @@ fn train_and_generate_end_to_end_smoke() {
         "{}",
         text(&run.stderr)
     );
+    let bad = dir.join("bad.json");
+    std::fs::write(
+        &bad,
+        r#"{"width": 64, "height": 64, "prompt": "a red sphere", "instances": [{"id": "u", "caption": "teal unicorn", "bbox": [4, 4, 40, 40]}]}"#,
+    )
+    .unwrap();
+    let mut args = base_args;
+    args[1] = bad.to_str().unwrap();
+    let run = zlayer(&args);
+    assert_eq!(run.status.code(), Some(2));
+    let err = text(&run.stderr);
+    assert!(
+        err.contains("instance \"u\": unknown word \"teal\"") && err.contains("knows:"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("backtrace") && err.lines().count() <= 2,
+        "{err}"
+    );
     let run = zlayer(&[&base_args[..], &["--variant", "global"]].concat());
     assert_eq!(run.status.code(), Some(2));
     assert!(
