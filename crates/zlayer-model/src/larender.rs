@@ -14,10 +14,9 @@ use crate::dit::{DoubleStreamBlock, Flux, SingleStreamBlock};
 use crate::layers::{attention, layer_norm, rope, split_qkv};
 use crate::layout::compose;
 use crate::layout_model::SceneLayout;
-use crate::sampling::{denoise, noise, schedule};
+use crate::sampling::{denoise_steps, noise, schedule};
 use candle_core::{D, DType, Device, Result, Tensor};
 use candle_nn::Module;
-use std::cell::Cell;
 
 /// LaRender's default object opacity α.
 pub const OPACITY: f64 = 0.8;
@@ -29,6 +28,9 @@ pub struct Copies {
     pub scene: Vec<usize>,
     /// Prompt ids of each copy (C, Lt): the scene's prompt, or the object's caption.
     pub ids: Tensor,
+    /// Each copy's encoded text (C, Lt, context), computed once: it does not change with
+    /// the step.
+    pub txt: Tensor,
     /// Soft masks (C, L): 1 everywhere for a background.
     pub masks: Tensor,
     /// Each copy's occluders (indices into 0..C); a background is behind its objects.
@@ -70,11 +72,13 @@ impl Copies {
             }
         }
         let c = scene.len();
+        let ids = base
+            .tokenizer
+            .batch(&texts, base.max_len, dev)
+            .map_err(candle_core::Error::wrap)?;
         Ok(Self {
-            ids: base
-                .tokenizer
-                .batch(&texts, base.max_len, dev)
-                .map_err(candle_core::Error::wrap)?,
+            txt: base.text.forward(&ids)?.0.detach(),
+            ids,
             masks: Tensor::from_vec(masks, (c, tokens), dev)?,
             scene,
             occluders,
@@ -193,15 +197,13 @@ impl SingleStreamBlock {
 impl Flux {
     /// Velocity (B, L, in_channels) with LaRender's per-copy attention and composition at
     /// density `sigma`: image tokens `x` with ids `img_ids`, the global prompts' pooled text
-    /// `y` (B, vec_in_dim), each copy's text `txt` (C, Lt, context_in_dim).
-    #[allow(clippy::too_many_arguments)]
+    /// `y` (B, vec_in_dim), and the copies with their encoded texts.
     fn forward_larender(
         &self,
         x: &Tensor,
         img_ids: &Tensor,
         t: &Tensor,
         y: &Tensor,
-        txt: &Tensor,
         copies: &Copies,
         sigma: f64,
     ) -> Result<Tensor> {
@@ -215,7 +217,7 @@ impl Flux {
         let vec = self.conditioning(t, y, None)?;
         let vec_c = mix.expand(&vec)?;
         let mut img = self.img_in.forward(x)?;
-        let mut txt = self.txt_in.forward(txt)?;
+        let mut txt = self.txt_in.forward(&copies.txt)?;
         let (c, lt, _) = txt.dims3()?;
         let ids = Tensor::cat(
             &[
@@ -249,10 +251,8 @@ impl BaseModel {
     ) -> Result<Tensor> {
         let dev = x.device();
         let (_, y) = self.text.forward(ids)?;
-        let (txt, _) = self.text.forward(&copies.ids)?;
         let img_ids = Self::image_ids(x.dim(0)?, grid.0, grid.1, dev)?;
-        self.dit
-            .forward_larender(x, &img_ids, t, &y, &txt, copies, sigma)
+        self.dit.forward_larender(x, &img_ids, t, &y, copies, sigma)
     }
 
     /// Samples latent tokens (B, L, C) with LaRender on every step, object opacity
@@ -270,16 +270,13 @@ impl BaseModel {
         let n = ids.dim(0)?;
         let sigma0 = -(1.0 - opacity.clamp(1e-6, 1.0 - 1e-6)).ln();
         let times = schedule(opts.steps, grid.0 * grid.1, true);
-        let step = Cell::new(0usize);
-        let field = |x: &Tensor, t: f64| -> Result<Tensor> {
-            let k = step.get();
-            step.set(k + 1);
+        let field = |x: &Tensor, t: f64, k: usize| -> Result<Tensor> {
             let sigma = sigma0 * opts.steps as f64 / (k + 1) as f64;
             let tt = Tensor::full(t as f32, n, dev)?;
             self.velocity_larender(x, &tt, ids, copies, sigma, grid)
         };
-        denoise(
-            &field,
+        denoise_steps(
+            field,
             noise((n, grid.0 * grid.1, channels), opts.seed, dev)?,
             &times,
         )

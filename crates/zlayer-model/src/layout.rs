@@ -114,6 +114,21 @@ pub struct Packing {
     pub scene: Vec<usize>,
 }
 
+/// Checks instance boxes `(scene, token indices, RoPE id)` against a batch of `batch`
+/// canvases of `tokens` tokens.
+pub(crate) fn check_boxes(
+    boxes: &[(usize, Vec<usize>, [f32; 3])],
+    batch: usize,
+    tokens: usize,
+) -> Result<()> {
+    for (k, (b, idx, _)) in boxes.iter().enumerate() {
+        if *b >= batch || idx.iter().any(|&p| p >= tokens) {
+            candle_core::bail!("instance {k}: scene {b} or a token index is out of range");
+        }
+    }
+    Ok(())
+}
+
 impl Packing {
     /// `boxes[n] = (scene b, token indices inside the box, layout token's RoPE id)`, with
     /// `img_ids` (B, L, 3) the canvases' RoPE ids.
@@ -124,6 +139,7 @@ impl Packing {
     ) -> Result<Self> {
         let dev = img_ids.device();
         let (_, tokens, _) = img_ids.dims3()?;
+        check_boxes(boxes, batch, tokens)?;
         let n = boxes.len();
         let len = boxes.iter().map(|b| b.1.len()).max().unwrap_or(0).max(1);
         let ids_flat: Vec<f32> = img_ids.flatten_all()?.to_vec1()?;
@@ -132,9 +148,6 @@ impl Packing {
         let mut bias = Vec::with_capacity(n * (len + 1));
         let mut ids = Vec::with_capacity(n * (len + 1) * 3);
         for (k, (b, idx, layout_id)) in boxes.iter().enumerate() {
-            if *b >= batch || idx.iter().any(|&p| p >= tokens) {
-                candle_core::bail!("instance {k}: scene {b} or a token index is out of range");
-            }
             bias.push(0f32);
             ids.extend_from_slice(layout_id);
             for s in 0..len {

@@ -7,10 +7,10 @@ use crate::branch::{BranchMaps, LayoutInput};
 use crate::dit::FluxInput;
 use crate::layout::{LayoutNet, Packing, align_loss, attention_map_loss, box_points};
 use crate::regional::Regional;
-use crate::sampling::{denoise, guided, noise, schedule, training_draw};
+use crate::sampling::{denoise_steps, guided, noise, schedule, training_draw};
 use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::{Module, VarBuilder};
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use zlayer_scene::TokenGrid;
 use zlayer_scene::ValidScene;
 
@@ -381,13 +381,10 @@ impl LayoutModel {
         let grid = p.grid;
         let times = schedule(opts.steps, grid.0 * grid.1, true);
         let grounded = ((grounding_ratio * opts.steps as f64).ceil() as usize).min(opts.steps);
-        let step = Cell::new(0usize);
         let last = RefCell::new(None);
         let empty = Tensor::zeros((n, 1), DType::U32, dev)?;
-        let field = |x: &Tensor, t: f64| -> Result<Tensor> {
+        let field = |x: &Tensor, t: f64, k: usize| -> Result<Tensor> {
             let tt = Tensor::full(t as f32, n, dev)?;
-            let k = step.get();
-            step.set(k + 1);
             let vc = if k < grounded {
                 let (v, maps) = self.velocity(x, &tt, ids, p)?;
                 *last.borrow_mut() = InstanceMaps::new(&maps)?;
@@ -401,8 +398,8 @@ impl LayoutModel {
             let vu = self.base.velocity(x, &tt, &empty, grid)?;
             guided(&vc, &vu, opts.guidance)
         };
-        let tokens = denoise(
-            &field,
+        let tokens = denoise_steps(
+            field,
             noise((n, grid.0 * grid.1, channels), opts.seed, dev)?,
             &times,
         )?;

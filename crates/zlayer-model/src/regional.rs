@@ -39,12 +39,10 @@ impl Regional {
     ) -> Result<Self> {
         let dev = img_ids.device();
         let (_, l, _) = img_ids.dims3()?;
+        crate::layout::check_boxes(boxes, batch, l)?;
         let n = boxes.len();
         let mut per_scene = vec![Vec::new(); batch];
-        for (k, (b, idx, _)) in boxes.iter().enumerate() {
-            if *b >= batch || idx.iter().any(|&p| p >= l) {
-                candle_core::bail!("instance {k}: scene {b} or a token index is out of range");
-            }
+        for (k, (b, _, _)) in boxes.iter().enumerate() {
             per_scene[*b].push(k);
         }
         let slots = per_scene.iter().map(Vec::len).max().unwrap_or(0).max(1);

@@ -59,12 +59,22 @@ pub fn schedule(steps: usize, image_seq_len: usize, shift: bool) -> Vec<f64> {
 
 /// Integrates from `x` (noise at t = times[0]) along the schedule with Euler steps.
 pub fn denoise(model: &impl Velocity, x: Tensor, times: &[f64]) -> Result<Tensor> {
+    denoise_steps(|x: &Tensor, t, _| model.velocity(x, t), x, times)
+}
+
+/// [`denoise`] with a field that also gets the step's index (0 first): for methods that act
+/// on some steps only, or scale with the step.
+pub fn denoise_steps(
+    field: impl Fn(&Tensor, f64, usize) -> Result<Tensor>,
+    x: Tensor,
+    times: &[f64],
+) -> Result<Tensor> {
     let mut x = x;
-    for w in times.windows(2) {
+    for (k, w) in times.windows(2).enumerate() {
         let (t, next) = (w[0], w[1]);
         // Detached: with trainable weights (a model under training, a bench) every step's
         // graph would otherwise stay alive through x until sampling ends.
-        let v = model.velocity(&x, t)?.detach();
+        let v = field(&x, t, k)?.detach();
         x = (x + (v * (next - t))?)?;
     }
     Ok(x)

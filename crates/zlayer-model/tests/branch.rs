@@ -2,7 +2,7 @@
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
-use zlayer_model::branch::LayoutInput;
+use zlayer_model::branch::{BranchMaps, LayoutInput};
 use zlayer_model::layout::{LayoutNet, Packing, align_loss};
 use zlayer_model::regional::Regional;
 use zlayer_model::sampling::noise;
@@ -100,7 +100,8 @@ fn model(dev: &Device) -> (VarMap, VarMap, Flux, LayoutNet) {
 }
 
 fn forward(flux: &Flux, net: &LayoutNet, b: &Batch, layout: bool) -> (Tensor, Vec<Tensor>) {
-    forward_route(flux, net, b, layout, None)
+    let (out, maps) = forward_route(flux, net, b, layout, None);
+    (out, maps.logits)
 }
 
 fn forward_route(
@@ -109,7 +110,7 @@ fn forward_route(
     b: &Batch,
     layout: bool,
     regional: Option<&Regional>,
-) -> (Tensor, Vec<Tensor>) {
+) -> (Tensor, BranchMaps) {
     let tokens = net.forward(&b.pooled, &b.points).unwrap();
     let input = LayoutInput {
         packing: &b.packing,
@@ -135,7 +136,7 @@ fn forward_route(
     if layout && regional.is_none() {
         check_attention_maps(&maps.attention, b);
     }
-    (out, maps.logits)
+    (out, maps)
 }
 
 fn grad_norm(g: &candle_core::backprop::GradStore, t: &Tensor) -> f32 {
@@ -218,28 +219,7 @@ fn the_attention_map_loss_reaches_the_lora_of_the_attention() {
         v.set(&r).unwrap();
     }
     let b = batch(&dev);
-    let tokens = net.forward(&b.pooled, &b.points).unwrap();
-    let input = LayoutInput {
-        packing: &b.packing,
-        tokens: &tokens,
-        pooled: &b.pooled,
-        masks: &b.masks,
-        occluders: &b.occluders,
-        grid: (4, 4),
-        static_sigma: false,
-        regional: None,
-        attention_maps: true,
-    };
-    let x = FluxInput {
-        img: &b.img,
-        img_ids: &b.img_ids,
-        txt: &b.txt,
-        txt_ids: &b.txt_ids,
-        timesteps: &b.t,
-        y: &b.y,
-        guidance: None,
-    };
-    let (_, maps) = flux.forward_layout(&x, Some(&input)).unwrap();
+    let (_, maps) = forward_route(&flux, &net, &b, true, None);
     // A target smaller than the boxes, so that some attention falls outside.
     let target = (b.masks.clone() * 0.0).unwrap().narrow(1, 0, 16).unwrap();
     let loss = attention_map_loss(&maps.attention[0], &target).unwrap();
@@ -274,9 +254,12 @@ fn the_global_route_trains_the_shared_modules_and_leaves_the_z_order_head_alone(
         v.set(&r).unwrap();
     }
     let b = batch(&dev);
-    let (out, logits) = forward_route(&flux, &net, &b, true, Some(&b.regional));
+    let (out, maps) = forward_route(&flux, &net, &b, true, Some(&b.regional));
     assert_eq!(out.dims(), &[2, 16, 4]);
-    assert!(logits.is_empty(), "no instance layers, no alignment maps");
+    assert!(
+        maps.logits.is_empty(),
+        "no instance layers, no alignment maps"
+    );
     let (local, _) = forward(&flux, &net, &b, true);
     let values = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
     assert_ne!(values(&out), values(&local), "the routes differ");

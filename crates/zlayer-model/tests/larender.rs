@@ -1,8 +1,10 @@
 //! LaRender on the base model: its limits are the base model's own forward passes, and a batch
 //! equals its scenes one at a time.
 
+mod common;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
+use common::max_diff;
 use zlayer_model::base::BaseModel;
 use zlayer_model::larender::Copies;
 use zlayer_model::layout_model::{InstanceLayout, SceneLayout};
@@ -57,19 +59,6 @@ fn object(caption: &str, cells: &[usize], occluders: Vec<usize>) -> InstanceLayo
         level: 0,
         amodal: None,
     }
-}
-
-fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
 }
 
 #[test]

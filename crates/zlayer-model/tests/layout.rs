@@ -1,25 +1,14 @@
 //! The layout branch's block-independent pieces: box embedding against the official fixture,
 //! packed attention against a dense masked reference, composition against zlayer-composite.
 
+mod common;
 use candle_core::{DType, Device, Tensor, Var};
+use common::max_diff;
 use zlayer_model::base::BaseModel;
 use zlayer_model::layers::{masked_attention, rope, split_qkv};
 use zlayer_model::layout::{BOX_EMBED, Packing, box_points, compose, fourier};
 use zlayer_model::sampling::noise;
 use zlayer_scene::rng::Rng;
-
-fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
-}
 
 #[test]
 fn box_points_match_the_official_layout_boxes() {

@@ -1,24 +1,13 @@
 //! The `global` baselines' regional sequences against a dense per-scene reference.
 
+mod common;
 use candle_core::{Device, Tensor};
+use common::max_diff;
 use zlayer_model::base::BaseModel;
 use zlayer_model::layers::{masked_attention, rope, split_qkv};
 use zlayer_model::regional::Regional;
 use zlayer_model::sampling::noise;
 use zlayer_scene::rng::Rng;
-
-fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
-}
 
 /// 1–7 random boxes on a 5×6 grid, each in one of three scenes (a scene may have none).
 fn instances(rng: &mut Rng) -> Vec<(usize, Vec<usize>, [f32; 3])> {

@@ -98,23 +98,14 @@ impl InstanceLayers<'_> {
     /// cut out by its composition share; the alignment masks as hidden layers on top.
     pub fn write_ora(&self, path: &Path) -> Result<(), Failure> {
         let s = self.size;
-        let rgb = |p: &[u8; 3], a: f32| {
-            Straight([
-                p[0] as f32 / 255.0,
-                p[1] as f32 / 255.0,
-                p[2] as f32 / 255.0,
-                a.clamp(0.0, 1.0),
-            ])
-        };
-        let image = |alpha: Option<&[f32]>| Image {
-            width: s,
-            height: s,
-            pixels: self
-                .image
-                .iter()
-                .enumerate()
-                .map(|(p, px)| rgb(px, alpha.map_or(1.0, |a| a[p])))
-                .collect(),
+        let image = |alpha: Option<&[f32]>| {
+            let mut img = crate::generate_cmd::rgb_image(self.image, s, s);
+            if let Some(alpha) = alpha {
+                for (px, a) in img.pixels.iter_mut().zip(alpha) {
+                    px.0[3] = a.clamp(0.0, 1.0);
+                }
+            }
+            img
         };
         let mut layers = vec![Layer::new("generated image", image(None))];
         let shares = self.shares();
