@@ -228,6 +228,44 @@ fn owners(visible: &[Vec<u8>], px: usize) -> Vec<Option<usize>> {
         .collect()
 }
 
+/// Who owns each pixel of a prediction: its visible masks where it has them, else the
+/// segmenter's reading of its image.
+pub fn pixel_owners(gt: &GtScene, pred: &Prediction, targets: &[Target]) -> Vec<Option<usize>> {
+    let (w, h) = gt.size;
+    match &pred.visible {
+        Some(v) => owners(v, w * h),
+        None => segment(&pred.image, w, h, targets),
+    }
+}
+
+/// The declared pairs `(front, back)` whose order the ground-truth image shows, each with its
+/// amodal overlap; the rest are hidden (see the module notes).
+pub fn shown_pairs(
+    gt: &GtScene,
+    pairs: &[(usize, usize)],
+    targets: &[Target],
+) -> Vec<((usize, usize), Vec<bool>)> {
+    let mut shown = Vec::new();
+    for &(i, j) in pairs {
+        let region: Vec<bool> = gt.amodal[i]
+            .iter()
+            .zip(&gt.amodal[j])
+            .map(|(&a, &b)| a >= 128 && b >= 128)
+            .collect();
+        let area = region.iter().filter(|&&x| x).count();
+        let front = region
+            .iter()
+            .zip(&gt.visible[i])
+            .filter(|&(&r, &v)| r && v >= 128)
+            .count();
+        let translucent = targets[i].glass && targets[j].glass;
+        if front >= (area / 10).max(10) && !translucent {
+            shown.push(((i, j), region));
+        }
+    }
+    shown
+}
+
 /// Scores a prediction of a ground-truth scene.
 pub fn evaluate(gt: &GtScene, pred: &Prediction, targets: &[Target]) -> SceneResult {
     let (w, h) = gt.size;
@@ -251,10 +289,7 @@ pub fn evaluate(gt: &GtScene, pred: &Prediction, targets: &[Target]) -> SceneRes
     };
     let Some(pairs) = &gt.pairs else { return r };
     r.status = "scored";
-    let labels = match &pred.visible {
-        Some(v) => owners(v, w * h),
-        None => segment(&pred.image, w, h, targets),
-    };
+    let labels = pixel_owners(gt, pred, targets);
     let mask: Vec<Vec<bool>> = (0..n)
         .map(|k| labels.iter().map(|&l| l == Some(k)).collect())
         .collect();
@@ -263,28 +298,8 @@ pub fn evaluate(gt: &GtScene, pred: &Prediction, targets: &[Target]) -> SceneRes
         .iter()
         .map(|v| v.iter().map(|&x| x >= 128).collect())
         .collect();
-    // Score only pairs whose order the ground-truth image shows.
-    let (mut shown, mut regions) = (Vec::new(), Vec::new());
-    for &(i, j) in pairs {
-        let region: Vec<bool> = gt.amodal[i]
-            .iter()
-            .zip(&gt.amodal[j])
-            .map(|(&a, &b)| a >= 128 && b >= 128)
-            .collect();
-        let area = region.iter().filter(|&&x| x).count();
-        let front = region
-            .iter()
-            .zip(&truth[i])
-            .filter(|&(&r, &t)| r && t)
-            .count();
-        let translucent = targets[i].glass && targets[j].glass;
-        if front >= (area / 10).max(10) && !translucent {
-            shown.push((i, j));
-            regions.push(region);
-        } else {
-            r.hidden_pairs += 1;
-        }
-    }
+    let (shown, regions): (Vec<_>, Vec<_>) = shown_pairs(gt, pairs, targets).into_iter().unzip();
+    r.hidden_pairs = pairs.len() - shown.len();
     let fronts: Vec<Option<usize>> = shown
         .iter()
         .zip(&regions)
@@ -409,7 +424,8 @@ pub fn pred_path(pred: &Path, name: &str) -> Result<PathBuf, EvalError> {
     }
 }
 
-fn read_rgb(path: &Path) -> Result<(usize, usize, Vec<[u8; 3]>), EvalError> {
+/// An image file as 8-bit RGB with its width and height.
+pub fn read_rgb(path: &Path) -> Result<(usize, usize, Vec<[u8; 3]>), EvalError> {
     let img = zlayer_composite::read_png(path).map_err(|e| file_err(path, e))?;
     let px = img.pixels.iter().map(|p| {
         let [r, g, b, _] = p.to_u8().0;

@@ -12,20 +12,27 @@ use zlayer_metrics::eval::{SceneResult, Summary, csv, evaluate_dirs, markdown, s
 #[derive(Debug, Args)]
 pub struct EvalArgs {
     /// Predicted images: `<name>.png` or `<name>/image.png` per ground-truth scene.
-    #[arg(long)]
-    pred: PathBuf,
+    #[arg(long, required_unless_present = "suite")]
+    pred: Option<PathBuf>,
     /// Ground truth: one folder per scene, as `zlayer synth --format png` writes them.
-    #[arg(long)]
-    gt: PathBuf,
+    #[arg(long, required_unless_present = "suite")]
+    gt: Option<PathBuf>,
     /// Evaluate only this split's subfolder (`GT/<split>`, `PRED/<split>`).
     #[arg(long)]
     split: Option<String>,
-    /// Where to write summary.json, summary.md and per_scene.csv (default: PRED/eval).
+    /// Where to write summary.json, summary.md and per_scene.csv (default: PRED/eval); with
+    /// --suite, the working folder of images and reports (default: paper-eval).
     #[arg(long)]
     out: Option<PathBuf>,
     /// Also draw the summary (metrics.png) and the error-vs-distance curve (halo.png).
     #[arg(long)]
     plot: bool,
+    /// Generate and score a whole benchmark instead of one folder: `paper` runs every method
+    /// on held-out scenes of every split and writes results.md (hours on a CPU; resumable).
+    #[arg(long, value_enum, conflicts_with_all = ["pred", "gt", "split", "plot"])]
+    suite: Option<crate::eval_suite::Suite>,
+    #[command(flatten)]
+    suite_args: crate::eval_suite::SuiteArgs,
 }
 
 fn user(e: impl std::fmt::Display) -> Failure {
@@ -34,7 +41,13 @@ fn user(e: impl std::fmt::Display) -> Failure {
 
 /// Runs the command.
 pub fn run(a: EvalArgs) -> Result<(), Failure> {
-    let (mut pred, mut gt) = (a.pred.clone(), a.gt.clone());
+    if a.suite.is_some() {
+        let out = a.out.clone().unwrap_or_else(|| "paper-eval".into());
+        return crate::eval_suite::run(&a.suite_args, &out);
+    }
+    let (Some(mut pred), Some(mut gt)) = (a.pred.clone(), a.gt.clone()) else {
+        return Err(user("give --pred and --gt, or --suite"));
+    };
     if let Some(s) = &a.split {
         if !["simple", "regular", "complex"].contains(&s.as_str()) {
             return Err(user(format!(

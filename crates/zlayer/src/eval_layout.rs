@@ -11,7 +11,7 @@ use crate::eval_cmd::write_report;
 use crate::generate_cmd::{Model, ratio, rgb_image, to_rgb8};
 use crate::scene_sampler::SceneSampler;
 use crate::synth_cmd::SplitArg;
-use crate::train_cmd::{Progress, scenes};
+use crate::train_cmd::scenes;
 use crate::train_layout::synth_layout;
 use candle_core::Device;
 use clap::Args;
@@ -19,7 +19,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use zlayer_composite::annotate::Canvas;
 use zlayer_composite::{BitDepth, atomic_write, write_png};
-use zlayer_metrics::eval::{Summary, evaluate_dirs, summarize};
+use zlayer_metrics::eval::{Summary, evaluate_dirs, read_rgb, summarize};
 use zlayer_model::base::SampleOptions;
 use zlayer_model::vae::VaeConfig;
 use zlayer_synth::SynthScene;
@@ -68,17 +68,17 @@ pub struct EvalLayoutArgs {
     larender: bool,
 }
 
-/// 8-bit RGB images, one per scene.
-type Images = Vec<Vec<[u8; 3]>>;
-
 /// One row of the comparison.
 #[derive(serde::Serialize)]
-struct Row {
-    name: String,
+pub struct Row {
+    /// The variant's label.
+    pub name: String,
     /// The grounding ratio it sampled with (none for the reference rows).
-    grounding_ratio: Option<f64>,
-    seconds: f64,
-    summary: Summary,
+    pub grounding_ratio: Option<f64>,
+    /// Seconds per generated image (0 for the reference rows).
+    pub seconds: f64,
+    /// Its scores.
+    pub summary: Summary,
 }
 
 fn user(e: impl std::fmt::Display) -> Failure {
@@ -92,29 +92,26 @@ pub fn run(a: EvalLayoutArgs) -> Result<(), Failure> {
     }
     let dev = Device::Cpu;
     let m = Model::load(&a.model, &dev)?;
-    let size = m.size;
+    let p = Protocol {
+        m: &m,
+        dev: &dev,
+        seed: a.seed,
+        steps: a.steps,
+        batch: a.batch,
+        ratio: a.grounding_ratio,
+    };
     let split: zlayer_synth::Split = a.split.into();
-    let held = scenes(a.seed, 0, a.n, size as u32, &[split]);
-    let (gt, render) = (a.out.join("gt"), a.out.join("render"));
-    std::fs::create_dir_all(&render).map_err(|e| user(format!("{}: {e}", render.display())))?;
-    for (i, s) in held.iter().enumerate() {
-        write_png_folder(&gt.join(name(i)), s).map_err(user)?;
-        let img = rgb_image(&s.image, size, size);
-        write_png(
-            &render.join(format!("{}.png", name(i))),
-            &img,
-            BitDepth::Eight,
-        )
-        .map_err(user)?;
-    }
+    let held = scenes(a.seed, 0, a.n, m.size as u32, &[split]);
+    let (gt, render) = write_truth(&held, &a.out, m.size)?;
+    let evals = a.out.join("eval");
     // The real renders, segmented like any prediction: the ceiling of the measure.
-    let mut rows = vec![score(&a, "ground truth", &render, &gt, 0.0, None)?];
-    let mut images = vec![("ground truth".to_string(), Vec::new())];
+    let mut rows = vec![score(&evals, "ground truth", &render, &gt, 0.0, None)?];
+    let mut dirs = vec![render];
     if !a.no_base {
-        let (secs, _, imgs) = generate(&a, None, "base", &m, &held, &dev)?;
         let base = a.out.join("base");
-        rows.push(score(&a, "base (no branch)", &base, &gt, secs, None)?);
-        images.push(("base (no branch)".into(), imgs));
+        let secs = p.generate(None, &held, &base)?;
+        rows.push(score(&evals, "base (no branch)", &base, &gt, secs, None)?);
+        dirs.push(base);
     }
     let mut samplers = Vec::new();
     for path in &a.layouts {
@@ -131,91 +128,199 @@ pub fn run(a: EvalLayoutArgs) -> Result<(), Failure> {
             k += 1;
             label = format!("{}-{k}", s.name());
         }
-        let (secs, r, imgs) = generate(&a, Some(s), &label, &m, &held, &dev)?;
-        rows.push(score(&a, &label, &a.out.join(&label), &gt, secs, r)?);
-        images.push((label, imgs));
+        let dir = a.out.join(&label);
+        let secs = p.generate(Some(s), &held, &dir)?;
+        rows.push(score(
+            &evals,
+            &label,
+            &dir,
+            &gt,
+            secs,
+            s.ratio(a.grounding_ratio),
+        )?);
+        dirs.push(dir);
     }
     let md = table(&a, &rows);
     let json = serde_json::to_string_pretty(&rows).expect("plain data serialises");
     for (file, text) in [("summary.md", md.as_str()), ("summary.json", json.as_str())] {
         atomic_write(&a.out.join(file), |f| f.write_all(text.as_bytes())).map_err(user)?;
     }
-    if let Some(img) = grid(&held, &images, size) {
-        write_png(&a.out.join("grid.png"), &img, BitDepth::Eight).map_err(user)?;
-    }
+    let labelled: Vec<(String, &Path)> = rows
+        .iter()
+        .map(|r| r.name.clone())
+        .zip(dirs.iter().map(PathBuf::as_path))
+        .collect();
+    let names: Vec<String> = (0..a.n.min(8)).map(name).collect();
+    write_grid(&a.out.join("grid.png"), &labelled, &names, m.size)?;
     crate::cli::print_stdout(&md)?;
     eprintln!("wrote {}", a.out.join("summary.md").display());
     Ok(())
 }
 
-fn name(i: usize) -> String {
+/// A held-out scene's file name.
+pub fn name(i: usize) -> String {
     format!("{i:06}")
 }
 
-/// Generates every held-out scene with `sampler` (the base alone when `None`), writes the
-/// images to `OUT/<label>/<scene>.png`; returns the seconds taken, the grounding ratio used
-/// and the images.
-fn generate(
-    a: &EvalLayoutArgs,
-    sampler: Option<&SceneSampler>,
-    label: &str,
-    m: &Model,
+/// Writes the scenes' ground truth to `OUT/gt` and their real renders to `OUT/render`;
+/// returns both folders.
+pub fn write_truth(
     held: &[SynthScene],
-    dev: &Device,
-) -> Result<(f64, Option<f64>, Images), Failure> {
-    let int = |e: candle_core::Error| Failure::Internal(e.to_string());
-    let (size, vae) = (m.size, &m.vae);
-    let g = size / VaeConfig::FACTOR;
-    let base = sampler.map_or(&m.base, SceneSampler::base);
-    let dir = a.out.join(label);
-    std::fs::create_dir_all(&dir).map_err(|e| user(format!("{}: {e}", dir.display())))?;
-    eprintln!("generating {} scenes with {label}…", held.len());
-    let bar = Progress::new(held.len());
-    let start = std::time::Instant::now();
-    let mut out = Vec::with_capacity(held.len());
-    for (c, chunk) in held.chunks(a.batch).enumerate() {
-        let opts = SampleOptions {
-            steps: a.steps,
-            guidance: 1.0,
-            seed: a.seed ^ c as u64,
-        };
-        let prompts: Vec<&str> = chunk.iter().map(|s| s.scene.prompt.as_str()).collect();
-        let ids = base
-            .tokenizer
-            .batch(&prompts, base.max_len, dev)
-            .map_err(user)?;
-        let tokens = match sampler {
-            None => base
-                .sample(&ids, (g, g), vae.cfg.latent, &opts)
-                .map_err(int)?,
-            Some(s) => {
-                let layouts = chunk
-                    .iter()
-                    .map(|s| synth_layout(s, (g, g), false))
-                    .collect::<Result<Vec<_>, _>>()
-                    .map_err(Failure::Internal)?;
-                let spec = ((g, g), vae.cfg.latent);
-                s.sample(&ids, &prompts, &layouts, spec, &opts, a.grounding_ratio)
-                    .map_err(int)?
-                    .0
-            }
-        };
-        let imgs = to_rgb8(&vae.decode_tokens(&tokens, g, g).map_err(int)?).map_err(int)?;
-        for (k, img) in imgs.into_iter().enumerate() {
-            let path = dir.join(format!("{}.png", name(c * a.batch + k)));
-            write_png(&path, &rgb_image(&img, size, size), BitDepth::Eight).map_err(user)?;
-            out.push(img);
-        }
-        bar.update(out.len(), String::new());
+    out: &Path,
+    size: usize,
+) -> Result<(PathBuf, PathBuf), Failure> {
+    let (gt, render) = (out.join("gt"), out.join("render"));
+    std::fs::create_dir_all(&render).map_err(|e| user(format!("{}: {e}", render.display())))?;
+    for (i, s) in held.iter().enumerate() {
+        write_png_folder(&gt.join(name(i)), s).map_err(user)?;
+        let img = rgb_image(&s.image, size, size);
+        let path = render.join(format!("{}.png", name(i)));
+        write_png(&path, &img, BitDepth::Eight).map_err(user)?;
     }
-    bar.finish();
-    let ratio = sampler.and_then(|s| s.ratio(a.grounding_ratio));
-    Ok((start.elapsed().as_secs_f64(), ratio, out))
+    Ok((gt, render))
 }
 
-/// Scores `pred` against `gt` and writes the report under `pred/eval`.
-fn score(
-    a: &EvalLayoutArgs,
+/// What every row of a comparison shares: the models, the noise and the sampler settings.
+pub struct Protocol<'a> {
+    /// The vae and base.
+    pub m: &'a Model,
+    /// Where the tensors live.
+    pub dev: &'a Device,
+    /// Data seed of the held-out scenes; batch c draws its noise from `seed ^ c`.
+    pub seed: u64,
+    /// Euler steps.
+    pub steps: usize,
+    /// Scenes per batch.
+    pub batch: usize,
+    /// Requested grounding ratio (else each model file's).
+    pub ratio: Option<f64>,
+}
+
+/// What `DIR/progress.json` records, so that an interrupted run resumes at its last batch.
+#[derive(serde::Serialize, serde::Deserialize, PartialEq)]
+struct Progress {
+    method: String,
+    seed: u64,
+    steps: usize,
+    batch: usize,
+    grounding_ratio: Option<f64>,
+    /// Images written so far (whole batches).
+    done: usize,
+    /// Seconds spent generating them.
+    seconds: f64,
+}
+
+impl Protocol<'_> {
+    /// Generates every held-out scene with `sampler` (the base alone when `None`) into
+    /// `DIR/<scene>.png`, resuming after the batches `DIR/progress.json` records when it was
+    /// made with the same settings; returns the seconds per image.
+    pub fn generate(
+        &self,
+        sampler: Option<&SceneSampler>,
+        held: &[SynthScene],
+        dir: &Path,
+    ) -> Result<f64, Failure> {
+        let int = |e: candle_core::Error| Failure::Internal(e.to_string());
+        let (size, vae) = (self.m.size, &self.m.vae);
+        let g = size / VaeConfig::FACTOR;
+        let base = sampler.map_or(&self.m.base, SceneSampler::base);
+        std::fs::create_dir_all(dir).map_err(|e| user(format!("{}: {e}", dir.display())))?;
+        let mut prog = Progress {
+            method: sampler.map_or("base", SceneSampler::name).into(),
+            seed: self.seed,
+            steps: self.steps,
+            batch: self.batch,
+            grounding_ratio: sampler.and_then(|s| s.ratio(self.ratio)),
+            done: 0,
+            seconds: 0.0,
+        };
+        let file = dir.join("progress.json");
+        if let Some(old) = read_progress(&file) {
+            let same = Progress {
+                done: old.done,
+                seconds: old.seconds,
+                ..prog
+            };
+            if same == old {
+                prog = old;
+            } else {
+                eprintln!(
+                    "{}: made with other settings; generating afresh",
+                    dir.display()
+                );
+                prog = Progress {
+                    done: 0,
+                    seconds: 0.0,
+                    ..same
+                };
+            }
+        }
+        let label = dir.display();
+        if prog.done >= held.len() {
+            eprintln!("{label}: all {} scenes already generated", held.len());
+            return Ok(prog.seconds / prog.done as f64);
+        }
+        eprintln!(
+            "generating {} scenes with {} into {label}…",
+            held.len() - prog.done,
+            prog.method
+        );
+        let bar = crate::train_cmd::Progress::new(held.len());
+        for (c, chunk) in held
+            .chunks(self.batch)
+            .enumerate()
+            .skip(prog.done / self.batch)
+        {
+            let start = std::time::Instant::now();
+            let opts = SampleOptions {
+                steps: self.steps,
+                guidance: 1.0,
+                seed: self.seed ^ c as u64,
+            };
+            let prompts: Vec<&str> = chunk.iter().map(|s| s.scene.prompt.as_str()).collect();
+            let ids = base
+                .tokenizer
+                .batch(&prompts, base.max_len, self.dev)
+                .map_err(user)?;
+            let tokens = match sampler {
+                None => base
+                    .sample(&ids, (g, g), vae.cfg.latent, &opts)
+                    .map_err(int)?,
+                Some(s) => {
+                    let layouts = chunk
+                        .iter()
+                        .map(|s| synth_layout(s, (g, g), false))
+                        .collect::<Result<Vec<_>, _>>()
+                        .map_err(Failure::Internal)?;
+                    let spec = ((g, g), vae.cfg.latent);
+                    s.sample(&ids, &prompts, &layouts, spec, &opts, self.ratio)
+                        .map_err(int)?
+                        .0
+                }
+            };
+            let imgs = to_rgb8(&vae.decode_tokens(&tokens, g, g).map_err(int)?).map_err(int)?;
+            for (k, img) in imgs.iter().enumerate() {
+                let path = dir.join(format!("{}.png", name(c * self.batch + k)));
+                write_png(&path, &rgb_image(img, size, size), BitDepth::Eight).map_err(user)?;
+            }
+            prog.done += chunk.len();
+            prog.seconds += start.elapsed().as_secs_f64();
+            let json = serde_json::to_string_pretty(&prog).expect("plain data serialises");
+            atomic_write(&file, |f| f.write_all(json.as_bytes())).map_err(user)?;
+            bar.update(prog.done, String::new());
+        }
+        bar.finish();
+        Ok(prog.seconds / prog.done as f64)
+    }
+}
+
+fn read_progress(file: &Path) -> Option<Progress> {
+    serde_json::from_str(&std::fs::read_to_string(file).ok()?).ok()
+}
+
+/// Scores `pred` against `gt` and writes the report under `evals/<label>`.
+pub fn score(
+    evals: &Path,
     label: &str,
     pred: &Path,
     gt: &Path,
@@ -224,7 +329,7 @@ fn score(
 ) -> Result<Row, Failure> {
     let results = evaluate_dirs(pred, gt).map_err(user)?;
     let summary = summarize(&results);
-    let out = a.out.join("eval").join(label.replace([' ', '(', ')'], ""));
+    let out = evals.join(label.replace([' ', '(', ')'], ""));
     write_report(
         &out,
         &summary,
@@ -270,7 +375,7 @@ fn table(a: &EvalLayoutArgs, rows: &[Row]) -> String {
             f(m.box_miou),
             f(m.box_o_miou),
             if r.seconds > 0.0 {
-                format!("{:.2}", r.seconds / a.n as f64)
+                format!("{:.2}", r.seconds)
             } else {
                 "–".into()
             },
@@ -279,27 +384,33 @@ fn table(a: &EvalLayoutArgs, rows: &[Row]) -> String {
     s
 }
 
-/// The first scenes (columns) under each row's images, labelled.
-fn grid(
-    held: &[SynthScene],
-    rows: &[(String, Images)],
+/// Writes the scenes `names` (columns) of each labelled folder of images (rows) to `path`.
+pub fn write_grid(
+    path: &Path,
+    rows: &[(String, &Path)],
+    names: &[String],
     size: usize,
-) -> Option<zlayer_composite::Image<zlayer_composite::Straight>> {
-    let cols = held.len().min(8);
+) -> Result<(), Failure> {
+    let cols = names.len();
     let (scale, label_w) = (2.0, 130.0);
     let cell = size as f32 * scale + 4.0;
     let mut c = Canvas::new(
         (label_w + cols as f32 * cell) as u32,
         (rows.len() as f32 * cell + 4.0) as u32,
         [250, 250, 250, 255],
-    )?;
-    for (r, (label, imgs)) in rows.iter().enumerate() {
+    )
+    .ok_or_else(|| Failure::Internal("no canvas".into()))?;
+    for (r, (label, dir)) in rows.iter().enumerate() {
         let y = 4.0 + r as f32 * cell;
         c.text(4.0, y + cell / 2.0 - 6.0, label, 1.0, [20, 20, 20, 255]);
-        for k in 0..cols {
-            let px = if r == 0 { &held[k].image } else { &imgs[k] };
-            c.image_rgb(label_w + k as f32 * cell, y, px, size, scale);
+        for (k, n) in names.iter().enumerate() {
+            let file = dir.join(format!("{n}.png"));
+            if !file.is_file() {
+                continue;
+            }
+            let (w, _, px) = read_rgb(&file).map_err(user)?;
+            c.image_rgb(label_w + k as f32 * cell, y, &px, w, scale);
         }
     }
-    Some(c.to_image())
+    write_png(path, &c.to_image(), BitDepth::Eight).map_err(user)
 }

@@ -6,8 +6,10 @@
 mod cli;
 mod compose;
 mod eval_cmd;
+mod eval_flip;
 mod eval_layout;
 mod eval_prompts;
+mod eval_suite;
 mod generate_cmd;
 mod layers_out;
 mod preview;

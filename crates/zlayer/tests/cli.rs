@@ -666,4 +666,88 @@ fn train_and_generate_end_to_end_smoke() {
         assert!(out.join(format!("global-rank/{k:06}.png")).is_file());
     }
     assert!(out.join("grid.png").is_file());
+
+    // The paper suite on the same models: a baseline under variants/, an untrained ablation.
+    let rank_dir = model.join("variants/global-rank");
+    std::fs::create_dir_all(&rank_dir).unwrap();
+    for ext in ["safetensors", "json"] {
+        std::fs::copy(
+            layouts[1].with_extension(ext),
+            rank_dir.join(format!("layout.{ext}")),
+        )
+        .unwrap();
+    }
+    let (work, report) = (dir.join("suite"), dir.join("report"));
+    let suite = [
+        "eval",
+        "--suite",
+        "paper",
+        "--model",
+        model.to_str().unwrap(),
+        "--out",
+        work.to_str().unwrap(),
+        "--report",
+        report.to_str().unwrap(),
+        "--n",
+        "3",
+        "--batch",
+        "2",
+        "--steps",
+        "2",
+        "--splits",
+        "simple,complex",
+        "--methods",
+        "base,global-rank,occlusionformer,static-sigma",
+    ];
+    let run = zlayer(&suite);
+    assert_eq!(run.status.code(), Some(0), "{}", text(&run.stderr));
+    let md = std::fs::read_to_string(report.join("results.md")).unwrap();
+    for want in [
+        "| static-sigma | one learned density vector for every instance and time | **not trained** |",
+        "## Order flip (complex split)",
+        "| occlusionformer | 1 × 2 complex scenes, 0 min |",
+        "simple O-mIoU | simple Occ. F1 | complex O-mIoU",
+        "![complex grid](results-grid-complex.png)",
+    ] {
+        assert!(md.contains(want), "{want:?} missing:\n{md}");
+    }
+    for png in [
+        "results-grid-simple.png",
+        "results-grid-complex.png",
+        "results-flip.png",
+    ] {
+        zlayer_composite::read_png(&report.join(png)).unwrap();
+    }
+    // Everything is generated already: a second run only rescores, to the same report.
+    let run = zlayer(&suite);
+    assert_eq!(run.status.code(), Some(0), "{}", text(&run.stderr));
+    assert!(text(&run.stderr).contains("all 3 scenes already generated"));
+    assert!(
+        !text(&run.stderr).contains("generating"),
+        "{}",
+        text(&run.stderr)
+    );
+    assert_eq!(
+        std::fs::read_to_string(report.join("results.md")).unwrap(),
+        md
+    );
+    for (flag, value, err) in [
+        ("--methods", "base,unicorn", "unknown method \"unicorn\""),
+        (
+            "--flip",
+            "global",
+            "--flip global: also list it in --methods",
+        ),
+    ] {
+        let mut args = suite.to_vec();
+        let k = args.iter().position(|&a| a == "--methods").unwrap();
+        if flag == "--methods" {
+            args[k + 1] = value;
+        } else {
+            args.extend([flag, value]);
+        }
+        let run = zlayer(&args);
+        assert_eq!(run.status.code(), Some(2), "{}", text(&run.stderr));
+        assert!(text(&run.stderr).contains(err), "{}", text(&run.stderr));
+    }
 }

@@ -1,0 +1,486 @@
+//! `zlayer eval --suite paper`: the paper's main table, ablation table and order-flip test,
+//! on the tiny model and held-out synthetic scenes.
+//!
+//! Every method draws the same scenes from the same noise (see [`Protocol`]). Images land in
+//! `OUT/<split>/<method>/` with a `progress.json`, so a stopped run resumes where it left off
+//! and a finished method is not generated again; `results.md` is rewritten from everything
+//! present at the end of every run.
+
+use crate::cli::Failure;
+use crate::eval_flip::{FlipScore, flip};
+use crate::eval_layout::{Protocol, Row, name, score, write_grid, write_truth};
+use crate::generate_cmd::Model;
+use crate::scene_sampler::{SceneSampler, variant_weights};
+use crate::synth_cmd::SplitArg;
+use crate::train_cmd::scenes;
+use candle_core::Device;
+use clap::{Args, ValueEnum};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use zlayer_composite::atomic_write;
+use zlayer_synth::Split;
+
+/// A benchmark `zlayer eval --suite` runs.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum Suite {
+    /// OcclusionFormer's main and ablation tables and the order-flip test (docs/results.md).
+    Paper,
+}
+
+/// The main table's methods, weakest first.
+const MAIN: [&str; 5] = [
+    "base",
+    "larender",
+    "global",
+    "global-rank",
+    "occlusionformer",
+];
+
+/// The ablations, each with what it changes.
+const ABLATIONS: [(&str, &str); 4] = [
+    (
+        "static-sigma",
+        "one learned density vector for every instance and time",
+    ),
+    ("no-align", "no alignment loss"),
+    ("visible-masks", "alignment on visible masks, not amodal"),
+    (
+        "attn-map-loss",
+        "attention-map loss instead of the queried alignment",
+    ),
+];
+
+/// Flags of `zlayer eval --suite paper`.
+#[derive(Debug, Args)]
+pub struct SuiteArgs {
+    /// With --suite: model folder (vae, base, the bundled branch, variants/NAME/).
+    #[arg(long, default_value = "models/tiny")]
+    model: PathBuf,
+    /// With --suite: held-out scenes per split.
+    #[arg(long, default_value_t = 300)]
+    n: usize,
+    /// With --suite: the main table's splits.
+    #[arg(long, value_delimiter = ',', default_value = "simple,regular,complex")]
+    splits: Vec<SplitArg>,
+    /// With --suite: the split of the ablation table and the order-flip test.
+    #[arg(long, default_value = "complex")]
+    focus: SplitArg,
+    /// With --suite: the methods to run (main: base, larender, global, global-rank,
+    /// occlusionformer; ablations: static-sigma, no-align, visible-masks, attn-map-loss).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "base,larender,global,global-rank,occlusionformer,static-sigma,no-align,visible-masks,attn-map-loss"
+    )]
+    methods: Vec<String>,
+    /// With --suite: the methods of the order-flip test (empty: none).
+    #[arg(long, value_delimiter = ',', default_value = "base,occlusionformer")]
+    flip: Vec<String>,
+    /// With --suite: data seed of the held-out scenes (training uses seed 0).
+    #[arg(long, default_value_t = 1_000_000)]
+    seed: u64,
+    /// With --suite: Euler steps.
+    #[arg(long, default_value_t = 20)]
+    steps: usize,
+    /// With --suite: scenes per batch (each batch has its own noise seed).
+    #[arg(long, default_value_t = 16)]
+    batch: usize,
+    /// With --suite: also write results.md and its pictures to this folder (say, docs).
+    #[arg(long)]
+    report: Option<PathBuf>,
+}
+
+fn user(e: impl std::fmt::Display) -> Failure {
+    Failure::User(e.to_string())
+}
+
+/// A method's result on one split; `None` when it has no trained weights.
+type Cell = Option<Row>;
+
+/// One split's rows.
+struct SplitRows {
+    split: Split,
+    /// The real renders scored as predictions.
+    truth: Row,
+    cells: Vec<(String, Cell)>,
+}
+
+/// Everything measured, for the report.
+struct Results {
+    splits: Vec<SplitRows>,
+    /// Per flip-test method.
+    flips: Vec<(String, Option<FlipScore>)>,
+}
+
+/// Runs the suite into `out`.
+pub fn run(a: &SuiteArgs, out: &Path) -> Result<(), Failure> {
+    if a.n == 0 || a.batch == 0 || a.steps == 0 {
+        return Err(user("--n, --batch and --steps must be positive"));
+    }
+    // `--flip ''` turns the test off.
+    let flips: Vec<String> = a.flip.iter().filter(|m| !m.is_empty()).cloned().collect();
+    let known = |m: &String| MAIN.contains(&m.as_str()) || ABLATIONS.iter().any(|a| a.0 == m);
+    if let Some(m) = a.methods.iter().chain(&flips).find(|m| !known(m)) {
+        return Err(user(format!(
+            "unknown method {m:?}: use {} or {}",
+            MAIN.join(", "),
+            ABLATIONS.map(|a| a.0).join(", ")
+        )));
+    }
+    if let Some(m) = flips.iter().find(|m| !a.methods.contains(m)) {
+        return Err(user(format!(
+            "--flip {m}: also list it in --methods (the test compares with its images of the focus split)"
+        )));
+    }
+    let dev = Device::Cpu;
+    let m = Model::load(&a.model, &dev)?;
+    let p = Protocol {
+        m: &m,
+        dev: &dev,
+        seed: a.seed,
+        steps: a.steps,
+        batch: a.batch,
+        ratio: None,
+    };
+    let focus: Split = a.focus.into();
+    let mut splits: Vec<Split> = a.splits.iter().map(|&s| s.into()).collect();
+    if !splits.contains(&focus) {
+        splits.push(focus);
+    }
+    let mut res = Results {
+        splits: Vec::new(),
+        flips: Vec::new(),
+    };
+    for &split in &splits {
+        let dir = out.join(split.name());
+        let held = scenes(a.seed, 0, a.n, m.size as u32, &[split]);
+        let (gt, render) = write_truth(&held, &dir, m.size)?;
+        let evals = dir.join("eval");
+        let truth = score(&evals, "real renders", &render, &gt, 0.0, None)?;
+        let mut cells = Vec::new();
+        let mut rows = vec![("real renders".to_string(), render.clone())];
+        for method in &a.methods {
+            let ablation = !MAIN.contains(&method.as_str());
+            if ablation && split != focus {
+                continue;
+            }
+            let Some(sampler) = sampler_for(a, &p, method) else {
+                cells.push((method.clone(), None));
+                continue;
+            };
+            let pred = dir.join(method);
+            let secs = p.generate(sampler.as_ref(), &held, &pred)?;
+            let ratio = sampler.as_ref().and_then(|s| s.ratio(None));
+            let row = score(&evals, method, &pred, &gt, secs, ratio)?;
+            cells.push((method.clone(), Some(row)));
+            rows.push((method.clone(), pred));
+        }
+        let names: Vec<String> = (0..6.min(a.n)).map(name).collect();
+        let rows: Vec<(String, &Path)> =
+            rows.iter().map(|(l, d)| (l.clone(), d.as_path())).collect();
+        write_grid(
+            &out.join(format!("results-grid-{}.png", split.name())),
+            &rows,
+            &names,
+            m.size,
+        )?;
+        if a.splits.iter().any(|&s| Split::from(s) == split) || split == focus {
+            res.splits.push(SplitRows {
+                split,
+                truth,
+                cells,
+            });
+        }
+        if split == focus && !flips.is_empty() {
+            res.flips = flip_test(a, &flips, &p, &held, out, &dir)?;
+        }
+    }
+    let md = report(a, &res, focus);
+    let mut targets = vec![out.to_path_buf()];
+    targets.extend(a.report.clone());
+    for t in &targets {
+        std::fs::create_dir_all(t).map_err(|e| user(format!("{}: {e}", t.display())))?;
+        atomic_write(&t.join("results.md"), |f| f.write_all(md.as_bytes())).map_err(user)?;
+        if t.as_path() != out {
+            for s in splits
+                .iter()
+                .map(|s| format!("results-grid-{}.png", s.name()))
+                .chain(["results-flip.png".into()])
+            {
+                if out.join(&s).is_file() {
+                    std::fs::copy(out.join(&s), t.join(&s))
+                        .map_err(|e| user(format!("{}: {e}", t.join(&s).display())))?;
+                }
+            }
+        }
+        eprintln!("wrote {}", t.join("results.md").display());
+    }
+    crate::cli::print_stdout(&md)
+}
+
+/// The order-flip test on the focus split's scenes; `dir` holds their images per method.
+fn flip_test(
+    a: &SuiteArgs,
+    methods: &[String],
+    p: &Protocol,
+    held: &[zlayer_synth::SynthScene],
+    out: &Path,
+    dir: &Path,
+) -> Result<Vec<(String, Option<FlipScore>)>, Failure> {
+    // A scene without an adjacent overlapping pair stays as it is, so that every scene keeps
+    // its place in its batch and so its noise.
+    let flipped: Vec<_> = held.iter().map(flip).collect();
+    let pairs: Vec<Option<(usize, usize)>> =
+        flipped.iter().map(|f| f.as_ref().map(|f| f.1)).collect();
+    let scenes: Vec<_> = held
+        .iter()
+        .zip(&flipped)
+        .map(|(s, f)| f.as_ref().map_or_else(|| s.clone(), |f| f.0.clone()))
+        .collect();
+    let fdir = out.join("flip");
+    let (flip_gt, flip_render) = write_truth(&scenes, &fdir, p.m.size)?;
+    let mut rows = vec![
+        ("declared".to_string(), dir.join("render")),
+        ("swapped".to_string(), flip_render),
+    ];
+    // The real renders scored as predictions: the test's ceiling.
+    let truth = crate::eval_flip::score(&dir.join("gt"), &flip_gt, &rows[0].1, &rows[1].1, &pairs)?;
+    let mut scores = vec![("real renders (ceiling)".to_string(), Some(truth))];
+    for method in methods {
+        let Some(sampler) = sampler_for(a, p, method) else {
+            scores.push((method.clone(), None));
+            continue;
+        };
+        let pred = fdir.join(method);
+        p.generate(sampler.as_ref(), &scenes, &pred)?;
+        let s =
+            crate::eval_flip::score(&dir.join("gt"), &flip_gt, &dir.join(method), &pred, &pairs)?;
+        scores.push((method.clone(), Some(s)));
+        rows.push((method.clone(), dir.join(method)));
+        rows.push((format!("{method}, swapped"), pred));
+    }
+    let shown: Vec<String> = (0..held.len())
+        .filter(|&k| pairs[k].is_some())
+        .take(6)
+        .map(name)
+        .collect();
+    let rows: Vec<(String, &Path)> = rows.iter().map(|(l, d)| (l.clone(), d.as_path())).collect();
+    write_grid(&out.join("results-flip.png"), &rows, &shown, p.m.size)?;
+    Ok(scores)
+}
+
+/// The method's sampler, `Some(None)` for the base alone; `None` (with a notice) when it has
+/// no trained weights.
+fn sampler_for(a: &SuiteArgs, p: &Protocol, method: &str) -> Option<Option<SceneSampler>> {
+    if method == "base" {
+        return Some(None);
+    }
+    match SceneSampler::by_name(&a.model, method, p.m.base.clone(), p.dev) {
+        Ok(s) => Some(Some(s)),
+        Err(e) => {
+            eprintln!("skipping {method}: {e}");
+            None
+        }
+    }
+}
+
+/// How a method was trained, from its model file's JSON.
+fn budget(model: &Path, method: &str) -> String {
+    match method {
+        "base" => return "none (base only)".into(),
+        "larender" => return "training-free".into(),
+        _ => {}
+    }
+    let json = variant_weights(model, method).with_extension("json");
+    let v: Option<serde_json::Value> = std::fs::read_to_string(&json)
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok());
+    match v {
+        Some(v) => format!(
+            "{} × {} {} scenes, {:.0} min",
+            v["steps"],
+            v["batch"],
+            v["splits"].as_array().map_or("?".into(), |s| s
+                .iter()
+                .filter_map(|x| x.as_str())
+                .collect::<Vec<_>>()
+                .join("+")),
+            v["train_minutes"].as_f64().unwrap_or(f64::NAN)
+        ),
+        None => "?".into(),
+    }
+}
+
+fn f3(v: Option<f64>) -> String {
+    v.map_or("–".into(), |v| format!("{v:.3}"))
+}
+
+fn row_of<'a>(cells: &'a [(String, Cell)], method: &str) -> Option<&'a Row> {
+    cells.iter().find_map(|(m, c)| match c {
+        Some(r) if m == method => Some(r),
+        _ => None,
+    })
+}
+
+/// The full scores of one split, one line per method.
+fn full_table(a: &SuiteArgs, truth: &Row, cells: &[(String, Cell)]) -> String {
+    let mut s = format!(
+        "| method | training | grounding ratio | mIoU | O-mIoU | order acc. | Occ. F1 | WHDR (%) |\n\
+         |---|---|---|---|---|---|---|---|\n{}",
+        line("real renders (ceiling)", "–", Some(truth))
+    );
+    for (m, c) in cells {
+        match c {
+            Some(r) => s += &line(m, &budget(&a.model, m), Some(r)),
+            None => s += &format!("| {m} | **not trained** | – | – | – | – | – | – |\n"),
+        }
+    }
+    s
+}
+
+fn line(label: &str, budget: &str, r: Option<&Row>) -> String {
+    let Some(r) = r else { return String::new() };
+    let m = &r.summary;
+    format!(
+        "| {label} | {budget} | {} | {} | {} | {} | {} | {} |\n",
+        r.grounding_ratio.map_or("–".into(), |v| format!("{v}")),
+        f3(m.mask_miou),
+        f3(m.mask_o_miou),
+        f3(m.order_accuracy),
+        f3(m.occ_f1),
+        m.whdr.map_or("–".into(), |v| format!("{v:.1}")),
+    )
+}
+
+/// results.md.
+fn report(a: &SuiteArgs, res: &Results, focus: Split) -> String {
+    let mut s = format!(
+        "# Results: OcclusionFormer's tables on the tiny model\n\n\
+         Written by `zlayer eval --suite paper` ({} held-out scenes per split, data seed {}: \
+         training uses seed 0; {} Euler steps, no guidance; every method draws the same noise \
+         for the same scene). Each branch samples with the grounding ratio stored in its model \
+         file, tuned on validation scenes (seed 2,000,000). Order accuracy, Occ. F1 and WHDR \
+         count the declared overlapping pairs whose order the real render shows; mIoU and \
+         O-mIoU compare segmented visible masks (docs/metrics.md). Every trained branch of a \
+         table had the same budget, given in its row.\n\n## Main table\n\n",
+        a.n, a.seed, a.steps
+    );
+    let main: Vec<&str> = MAIN
+        .iter()
+        .copied()
+        .filter(|m| a.methods.iter().any(|x| x == m))
+        .collect();
+    let mains: Vec<_> = res
+        .splits
+        .iter()
+        .filter(|r| a.splits.iter().any(|&x| Split::from(x) == r.split))
+        .collect();
+    s += "| method | training |";
+    for r in &mains {
+        s += &format!(" {0} O-mIoU | {0} Occ. F1 |", r.split.name());
+    }
+    s += "\n|---|---|";
+    s += &"---|---|".repeat(mains.len());
+    s += "\n";
+    for m in &main {
+        s += &format!("| {m} | {} |", budget(&a.model, m));
+        for sr in &mains {
+            let r = row_of(&sr.cells, m);
+            s += &format!(
+                " {} | {} |",
+                f3(r.and_then(|r| r.summary.mask_o_miou)),
+                f3(r.and_then(|r| r.summary.occ_f1))
+            );
+        }
+        s += "\n";
+    }
+    s += "\n";
+    // The targets, checked.
+    let occ_gap = |cells: &[(String, Cell)], other: &str| -> Option<(f64, f64)> {
+        let (o, b) = (row_of(cells, "occlusionformer")?, row_of(cells, other)?);
+        Some((
+            o.summary.mask_o_miou? - b.summary.mask_o_miou?,
+            o.summary.occ_f1? - b.summary.occ_f1?,
+        ))
+    };
+    for other in ["global", "larender"] {
+        let gaps: Vec<String> = mains
+            .iter()
+            .map(|sr| match occ_gap(&sr.cells, other) {
+                Some((d1, d2)) => format!("{} {d1:+.3} / {d2:+.3}", sr.split.name()),
+                None => format!("{} –", sr.split.name()),
+            })
+            .collect();
+        s += &format!(
+            "- occlusionformer − {other} (O-mIoU / Occ. F1): {}\n",
+            gaps.join("; ")
+        );
+    }
+    s += "\n## Every measure, per split\n";
+    for sr in &res.splits {
+        s += &format!(
+            "\n### {} ({} scored pairs)\n\n{}\n![{0} grid](results-grid-{0}.png)\n",
+            sr.split.name(),
+            sr.truth.summary.pairs,
+            full_table(a, &sr.truth, &sr.cells)
+        );
+    }
+    if let Some(sr) = res.splits.iter().find(|r| r.split == focus) {
+        let cells = &sr.cells;
+        let full = row_of(cells, "occlusionformer");
+        s += &format!(
+            "\n## Ablations ({} split)\n\n| variant | what changes | training | mIoU | O-mIoU | order acc. | Occ. F1 | Δ Occ. F1 | WHDR (%) |\n|---|---|---|---|---|---|---|---|---|\n",
+            focus.name()
+        );
+        let mut ab = vec![("occlusionformer", "the full model")];
+        ab.extend(
+            ABLATIONS
+                .iter()
+                .copied()
+                .filter(|(m, _)| a.methods.iter().any(|x| x == m)),
+        );
+        for (m, what) in ab {
+            match (cells.iter().find(|(x, _)| x == m).map(|c| &c.1), full) {
+                (Some(Some(r)), f) => {
+                    let d = f.and_then(|f| Some(r.summary.occ_f1? - f.summary.occ_f1?));
+                    s += &format!(
+                        "| {m} | {what} | {} | {} | {} | {} | {} | {} | {} |\n",
+                        budget(&a.model, m),
+                        f3(r.summary.mask_miou),
+                        f3(r.summary.mask_o_miou),
+                        f3(r.summary.order_accuracy),
+                        f3(r.summary.occ_f1),
+                        d.map_or("–".into(), |d| format!("{d:+.3}")),
+                        r.summary.whdr.map_or("–".into(), |v| format!("{v:.1}")),
+                    );
+                }
+                _ => s += &format!("| {m} | {what} | **not trained** | – | – | – | – | – | – |\n"),
+            }
+        }
+    }
+    if !res.flips.is_empty() {
+        s += &format!(
+            "\n## Order flip ({} split)\n\nIn each scene, the declared order of one overlapping pair adjacent in depth \
+             (the one with the largest overlap) is swapped, and the scene generated again from the \
+             same noise. A pair counts when both real renders show its order.\n\n\
+             | method | pairs | generated order flipped | rate | in the declared order both times |\n|---|---|---|---|---|\n",
+            focus.name()
+        );
+        for (m, r) in &res.flips {
+            match r {
+                Some(f) => {
+                    s += &format!(
+                        "| {m} | {} | {} | {} | {} |\n",
+                        f.pairs,
+                        f.flipped,
+                        f3(f.rate()),
+                        f.both_right
+                    )
+                }
+                None => s += &format!("| {m} | **not trained** | – | – | – |\n"),
+            }
+        }
+        s += "\nRows: the declared scene and its swapped version (real renders), then each method on both.\n\n![order flip](results-flip.png)\n";
+    }
+    s
+}
