@@ -9,6 +9,7 @@ use zlayer_composite::{BitDepth, Image, Straight, write_png};
 use zlayer_model::base::{BaseModel, SampleOptions};
 use zlayer_model::bundle::{VaeBundle, load_base, load_vae};
 use zlayer_model::vae::VaeConfig;
+use zlayer_synth::vocab::Background;
 
 /// Flags of `zlayer generate`.
 #[derive(Debug, Args)]
@@ -98,12 +99,56 @@ pub fn run(a: GenerateArgs) -> Result<(), Failure> {
         .map_err(|e| Failure::Internal(e.to_string()))?;
     let img = row(&images, n, size).map_err(|e| Failure::Internal(e.to_string()))?;
     write_png(&a.output, &img, BitDepth::Eight).map_err(|e| Failure::User(e.to_string()))?;
+    let peak = peak_rss_mb().map_or(String::new(), |mb| format!(", peak memory {mb:.0} MB"));
     eprintln!(
-        "generated {n} image(s) in {:.2} s; wrote {}",
+        "generated {n} image(s) in {:.2} s{peak}; wrote {}",
         start.elapsed().as_secs_f64(),
         a.output.display()
     );
     Ok(())
+}
+
+/// The process's peak resident memory in MB (Linux's VmHWM; `None` elsewhere).
+fn peak_rss_mb() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+/// The scene's prompt when the model knows its every word; otherwise, with a note, the
+/// training template over the captions (front-most first) and the background the prompt
+/// names (else plain). Captions carry what matters; a file written for another model often
+/// words its prompt freely ("a still life of toys").
+fn scene_prompt(
+    scene: &zlayer_scene::ValidScene,
+    tokenizer: &zlayer_model::text::Tokenizer,
+    path: &Path,
+) -> String {
+    let given = &scene.scene().prompt;
+    let Err(why) = tokenizer.encode(given) else {
+        return given.clone();
+    };
+    let levels = scene.graph().depth_levels();
+    let mut order: Vec<usize> = (0..levels.len()).collect();
+    order.sort_by_key(|&i| levels[i]);
+    let captions: Vec<String> = order
+        .iter()
+        .map(|&i| scene.scene().instances[i].caption.clone())
+        .collect();
+    let ordered_pair = captions.len() == 2 && scene.graph().edges().next().is_some();
+    let background = Background::ALL
+        .iter()
+        .copied()
+        .find(|b| given.contains(&format!("{} background", b.name())))
+        .unwrap_or(Background::Plain);
+    let prompt = zlayer_synth::sample::prompt(&captions, ordered_pair, background);
+    eprintln!(
+        "{}: the prompt's word {:?} is not in the tiny model's vocabulary; prompting with {prompt:?}, built from the captions",
+        path.display(),
+        why.word
+    );
+    prompt
 }
 
 /// Images (n, 3, S, S) for a scene, drawn by the chosen variant (for a branch, on the first
@@ -117,7 +162,6 @@ fn generate_scene(
 ) -> Result<Tensor, Failure> {
     let loaded = crate::scene_cmd::load(path)?;
     let scene = loaded.scene.scene();
-    let prompt = a.prompt.clone().unwrap_or_else(|| scene.prompt.clone());
     let g = m.size / VaeConfig::FACTOR;
     // Every caption in the vocabulary before anything runs, named by instance.
     for inst in &scene.instances {
@@ -125,6 +169,10 @@ fn generate_scene(
             Failure::User(format!("{}: instance {:?}: {e}", path.display(), inst.id))
         })?;
     }
+    let prompt = match &a.prompt {
+        Some(p) => p.clone(),
+        None => scene_prompt(&loaded.scene, &m.base.tokenizer, path),
+    };
     let sampler = SceneSampler::by_name(&a.model, &a.variant, m.base, dev)?;
     let wants_maps = a.layers.is_some() || a.ora.is_some();
     if wants_maps && (!sampler.has_maps() || sampler.ratio(a.grounding_ratio) == Some(0.0)) {

@@ -751,3 +751,39 @@ fn train_and_generate_end_to_end_smoke() {
         assert!(text(&run.stderr).contains(err), "{}", text(&run.stderr));
     }
 }
+
+#[test]
+fn a_scene_prompt_outside_the_vocabulary_is_rebuilt_from_its_captions() {
+    let dir = tmp("reword");
+    let png = dir.join("still-life.png");
+    let run = zlayer(&[
+        "generate",
+        "examples/larender-still-life.json",
+        "-o",
+        png.to_str().unwrap(),
+        "--steps",
+        "1",
+    ]);
+    assert_eq!(run.status.code(), Some(0), "{}", text(&run.stderr));
+    let err = text(&run.stderr);
+    assert!(
+        err.contains("word \"still\" is not in the tiny model's vocabulary")
+            && err.contains(
+                "prompting with \"a green stick, a red glass sphere and a blue cube on a checker background\""
+            ),
+        "{err}"
+    );
+    assert!(err.contains("peak memory"), "{err}");
+    assert!(zlayer_composite::read_png(&png).is_ok());
+    // A prompt the user gives is theirs: unknown words stay an error.
+    let run = zlayer(&[
+        "generate",
+        "examples/larender-still-life.json",
+        "-o",
+        png.to_str().unwrap(),
+        "--prompt",
+        "a still life",
+    ]);
+    assert_eq!(run.status.code(), Some(2), "{}", text(&run.stderr));
+    assert!(text(&run.stderr).contains("unknown word \"still\""));
+}
