@@ -21,6 +21,7 @@
 pub mod base;
 pub mod branch;
 pub mod bundle;
+pub mod checkpoint;
 pub mod config;
 pub mod dit;
 pub mod larender;
