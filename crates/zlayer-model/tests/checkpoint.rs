@@ -2,8 +2,11 @@
 //! OcclusionFormer parity run's diffusers weights reproduce its transformer output, and a
 //! random checkpoint gives the same output from its BFL, diffusers and sharded forms.
 
+mod common;
+
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
+use common::max_diff;
 use std::collections::HashMap;
 use zlayer_model::checkpoint::{self, KeyLayout, Tensors};
 use zlayer_model::config::Config;
@@ -29,19 +32,6 @@ fn fixture_config() -> Config {
 
 fn flux(t: Tensors, cfg: &Config) -> Flux {
     Flux::new(cfg, VarBuilder::from_tensors(t, DType::F32, &Device::Cpu)).unwrap()
-}
-
-fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar()
-        .unwrap()
 }
 
 /// The fixture's inputs through `model`.
