@@ -321,3 +321,146 @@ pub fn diffusers_to_bfl(t: &Tensors, cfg: &Config) -> Result<Tensors, String> {
     copy("proj_out", "final_layer.linear", &mut out)?;
     Ok(out)
 }
+
+/// A fused BFL module's adapter: its name, the diffusers parts (module, output rows) it
+/// stacks, and its input size.
+type Fused<'a> = (&'a str, Vec<(&'a str, usize)>, usize);
+
+/// Stacks adapters of modules whose outputs are concatenated (q, k, v, …) into one adapter
+/// of the fused module: A stacked by rows, B block-diagonal, so that `B·A·x` gives each
+/// part its own update. A part without an adapter (`None`, `out` rows) gets none. Padded
+/// with zeros to `rank`, which must hold every part's rank.
+fn fuse(parts: &[(Option<&Adapter>, usize)], inp: usize, rank: usize) -> Result<Adapter, String> {
+    let dev = parts
+        .iter()
+        .find_map(|(a, _)| a.map(|a| a.a.device().clone()))
+        .unwrap_or(Device::Cpu);
+    let e = |e: candle_core::Error| e.to_string();
+    let total: usize = parts.iter().map(|p| p.1).sum();
+    let mut a = Tensor::zeros((rank, inp), candle_core::DType::F32, &dev).map_err(e)?;
+    let mut b = Tensor::zeros((total, rank), candle_core::DType::F32, &dev).map_err(e)?;
+    let (mut r0, mut o0) = (0, 0);
+    for (ad, out) in parts {
+        if let Some(ad) = ad {
+            let r = ad.a.dim(0).map_err(e)?;
+            if r0 + r > rank {
+                return Err(format!("fused LoRA rank over {rank}"));
+            }
+            a = a.slice_assign(&[r0..r0 + r, 0..inp], &ad.a).map_err(e)?;
+            b = b
+                .slice_assign(&[o0..o0 + out, r0..r0 + r], &ad.b)
+                .map_err(e)?;
+            r0 += r;
+        }
+        o0 += out;
+    }
+    Ok(Adapter { a, b })
+}
+
+/// The official OcclusionFormer transformer (diffusers names, PEFT LoRA, layout modules, as
+/// in `lora.safetensors` + the layout weights merged, or the parity fixture) → zlayer's names
+/// for a [`crate::dit::Flux`] with a layout branch in blocks `double` and `single`, and the
+/// LoRA rank to attach them with. LoRA outside those blocks is merged (the official code
+/// leaves it on in every pass there); inside, it becomes the branch's adapters, fused where
+/// BFL fuses the projections; the layout modules keep their names under the BFL block path.
+pub fn official_layout(
+    t: Tensors,
+    cfg: &Config,
+    double: &[usize],
+    single: &[usize],
+) -> Result<(Tensors, usize), String> {
+    let (mut base, mut adapters) = split_peft(t)?;
+    let in_branch = |m: &str| {
+        double
+            .iter()
+            .any(|i| m.starts_with(&format!("transformer_blocks.{i}.")))
+            || single
+                .iter()
+                .any(|i| m.starts_with(&format!("single_transformer_blocks.{i}.")))
+    };
+    let outside: HashMap<String, Adapter> = adapters
+        .iter()
+        .filter(|(m, _)| !in_branch(m))
+        .map(|(m, a)| (m.clone(), a.clone()))
+        .collect();
+    merge(&mut base, &outside, 1.0)?;
+    adapters.retain(|m, _| in_branch(m));
+    let mut out = diffusers_to_bfl(&base, cfg)?;
+    for (k, v) in &base {
+        if k.starts_with("layout_net.") {
+            out.insert(k.clone(), v.clone());
+        }
+    }
+    let (h, m) = (cfg.hidden_size, cfg.mlp_hidden());
+    // A fused module stacks at most four adapters (a single block's q, k, v and MLP input).
+    let rank = adapters.values().map(|a| a.a.dims()[0]).max().unwrap_or(1) * 4;
+    let layout_keys = ["layout_forward.", "norm1_layout.", "mask_predictor."];
+    let mut block = |d: String, b: String, fused: Vec<Fused>| -> Result<(), String> {
+        for (k, v) in &base {
+            if let Some(rest) = k.strip_prefix(&format!("{d}."))
+                && layout_keys.iter().any(|p| rest.starts_with(p))
+            {
+                out.insert(format!("{b}.{rest}"), v.clone());
+            }
+        }
+        for (to, parts, inp) in fused {
+            let parts: Vec<(Option<&Adapter>, usize)> = parts
+                .iter()
+                .map(|(from, n)| (adapters.get(&format!("{d}.{from}")), *n))
+                .collect();
+            let ad = fuse(&parts, inp, rank)?;
+            out.insert(format!("{b}.lora.{to}.lora_A.weight"), ad.a);
+            out.insert(format!("{b}.lora.{to}.lora_B.weight"), ad.b);
+        }
+        Ok(())
+    };
+    for &i in double {
+        block(
+            format!("transformer_blocks.{i}"),
+            format!("double_blocks.{i}"),
+            vec![
+                ("img_mod.lin", vec![("norm1.linear", 6 * h)], h),
+                ("txt_mod.lin", vec![("norm1_context.linear", 6 * h)], h),
+                (
+                    "img_attn.qkv",
+                    vec![("attn.to_q", h), ("attn.to_k", h), ("attn.to_v", h)],
+                    h,
+                ),
+                (
+                    "txt_attn.qkv",
+                    vec![
+                        ("attn.add_q_proj", h),
+                        ("attn.add_k_proj", h),
+                        ("attn.add_v_proj", h),
+                    ],
+                    h,
+                ),
+                ("img_attn.proj", vec![("attn.to_out.0", h)], h),
+                ("txt_attn.proj", vec![("attn.to_add_out", h)], h),
+                ("img_mlp.2", vec![("ff.net.2", h)], m),
+                ("txt_mlp.2", vec![("ff_context.net.2", h)], m),
+            ],
+        )?;
+    }
+    for &i in single {
+        block(
+            format!("single_transformer_blocks.{i}"),
+            format!("single_blocks.{i}"),
+            vec![
+                ("modulation.lin", vec![("norm.linear", 3 * h)], h),
+                (
+                    "linear1",
+                    vec![
+                        ("attn.to_q", h),
+                        ("attn.to_k", h),
+                        ("attn.to_v", h),
+                        ("proj_mlp", m),
+                    ],
+                    h,
+                ),
+                ("linear2", vec![("proj_out", h)], h + m),
+            ],
+        )?;
+    }
+    Ok((out, rank))
+}

@@ -8,6 +8,7 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use common::max_diff;
 use std::collections::HashMap;
+use zlayer_model::branch::{BranchMaps, LayoutInput};
 use zlayer_model::checkpoint::{self, KeyLayout, Tensors};
 use zlayer_model::config::Config;
 use zlayer_model::dit::{Flux, FluxInput};
@@ -34,24 +35,34 @@ fn flux(t: Tensors, cfg: &Config) -> Flux {
     Flux::new(cfg, VarBuilder::from_tensors(t, DType::F32, &Device::Cpu)).unwrap()
 }
 
-/// The fixture's inputs through `model`.
-fn run_fixture(model: &Flux, io: &HashMap<String, Tensor>) -> Tensor {
+/// The fixture's inputs through `model`, with the layout branch when `layout` is given.
+fn run_fixture(
+    model: &Flux,
+    io: &HashMap<String, Tensor>,
+    layout: Option<&LayoutInput>,
+) -> (Tensor, BranchMaps) {
     let g = |k: &str| io[k].clone();
     let ids = |k: &str| g(k).unsqueeze(0).unwrap();
     let (img_ids, txt_ids) = (ids("img_ids"), ids("txt_ids"));
     let t = g("timestep").reshape(1).unwrap();
     let guidance = g("guidance").reshape(1).unwrap();
-    model
-        .forward(&FluxInput {
-            img: &g("latents"),
-            img_ids: &img_ids,
-            txt: &g("encoder_hidden_states"),
-            txt_ids: &txt_ids,
-            timesteps: &t,
-            y: &g("pooled_projections"),
-            guidance: Some(&guidance),
-        })
-        .unwrap()
+    let x = FluxInput {
+        img: &g("latents"),
+        img_ids: &img_ids,
+        txt: &g("encoder_hidden_states"),
+        txt_ids: &txt_ids,
+        timesteps: &t,
+        y: &g("pooled_projections"),
+        guidance: Some(&guidance),
+    };
+    model.forward_layout(&x, layout).unwrap()
+}
+
+/// The parity fixture's folder and its inputs and outputs (`io.safetensors`).
+fn parity_fixture() -> Option<(std::path::PathBuf, HashMap<String, Tensor>)> {
+    let dir = zlayer_testkit::fixtures("official-parity")?;
+    let io = candle_core::safetensors::load(dir.join("io.safetensors"), &Device::Cpu).unwrap();
+    Some((dir, io))
 }
 
 /// Whether a diffusers module sits in a block that has the layout branch (the fixture's
@@ -63,11 +74,10 @@ fn in_layout_block(module: &str) -> bool {
 
 #[test]
 fn the_official_parity_weights_reproduce_the_transformer_without_its_layout_branch() {
-    let Some(dir) = zlayer_testkit::fixtures("official-parity") else {
+    let Some((dir, io)) = parity_fixture() else {
         return;
     };
     let dev = Device::Cpu;
-    let io = candle_core::safetensors::load(dir.join("io.safetensors"), &dev).unwrap();
     let raw = checkpoint::read(&dir.join("weights.safetensors"), &dev).unwrap();
     assert_eq!(checkpoint::detect(&raw).unwrap(), KeyLayout::Diffusers);
     let (base, adapters) = checkpoint::split_peft(raw).unwrap();
@@ -83,10 +93,8 @@ fn the_official_parity_weights_reproduce_the_transformer_without_its_layout_bran
             .collect();
         let mut w = base.clone();
         checkpoint::merge(&mut w, &chosen, 1.0).unwrap();
-        run_fixture(
-            &flux(checkpoint::diffusers_to_bfl(&w, &cfg).unwrap(), &cfg),
-            &io,
-        )
+        let model = flux(checkpoint::diffusers_to_bfl(&w, &cfg).unwrap(), &cfg);
+        run_fixture(&model, &io, None).0
     };
     // The official toggling: once the branch has run, LoRA is off in the global pass of the
     // blocks that have a branch, and stays on (scale 1, no alpha/r) everywhere else.
@@ -321,4 +329,58 @@ fn one_checkpoint_gives_one_output_from_the_bfl_diffusers_and_sharded_files() {
     let err = checkpoint::read(&dir.join("sharded"), &dev).unwrap_err();
     assert!(err.contains("model-00002-of-00002.safetensors"), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn the_official_parity_run_is_reproduced_with_its_layout_branch() {
+    let Some((dir, io)) = parity_fixture() else {
+        return;
+    };
+    let dev = Device::Cpu;
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("meta.json")).unwrap()).unwrap();
+    let cfg = fixture_config();
+    let raw = checkpoint::read(&dir.join("weights.safetensors"), &dev).unwrap();
+    let (w, rank) = checkpoint::official_layout(raw, &cfg, &[0], &[0]).unwrap();
+    let vb = VarBuilder::from_tensors(w, DType::F32, &dev);
+    let mut model = Flux::new(&cfg, vb.clone()).unwrap();
+    model.attach_layout(&[0], &[0], rank, vb.clone()).unwrap();
+    let net = zlayer_model::layout::LayoutNet::new(16, 32, vb.pp("layout_net")).unwrap();
+    let g = |k: &str| io[k].clone();
+    let tokens = net
+        .forward(&g("instance_pooled"), &g("layout_boxes_dense"))
+        .unwrap();
+    let lists: Vec<Vec<usize>> = serde_json::from_value(meta["token_index_lists"].clone()).unwrap();
+    let occluders: Vec<Vec<usize>> =
+        serde_json::from_value(meta["occluder_sets_0_based"].clone()).unwrap();
+    let text_ids: Vec<Vec<f32>> = g("instance_text_ids").to_vec2().unwrap();
+    let boxes: Vec<(usize, Vec<usize>, [f32; 3])> = lists
+        .into_iter()
+        .zip(&text_ids)
+        .map(|(idx, id)| (0, idx, [id[0], id[1], id[2]]))
+        .collect();
+    let img_ids = g("img_ids").unsqueeze(0).unwrap();
+    let packing = zlayer_model::layout::Packing::new(&boxes, 1, &img_ids).unwrap();
+    let input = LayoutInput {
+        packing: &packing,
+        tokens: &tokens,
+        pooled: &g("instance_pooled"),
+        masks: &g("bbox_mask_soft"),
+        occluders: &occluders,
+        grid: (6, 6),
+        static_sigma: false,
+        regional: None,
+        attention_maps: false,
+    };
+    let (out, maps) = run_fixture(&model, &io, Some(&input));
+    let d = max_diff(&out, &io["out_steady"]);
+    let logits: Vec<f32> = (0..2)
+        .map(|b| max_diff(&maps.logits[b], &io[&format!("align_logits_block{b}")]))
+        .collect();
+    eprintln!(
+        "out_steady max |Δ| {d:.1e}; align logits {:.1e}, {:.1e}",
+        logits[0], logits[1]
+    );
+    assert!(d < 1e-4, "{d}");
+    assert!(logits.iter().all(|&l| l < 1e-4), "{logits:?}");
 }
