@@ -99,6 +99,7 @@ pub fn run(a: EvalLayoutArgs) -> Result<(), Failure> {
         steps: a.steps,
         batch: a.batch,
         ratio: a.grounding_ratio,
+        score_only: false,
     };
     let split: zlayer_synth::Split = a.split.into();
     let held = scenes(a.seed, 0, a.n, m.size as u32, &[split]);
@@ -109,7 +110,7 @@ pub fn run(a: EvalLayoutArgs) -> Result<(), Failure> {
     let mut dirs = vec![render];
     if !a.no_base {
         let base = a.out.join("base");
-        let secs = p.generate(None, &held, &base)?;
+        let secs = p.generate(None, &held, &base)?.seconds();
         rows.push(score(&evals, "base (no branch)", &base, &gt, secs, None)?);
         dirs.push(base);
     }
@@ -129,7 +130,7 @@ pub fn run(a: EvalLayoutArgs) -> Result<(), Failure> {
             label = format!("{}-{k}", s.name());
         }
         let dir = a.out.join(&label);
-        let secs = p.generate(Some(s), &held, &dir)?;
+        let secs = p.generate(Some(s), &held, &dir)?.seconds();
         rows.push(score(
             &evals,
             &label,
@@ -194,6 +195,16 @@ pub struct Protocol<'a> {
     pub batch: usize,
     /// Requested grounding ratio (else each model file's).
     pub ratio: Option<f64>,
+    /// Only take what earlier runs generated; generate nothing.
+    pub score_only: bool,
+}
+
+/// What [`Protocol::generate`] left in a folder.
+pub enum Generated {
+    /// Every scene, at these seconds per image.
+    All(f64),
+    /// Only this many scenes (score-only runs).
+    Partial(usize),
 }
 
 /// What `DIR/progress.json` records, so that an interrupted run resumes at its last batch.
@@ -213,13 +224,13 @@ struct Progress {
 impl Protocol<'_> {
     /// Generates every held-out scene with `sampler` (the base alone when `None`) into
     /// `DIR/<scene>.png`, resuming after the batches `DIR/progress.json` records when it was
-    /// made with the same settings; returns the seconds per image.
+    /// made with the same settings.
     pub fn generate(
         &self,
         sampler: Option<&SceneSampler>,
         held: &[SynthScene],
         dir: &Path,
-    ) -> Result<f64, Failure> {
+    ) -> Result<Generated, Failure> {
         let int = |e: candle_core::Error| Failure::Internal(e.to_string());
         let (size, vae) = (self.m.size, &self.m.vae);
         let g = size / VaeConfig::FACTOR;
@@ -258,7 +269,15 @@ impl Protocol<'_> {
         let label = dir.display();
         if prog.done >= held.len() {
             eprintln!("{label}: all {} scenes already generated", held.len());
-            return Ok(prog.seconds / prog.done as f64);
+            return Ok(Generated::All(prog.seconds / prog.done as f64));
+        }
+        if self.score_only {
+            eprintln!(
+                "{label}: {} of {} scenes generated; left out",
+                prog.done,
+                held.len()
+            );
+            return Ok(Generated::Partial(prog.done));
         }
         eprintln!(
             "generating {} scenes with {} into {label}…",
@@ -310,8 +329,23 @@ impl Protocol<'_> {
             bar.update(prog.done, String::new());
         }
         bar.finish();
-        Ok(prog.seconds / prog.done as f64)
+        Ok(Generated::All(prog.seconds / prog.done as f64))
     }
+}
+
+impl Generated {
+    /// Seconds per image (0 when only part was generated).
+    pub fn seconds(&self) -> f64 {
+        match self {
+            Self::All(s) => *s,
+            Self::Partial(_) => 0.0,
+        }
+    }
+}
+
+/// Scenes earlier runs generated into `dir` (by its progress.json).
+pub fn generated(dir: &Path) -> usize {
+    read_progress(&dir.join("progress.json")).map_or(0, |p| p.done)
 }
 
 fn read_progress(file: &Path) -> Option<Progress> {

@@ -8,7 +8,9 @@
 
 use crate::cli::Failure;
 use crate::eval_flip::{FlipScore, flip};
-use crate::eval_layout::{Protocol, Row, name, score, write_grid, write_truth};
+use crate::eval_layout::{
+    Generated, Protocol, Row, generated, name, score, write_grid, write_truth,
+};
 use crate::generate_cmd::Model;
 use crate::scene_sampler::{SceneSampler, variant_weights};
 use crate::synth_cmd::SplitArg;
@@ -88,14 +90,21 @@ pub struct SuiteArgs {
     /// With --suite: also write results.md and its pictures to this folder (say, docs).
     #[arg(long)]
     report: Option<PathBuf>,
+    /// With --suite: generate nothing; report what earlier (or concurrent) runs finished and
+    /// mark the rest as partial.
+    #[arg(long)]
+    score_only: bool,
 }
 
 fn user(e: impl std::fmt::Display) -> Failure {
     Failure::User(e.to_string())
 }
 
-/// A method's result on one split; `None` when it has no trained weights.
-type Cell = Option<Row>;
+/// A method's result on one split, or why it has none ("not trained").
+type Cell = Result<Row, String>;
+
+/// A method's flip-test counts, or why it has none.
+type FlipCell = Result<FlipScore, String>;
 
 /// One split's rows.
 struct SplitRows {
@@ -109,7 +118,7 @@ struct SplitRows {
 struct Results {
     splits: Vec<SplitRows>,
     /// Per flip-test method.
-    flips: Vec<(String, Option<FlipScore>)>,
+    flips: Vec<(String, FlipCell)>,
 }
 
 /// Runs the suite into `out`.
@@ -141,6 +150,7 @@ pub fn run(a: &SuiteArgs, out: &Path) -> Result<(), Failure> {
         steps: a.steps,
         batch: a.batch,
         ratio: None,
+        score_only: a.score_only,
     };
     let focus: Split = a.focus.into();
     let mut splits: Vec<Split> = a.splits.iter().map(|&s| s.into()).collect();
@@ -165,14 +175,20 @@ pub fn run(a: &SuiteArgs, out: &Path) -> Result<(), Failure> {
                 continue;
             }
             let Some(sampler) = sampler_for(a, &p, method) else {
-                cells.push((method.clone(), None));
+                cells.push((method.clone(), Err("not trained".into())));
                 continue;
             };
             let pred = dir.join(method);
-            let secs = p.generate(sampler.as_ref(), &held, &pred)?;
+            let secs = match p.generate(sampler.as_ref(), &held, &pred)? {
+                Generated::All(s) => s,
+                Generated::Partial(k) => {
+                    cells.push((method.clone(), Err(format!("{k} of {} generated", a.n))));
+                    continue;
+                }
+            };
             let ratio = sampler.as_ref().and_then(|s| s.ratio(None));
             let row = score(&evals, method, &pred, &gt, secs, ratio)?;
-            cells.push((method.clone(), Some(row)));
+            cells.push((method.clone(), Ok(row)));
             rows.push((method.clone(), pred));
         }
         let names: Vec<String> = (0..6.min(a.n)).map(name).collect();
@@ -226,7 +242,7 @@ fn flip_test(
     held: &[zlayer_synth::SynthScene],
     out: &Path,
     dir: &Path,
-) -> Result<Vec<(String, Option<FlipScore>)>, Failure> {
+) -> Result<Vec<(String, FlipCell)>, Failure> {
     // A scene without an adjacent overlapping pair stays as it is, so that every scene keeps
     // its place in its batch and so its noise.
     let flipped: Vec<_> = held.iter().map(flip).collect();
@@ -245,17 +261,31 @@ fn flip_test(
     ];
     // The real renders scored as predictions: the test's ceiling.
     let truth = crate::eval_flip::score(&dir.join("gt"), &flip_gt, &rows[0].1, &rows[1].1, &pairs)?;
-    let mut scores = vec![("real renders (ceiling)".to_string(), Some(truth))];
+    let mut scores = vec![("real renders (ceiling)".to_string(), Ok(truth))];
     for method in methods {
         let Some(sampler) = sampler_for(a, p, method) else {
-            scores.push((method.clone(), None));
+            scores.push((method.clone(), Err("not trained".into())));
             continue;
         };
         let pred = fdir.join(method);
-        p.generate(sampler.as_ref(), &scenes, &pred)?;
+        let orig = generated(&dir.join(method));
+        if let Generated::Partial(k) = p.generate(sampler.as_ref(), &scenes, &pred)? {
+            scores.push((
+                method.clone(),
+                Err(format!("{k} of {} generated", scenes.len())),
+            ));
+            continue;
+        }
+        if orig < scenes.len() {
+            scores.push((
+                method.clone(),
+                Err(format!("{orig} of {} generated", scenes.len())),
+            ));
+            continue;
+        }
         let s =
             crate::eval_flip::score(&dir.join("gt"), &flip_gt, &dir.join(method), &pred, &pairs)?;
-        scores.push((method.clone(), Some(s)));
+        scores.push((method.clone(), Ok(s)));
         rows.push((method.clone(), dir.join(method)));
         rows.push((format!("{method}, swapped"), pred));
     }
@@ -317,7 +347,7 @@ fn f3(v: Option<f64>) -> String {
 
 fn row_of<'a>(cells: &'a [(String, Cell)], method: &str) -> Option<&'a Row> {
     cells.iter().find_map(|(m, c)| match c {
-        Some(r) if m == method => Some(r),
+        Ok(r) if m == method => Some(r),
         _ => None,
     })
 }
@@ -331,8 +361,8 @@ fn full_table(a: &SuiteArgs, truth: &Row, cells: &[(String, Cell)]) -> String {
     );
     for (m, c) in cells {
         match c {
-            Some(r) => s += &line(m, &budget(&a.model, m), Some(r)),
-            None => s += &format!("| {m} | **not trained** | – | – | – | – | – | – |\n"),
+            Ok(r) => s += &line(m, &budget(&a.model, m), Some(r)),
+            Err(why) => s += &format!("| {m} | **{why}** | – | – | – | – | – | – |\n"),
         }
     }
     s
@@ -441,7 +471,7 @@ fn report(a: &SuiteArgs, res: &Results, focus: Split) -> String {
         );
         for (m, what) in ab {
             match (cells.iter().find(|(x, _)| x == m).map(|c| &c.1), full) {
-                (Some(Some(r)), f) => {
+                (Some(Ok(r)), f) => {
                     let d = f.and_then(|f| Some(r.summary.occ_f1? - f.summary.occ_f1?));
                     s += &format!(
                         "| {m} | {what} | {} | {} | {} | {} | {} | {} | {} |\n",
@@ -454,7 +484,12 @@ fn report(a: &SuiteArgs, res: &Results, focus: Split) -> String {
                         r.summary.whdr.map_or("–".into(), |v| format!("{v:.1}")),
                     );
                 }
-                _ => s += &format!("| {m} | {what} | **not trained** | – | – | – | – | – | – |\n"),
+                (c, _) => {
+                    let why = c
+                        .and_then(|c| c.as_ref().err())
+                        .map_or("not run", |w| w.as_str());
+                    s += &format!("| {m} | {what} | **{why}** | – | – | – | – | – | – |\n")
+                }
             }
         }
     }
@@ -468,7 +503,7 @@ fn report(a: &SuiteArgs, res: &Results, focus: Split) -> String {
         );
         for (m, r) in &res.flips {
             match r {
-                Some(f) => {
+                Ok(f) => {
                     s += &format!(
                         "| {m} | {} | {} | {} | {} |\n",
                         f.pairs,
@@ -477,7 +512,7 @@ fn report(a: &SuiteArgs, res: &Results, focus: Split) -> String {
                         f.both_right
                     )
                 }
-                None => s += &format!("| {m} | **not trained** | – | – | – |\n"),
+                Err(why) => s += &format!("| {m} | **{why}** | – | – | – |\n"),
             }
         }
         s += "\nRows: the declared scene and its swapped version (real renders), then each method on both.\n\n![order flip](results-flip.png)\n";

@@ -731,6 +731,21 @@ fn train_and_generate_end_to_end_smoke() {
         std::fs::read_to_string(report.join("results.md")).unwrap(),
         md
     );
+    // A score-only run generates nothing and marks what an interrupted run left half done.
+    let prog = work.join("simple/base/progress.json");
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&prog).unwrap()).unwrap();
+    v["done"] = 2.into();
+    std::fs::write(&prog, v.to_string()).unwrap();
+    let run = zlayer(&[&suite[..], &["--score-only"]].concat());
+    assert_eq!(run.status.code(), Some(0), "{}", text(&run.stderr));
+    assert!(
+        !text(&run.stderr).contains("generating"),
+        "{}",
+        text(&run.stderr)
+    );
+    let md = std::fs::read_to_string(report.join("results.md")).unwrap();
+    assert!(md.contains("| base | **2 of 3 generated** |"), "{md}");
     for (flag, value, err) in [
         ("--methods", "base,unicorn", "unknown method \"unicorn\""),
         (
