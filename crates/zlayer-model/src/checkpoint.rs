@@ -357,110 +357,206 @@ fn fuse(parts: &[(Option<&Adapter>, usize)], inp: usize, rank: usize) -> Result<
     Ok(Adapter { a, b })
 }
 
-/// The official OcclusionFormer transformer (diffusers names, PEFT LoRA, layout modules, as
-/// in `lora.safetensors` + the layout weights merged, or the parity fixture) → zlayer's names
-/// for a [`crate::dit::Flux`] with a layout branch in blocks `double` and `single`, and the
-/// LoRA rank to attach them with. LoRA outside those blocks is merged (the official code
-/// leaves it on in every pass there); inside, it becomes the branch's adapters, fused where
-/// BFL fuses the projections; the layout modules keep their names under the BFL block path.
-pub fn official_layout(
-    t: Tensors,
-    cfg: &Config,
-    double: &[usize],
-    single: &[usize],
-) -> Result<(Tensors, usize), String> {
-    let (mut base, mut adapters) = split_peft(t)?;
-    let in_branch = |m: &str| {
-        double
-            .iter()
-            .any(|i| m.starts_with(&format!("transformer_blocks.{i}.")))
-            || single
-                .iter()
-                .any(|i| m.starts_with(&format!("single_transformer_blocks.{i}.")))
-    };
-    let outside: HashMap<String, Adapter> = adapters
-        .iter()
-        .filter(|(m, _)| !in_branch(m))
-        .map(|(m, a)| (m.clone(), a.clone()))
-        .collect();
-    merge(&mut base, &outside, 1.0)?;
-    adapters.retain(|m, _| in_branch(m));
-    let mut out = diffusers_to_bfl(&base, cfg)?;
-    for (k, v) in &base {
-        if k.starts_with("layout_net.") {
-            out.insert(k.clone(), v.clone());
-        }
-    }
+/// The official LoRA targets of one block kind, as the fused BFL module each lands in: (BFL
+/// module, its diffusers parts with their output rows, input size).
+fn targets(cfg: &Config, double: bool) -> Vec<Fused<'static>> {
     let (h, m) = (cfg.hidden_size, cfg.mlp_hidden());
-    // A fused module stacks at most four adapters (a single block's q, k, v and MLP input).
-    let rank = adapters.values().map(|a| a.a.dims()[0]).max().unwrap_or(1) * 4;
-    let layout_keys = ["layout_forward.", "norm1_layout.", "mask_predictor."];
-    let mut block = |d: String, b: String, fused: Vec<Fused>| -> Result<(), String> {
-        for (k, v) in &base {
-            if let Some(rest) = k.strip_prefix(&format!("{d}."))
-                && layout_keys.iter().any(|p| rest.starts_with(p))
-            {
-                out.insert(format!("{b}.{rest}"), v.clone());
+    if double {
+        vec![
+            ("img_mod.lin", vec![("norm1.linear", 6 * h)], h),
+            ("txt_mod.lin", vec![("norm1_context.linear", 6 * h)], h),
+            (
+                "img_attn.qkv",
+                vec![("attn.to_q", h), ("attn.to_k", h), ("attn.to_v", h)],
+                h,
+            ),
+            (
+                "txt_attn.qkv",
+                vec![
+                    ("attn.add_q_proj", h),
+                    ("attn.add_k_proj", h),
+                    ("attn.add_v_proj", h),
+                ],
+                h,
+            ),
+            ("img_attn.proj", vec![("attn.to_out.0", h)], h),
+            ("txt_attn.proj", vec![("attn.to_add_out", h)], h),
+            ("img_mlp.2", vec![("ff.net.2", h)], m),
+            ("txt_mlp.2", vec![("ff_context.net.2", h)], m),
+        ]
+    } else {
+        vec![
+            ("modulation.lin", vec![("norm.linear", 3 * h)], h),
+            (
+                "linear1",
+                vec![
+                    ("attn.to_q", h),
+                    ("attn.to_k", h),
+                    ("attn.to_v", h),
+                    ("proj_mlp", m),
+                ],
+                h,
+            ),
+            ("linear2", vec![("proj_out", h)], h + m),
+        ]
+    }
+}
+
+/// Key prefixes the published OcclusionFormer files put before the module names.
+const PREFIXES: [&str; 5] = [
+    "lora::",
+    "layout::",
+    "base_model.model.",
+    "transformer.",
+    "model.",
+];
+
+/// Layout-only modules inside a block.
+const LAYOUT_PARTS: [&str; 3] = ["layout_forward.", "norm1_layout.", "mask_predictor."];
+
+/// An OcclusionFormer checkpoint, by diffusers module names: the LoRA adapters and the
+/// layout modules (`layout_net.*`, and per block `layout_forward`, `norm1_layout`,
+/// `mask_predictor`).
+#[derive(Debug, Clone, Default)]
+pub struct OcclusionFormer {
+    /// LoRA adapters by module (`transformer_blocks.0.attn.to_q`).
+    pub adapters: HashMap<String, Adapter>,
+    /// Layout module tensors by key.
+    pub layout: Tensors,
+}
+
+impl OcclusionFormer {
+    /// Reads the published files, in any of their forms, merged: `lora.safetensors` (diffusers
+    /// `lora_A.weight` or PEFT `lora_A.default.weight` keys, with or without `transformer.`),
+    /// the layout weights `occ.pth` / `layout.pth` (a PyTorch pickle), and
+    /// `bundle_weights.safetensors` (`lora::` and `layout::` prefixes).
+    pub fn read(paths: &[&Path], dev: &Device) -> Result<Self, String> {
+        let mut all = Tensors::new();
+        for p in paths {
+            let t = match p.extension().and_then(|e| e.to_str()) {
+                Some("pth" | "pt" | "bin" | "ckpt") => candle_core::pickle::read_all(p)
+                    .map_err(|e| format!("{}: {e}", p.display()))?
+                    .into_iter()
+                    .map(|(k, v)| v.to_device(dev).map(|v| (k, v)))
+                    .collect::<candle_core::Result<Tensors>>()
+                    .map_err(|e| format!("{}: {e}", p.display()))?,
+                _ => read(p, dev)?,
+            };
+            all.extend(t);
+        }
+        let ckpt = Self::from_tensors(all)?;
+        if ckpt.adapters.is_empty() && ckpt.layout.is_empty() {
+            let names: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
+            return Err(format!(
+                "{}: no OcclusionFormer LoRA (`*.lora_A.weight`) or layout weights (`layout_net.*`, `*.layout_forward.*`)",
+                names.join(", ")
+            ));
+        }
+        Ok(ckpt)
+    }
+
+    /// From named tensors in any of the published key forms; other tensors (the base
+    /// transformer's, in a full state dict) are left out.
+    pub fn from_tensors(t: Tensors) -> Result<Self, String> {
+        let t: Tensors = t
+            .into_iter()
+            .map(|(mut k, v)| {
+                while let Some(p) = PREFIXES.iter().find(|p| k.starts_with(*p)) {
+                    k = k[p.len()..].to_string();
+                }
+                (
+                    k.replace(".lora_A.weight", ".lora_A.default.weight")
+                        .replace(".lora_B.weight", ".lora_B.default.weight"),
+                    v,
+                )
+            })
+            .collect();
+        let (rest, adapters) = split_peft(t)?;
+        let layout = rest
+            .into_iter()
+            .filter(|(k, _)| {
+                k.starts_with("layout_net.")
+                    || LAYOUT_PARTS.iter().any(|p| k.contains(&format!(".{p}")))
+            })
+            .collect();
+        Ok(Self { adapters, layout })
+    }
+
+    /// Puts the checkpoint onto base weights `base` (zlayer's BFL names, see
+    /// [`diffusers_to_bfl`]) for a [`crate::dit::Flux`] whose blocks `double` and `single`
+    /// have the layout branch; returns the weights and the rank to attach the branch with.
+    ///
+    /// The official semantics: LoRA (scale 1, no alpha/r) stays on in every pass of a block
+    /// without a branch, so it is merged there; in a block with one it is off in the global
+    /// pass and on in the branch, so it becomes the branch's adapter, fused where BFL fuses
+    /// the projections (A stacked, B block-diagonal).
+    pub fn apply(
+        &self,
+        mut base: Tensors,
+        cfg: &Config,
+        double: &[usize],
+        single: &[usize],
+    ) -> Result<(Tensors, usize), String> {
+        // A fused module stacks at most four adapters (a single block's q, k, v and MLP input).
+        let rank = self
+            .adapters
+            .values()
+            .map(|a| a.a.dims()[0])
+            .max()
+            .unwrap_or(1)
+            * 4;
+        for k in self.layout.keys().filter(|k| k.starts_with("layout_net.")) {
+            base.insert(k.clone(), self.layout[k].clone());
+        }
+        let kinds = [
+            (
+                true,
+                cfg.depth,
+                "transformer_blocks",
+                "double_blocks",
+                double,
+            ),
+            (
+                false,
+                cfg.depth_single_blocks,
+                "single_transformer_blocks",
+                "single_blocks",
+                single,
+            ),
+        ];
+        for (is_double, depth, from, to, branch) in kinds {
+            for i in 0..depth {
+                let (d, b) = (format!("{from}.{i}"), format!("{to}.{i}"));
+                let with_branch = branch.contains(&i);
+                for (module, parts, inp) in targets(cfg, is_double) {
+                    let found: Vec<(Option<&Adapter>, usize)> = parts
+                        .iter()
+                        .map(|(m, n)| (self.adapters.get(&format!("{d}.{m}")), *n))
+                        .collect();
+                    if !with_branch && found.iter().all(|f| f.0.is_none()) {
+                        continue;
+                    }
+                    let ad = fuse(&found, inp, rank)?;
+                    if with_branch {
+                        base.insert(format!("{b}.lora.{module}.lora_A.weight"), ad.a);
+                        base.insert(format!("{b}.lora.{module}.lora_B.weight"), ad.b);
+                    } else {
+                        let mut one = HashMap::new();
+                        one.insert(format!("{b}.{module}"), ad);
+                        merge(&mut base, &one, 1.0)?;
+                    }
+                }
+                if with_branch {
+                    for (k, v) in &self.layout {
+                        if let Some(rest) = k.strip_prefix(&format!("{d}."))
+                            && LAYOUT_PARTS.iter().any(|p| rest.starts_with(p))
+                        {
+                            base.insert(format!("{b}.{rest}"), v.clone());
+                        }
+                    }
+                }
             }
         }
-        for (to, parts, inp) in fused {
-            let parts: Vec<(Option<&Adapter>, usize)> = parts
-                .iter()
-                .map(|(from, n)| (adapters.get(&format!("{d}.{from}")), *n))
-                .collect();
-            let ad = fuse(&parts, inp, rank)?;
-            out.insert(format!("{b}.lora.{to}.lora_A.weight"), ad.a);
-            out.insert(format!("{b}.lora.{to}.lora_B.weight"), ad.b);
-        }
-        Ok(())
-    };
-    for &i in double {
-        block(
-            format!("transformer_blocks.{i}"),
-            format!("double_blocks.{i}"),
-            vec![
-                ("img_mod.lin", vec![("norm1.linear", 6 * h)], h),
-                ("txt_mod.lin", vec![("norm1_context.linear", 6 * h)], h),
-                (
-                    "img_attn.qkv",
-                    vec![("attn.to_q", h), ("attn.to_k", h), ("attn.to_v", h)],
-                    h,
-                ),
-                (
-                    "txt_attn.qkv",
-                    vec![
-                        ("attn.add_q_proj", h),
-                        ("attn.add_k_proj", h),
-                        ("attn.add_v_proj", h),
-                    ],
-                    h,
-                ),
-                ("img_attn.proj", vec![("attn.to_out.0", h)], h),
-                ("txt_attn.proj", vec![("attn.to_add_out", h)], h),
-                ("img_mlp.2", vec![("ff.net.2", h)], m),
-                ("txt_mlp.2", vec![("ff_context.net.2", h)], m),
-            ],
-        )?;
+        Ok((base, rank))
     }
-    for &i in single {
-        block(
-            format!("single_transformer_blocks.{i}"),
-            format!("single_blocks.{i}"),
-            vec![
-                ("modulation.lin", vec![("norm.linear", 3 * h)], h),
-                (
-                    "linear1",
-                    vec![
-                        ("attn.to_q", h),
-                        ("attn.to_k", h),
-                        ("attn.to_v", h),
-                        ("proj_mlp", m),
-                    ],
-                    h,
-                ),
-                ("linear2", vec![("proj_out", h)], h + m),
-            ],
-        )?;
-    }
-    Ok((out, rank))
 }

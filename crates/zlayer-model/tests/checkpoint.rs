@@ -235,12 +235,25 @@ fn to_diffusers(t: &Tensors, cfg: &Config) -> Tensors {
     out
 }
 
+/// The RoPE ids (1, 36, 3) of a 6 × 6 token grid.
+fn grid_ids() -> Tensor {
+    let ids: Vec<f32> = (0..36u32)
+        .flat_map(|p| [0.0, (p / 6) as f32, (p % 6) as f32])
+        .collect();
+    Tensor::from_vec(ids, (1, 36, 3), &Device::Cpu).unwrap()
+}
+
+/// A random checkpoint at `cfg` under BFL and diffusers names.
+fn random_checkpoint(cfg: &Config) -> (Tensors, Tensors) {
+    let bfl = random_bfl(cfg);
+    let diff = to_diffusers(&bfl, cfg);
+    (bfl, diff)
+}
+
 #[test]
 fn one_checkpoint_gives_one_output_from_the_bfl_diffusers_and_sharded_files() {
-    let cfg = fixture_config();
-    let dev = Device::Cpu;
-    let bfl = random_bfl(&cfg);
-    let diff = to_diffusers(&bfl, &cfg);
+    let (cfg, dev) = (fixture_config(), Device::Cpu);
+    let (bfl, diff) = random_checkpoint(&cfg);
     assert_eq!(checkpoint::detect(&bfl).unwrap(), KeyLayout::Bfl);
     assert_eq!(checkpoint::detect(&diff).unwrap(), KeyLayout::Diffusers);
     let dir = std::env::temp_dir().join(format!("zlayer-ckpt-{}", std::process::id()));
@@ -276,17 +289,7 @@ fn one_checkpoint_gives_one_output_from_the_bfl_diffusers_and_sharded_files() {
     candle_core::safetensors::save(&prefixed, dir.join("prefixed.safetensors")).unwrap();
 
     let x = Tensor::randn(0f32, 1.0, (2, 36, 16), &dev).unwrap();
-    let img_ids = Tensor::stack(
-        &(0..36u32)
-            .map(|p| Tensor::new(&[0f32, (p / 6) as f32, (p % 6) as f32], &dev).unwrap())
-            .collect::<Vec<_>>(),
-        0,
-    )
-    .unwrap()
-    .unsqueeze(0)
-    .unwrap()
-    .repeat((2, 1, 1))
-    .unwrap();
+    let img_ids = grid_ids().repeat((2, 1, 1)).unwrap();
     let txt = Tensor::randn(0f32, 1.0, (2, 5, 24), &dev).unwrap();
     let txt_ids = Tensor::zeros((2, 5, 3), DType::F32, &dev).unwrap();
     let (t, y) = (
@@ -341,7 +344,11 @@ fn the_official_parity_run_is_reproduced_with_its_layout_branch() {
         serde_json::from_str(&std::fs::read_to_string(dir.join("meta.json")).unwrap()).unwrap();
     let cfg = fixture_config();
     let raw = checkpoint::read(&dir.join("weights.safetensors"), &dev).unwrap();
-    let (w, rank) = checkpoint::official_layout(raw, &cfg, &[0], &[0]).unwrap();
+    let (base, _) = checkpoint::split_peft(raw.clone()).unwrap();
+    let base = checkpoint::diffusers_to_bfl(&base, &cfg).unwrap();
+    let ckpt = checkpoint::OcclusionFormer::from_tensors(raw).unwrap();
+    assert_eq!((ckpt.adapters.len(), ckpt.layout.len()), (32, 8 + 2 * 12));
+    let (w, rank) = ckpt.apply(base, &cfg, &[0], &[0]).unwrap();
     let vb = VarBuilder::from_tensors(w, DType::F32, &dev);
     let mut model = Flux::new(&cfg, vb.clone()).unwrap();
     model.attach_layout(&[0], &[0], rank, vb.clone()).unwrap();
@@ -383,4 +390,241 @@ fn the_official_parity_run_is_reproduced_with_its_layout_branch() {
     );
     assert!(d < 1e-4, "{d}");
     assert!(logits.iter().all(|&l| l < 1e-4), "{logits:?}");
+}
+
+/// A PyTorch `torch.save` file of f32 tensors, as the official `occ.pth` is stored: a zip
+/// with the pickled state dict (`archive/data.pkl`, protocol 2, each tensor rebuilt by
+/// `torch._utils._rebuild_tensor_v2` from a persistent storage id) and one raw little-endian
+/// file per storage (`archive/data/K`).
+fn write_pth(path: &std::path::Path, tensors: &[(String, Tensor)]) {
+    use std::io::Write;
+    let text = |p: &mut Vec<u8>, s: &str| {
+        p.push(b'X');
+        p.extend((s.len() as u32).to_le_bytes());
+        p.extend(s.as_bytes());
+    };
+    let int = |p: &mut Vec<u8>, n: usize| {
+        p.push(b'J');
+        p.extend((n as i32).to_le_bytes());
+    };
+    let mut p = vec![0x80, 2, b'}', b'('];
+    let mut zip = zip::ZipWriter::new(std::fs::File::create(path).unwrap());
+    let stored =
+        zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+    for (k, (name, t)) in tensors.iter().enumerate() {
+        let dims = t.dims().to_vec();
+        let strides: Vec<usize> = (0..dims.len())
+            .map(|d| dims[d + 1..].iter().product())
+            .collect();
+        text(&mut p, name);
+        p.extend(b"ctorch._utils\n_rebuild_tensor_v2\n(");
+        p.push(b'(');
+        text(&mut p, "storage");
+        p.extend(b"ctorch\nFloatStorage\n");
+        text(&mut p, &k.to_string());
+        text(&mut p, "cpu");
+        int(&mut p, t.elem_count());
+        p.extend(b"tQ");
+        int(&mut p, 0);
+        for v in [&dims, &strides] {
+            p.push(b'(');
+            for &x in v {
+                int(&mut p, x);
+            }
+            p.push(b't');
+        }
+        p.extend([0x89, b'}', b't', b'R']);
+        let data: Vec<f32> = t.flatten_all().unwrap().to_vec1().unwrap();
+        zip.start_file(format!("archive/data/{k}"), stored).unwrap();
+        for x in data {
+            zip.write_all(&x.to_le_bytes()).unwrap();
+        }
+    }
+    p.extend(b"u.");
+    zip.start_file("archive/data.pkl", stored).unwrap();
+    zip.write_all(&p).unwrap();
+    zip.start_file("archive/version", stored).unwrap();
+    zip.write_all(b"3\n").unwrap();
+    zip.finish().unwrap();
+}
+
+#[test]
+fn the_three_published_occlusionformer_forms_load_to_one_model() {
+    let cfg = fixture_config();
+    let dev = Device::Cpu;
+    // A random official checkpoint: every LoRA target of every block, and the layout modules
+    // of double block 0 and single block 1, under diffusers names.
+    let bfl = random_bfl(&cfg);
+    let diff = to_diffusers(&bfl, &cfg);
+    let targets = [
+        "attn.to_q",
+        "attn.to_k",
+        "attn.to_v",
+        "attn.add_q_proj",
+        "attn.add_k_proj",
+        "attn.add_v_proj",
+        "attn.to_out.0",
+        "attn.to_add_out",
+        "norm1.linear",
+        "norm1_context.linear",
+        "ff.net.2",
+        "norm.linear",
+        "proj_mlp",
+    ];
+    let mut lora: Vec<(String, Tensor)> = Vec::new();
+    for (k, w) in &diff {
+        let Some(m) = k.strip_suffix(".weight") else {
+            continue;
+        };
+        if !targets.iter().any(|t| m.ends_with(&format!(".{t}"))) || w.rank() != 2 {
+            continue;
+        }
+        let (out, inp) = w.dims2().unwrap();
+        lora.push((
+            format!("{m}.lora_A"),
+            Tensor::randn(0f32, 0.1, (4, inp), &dev).unwrap(),
+        ));
+        lora.push((
+            format!("{m}.lora_B"),
+            Tensor::randn(0f32, 0.1, (out, 4), &dev).unwrap(),
+        ));
+    }
+    let vm = candle_nn::VarMap::new();
+    let mut with_branch = Flux::new(&cfg, VarBuilder::from_varmap(&vm, DType::F32, &dev)).unwrap();
+    with_branch
+        .attach_layout(
+            &[0],
+            &[1],
+            4,
+            VarBuilder::from_varmap(&vm, DType::F32, &dev),
+        )
+        .unwrap();
+    zlayer_model::layout::LayoutNet::new(
+        16,
+        32,
+        VarBuilder::from_varmap(&vm, DType::F32, &dev).pp("layout_net"),
+    )
+    .unwrap();
+    let mut layout: Vec<(String, Tensor)> = Vec::new();
+    for (k, v) in vm.data().lock().unwrap().iter() {
+        let r = (v.as_tensor() + Tensor::randn(0f32, 0.1, v.shape(), &dev).unwrap()).unwrap();
+        let k = k
+            .replace("double_blocks.", "transformer_blocks.")
+            .replace("single_blocks.", "single_transformer_blocks.");
+        if k.starts_with("layout_net.")
+            || ["layout_forward", "norm1_layout", "mask_predictor"]
+                .iter()
+                .any(|p| k.contains(p))
+        {
+            layout.push((k, r));
+        }
+    }
+    layout.sort_by(|a, b| a.0.cmp(&b.0));
+    let dir = std::env::temp_dir().join(format!("zlayer-occ-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let save = |name: &str, t: Vec<(String, Tensor)>| {
+        let map: HashMap<String, Tensor> = t.into_iter().collect();
+        candle_core::safetensors::save(&map, dir.join(name)).unwrap();
+        dir.join(name)
+    };
+    // 1. diffusers LoRA keys with the `transformer.` prefix, and the layout weights pickled.
+    let lora_diffusers = save(
+        "lora.safetensors",
+        lora.iter()
+            .map(|(k, v)| (format!("transformer.{k}.weight"), v.clone()))
+            .collect(),
+    );
+    let pth = dir.join("occ.pth");
+    write_pth(&pth, &layout);
+    // 2. PEFT keys, no prefix.
+    let lora_peft = save(
+        "lora-peft.safetensors",
+        lora.iter()
+            .map(|(k, v)| (format!("{k}.default.weight"), v.clone()))
+            .collect(),
+    );
+    // 3. One bundle with `lora::` and `layout::` prefixes.
+    let bundle = save(
+        "bundle_weights.safetensors",
+        lora.iter()
+            .map(|(k, v)| (format!("lora::transformer.{k}.weight"), v.clone()))
+            .chain(
+                layout
+                    .iter()
+                    .map(|(k, v)| (format!("layout::{k}"), v.clone())),
+            )
+            .collect(),
+    );
+    let forms: [Vec<&std::path::Path>; 3] = [
+        vec![&lora_diffusers, &pth],
+        vec![&lora_peft, &pth],
+        vec![&bundle],
+    ];
+    let mut outputs = Vec::new();
+    for files in &forms {
+        let ckpt = checkpoint::OcclusionFormer::read(files, &dev).unwrap();
+        assert_eq!(ckpt.adapters.len(), lora.len() / 2, "{files:?}");
+        assert_eq!(ckpt.layout.len(), layout.len(), "{files:?}");
+        let (w, rank) = ckpt.apply(bfl.clone(), &cfg, &[0], &[1]).unwrap();
+        let vb = VarBuilder::from_tensors(w, DType::F32, &dev);
+        let mut model = Flux::new(&cfg, vb.clone()).unwrap();
+        model.attach_layout(&[0], &[1], rank, vb.clone()).unwrap();
+        outputs.push(model);
+    }
+    // The branch on a two-instance scene (the parity fixture's shapes, own values).
+    let img_ids = grid_ids();
+    let boxes = vec![
+        (0, vec![0, 1, 6, 7, 8, 14], [0f32, 1.0, 1.0]),
+        (0, vec![7, 8, 9, 13, 14, 15, 20], [0f32, 2.0, 2.0]),
+    ];
+    let packing = zlayer_model::layout::Packing::new(&boxes, 1, &img_ids).unwrap();
+    let pooled = Tensor::randn(0f32, 1.0, (2, 16), &dev).unwrap();
+    let masks = Tensor::rand(0f32, 1.0, (2, 36), &dev).unwrap();
+    let tokens = Tensor::randn(0f32, 1.0, (2, 32), &dev).unwrap();
+    let occluders = vec![vec![1], vec![]];
+    let input = LayoutInput {
+        packing: &packing,
+        tokens: &tokens,
+        pooled: &pooled,
+        masks: &masks,
+        occluders: &occluders,
+        grid: (6, 6),
+        static_sigma: false,
+        regional: None,
+        attention_maps: false,
+    };
+    let io: HashMap<String, Tensor> = [
+        (
+            "latents",
+            Tensor::randn(0f32, 1.0, (1, 36, 16), &dev).unwrap(),
+        ),
+        ("img_ids", img_ids.squeeze(0).unwrap()),
+        (
+            "encoder_hidden_states",
+            Tensor::randn(0f32, 1.0, (1, 5, 24), &dev).unwrap(),
+        ),
+        ("txt_ids", Tensor::zeros((5, 3), DType::F32, &dev).unwrap()),
+        ("timestep", Tensor::new(&[0.6f32], &dev).unwrap()),
+        ("guidance", Tensor::new(&[3.5f32], &dev).unwrap()),
+        (
+            "pooled_projections",
+            Tensor::randn(0f32, 1.0, (1, 16), &dev).unwrap(),
+        ),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    let (first, maps) = run_fixture(&outputs[0], &io, Some(&input));
+    assert_eq!(maps.logits.len(), 2);
+    for m in &outputs[1..] {
+        let (o, _) = run_fixture(m, &io, Some(&input));
+        assert!(max_diff(&o, &first) < 1e-6);
+    }
+    // The LoRA and layout weights matter: without them the output moves.
+    let plain = flux(bfl, &cfg);
+    assert!(max_diff(&run_fixture(&plain, &io, None).0, &first) > 1e-3);
+    let err = checkpoint::OcclusionFormer::read(&[&dir.join("flux1-dev-free.safetensors")], &dev)
+        .unwrap_err();
+    assert!(err.contains("flux1-dev-free.safetensors"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
 }
