@@ -82,6 +82,29 @@ impl Config {
         (self.hidden_size as f64 * self.mlp_ratio) as usize
     }
 
+    /// Parameters of the transformer built from this config (no layout branch), counted from
+    /// the shapes, so a model's size is known before anything is allocated.
+    pub fn parameters(&self) -> usize {
+        let (h, m) = (self.hidden_size, self.mlp_hidden());
+        let lin = |i: usize, o: usize, bias: bool| i * o + if bias { o } else { 0 };
+        let embed = |i: usize| lin(i, h, true) + lin(h, h, true);
+        let attn = lin(h, 3 * h, self.qkv_bias) + 2 * self.head_dim() + lin(h, h, true);
+        let double = 2 * (lin(h, 6 * h, true) + attn + lin(h, m, true) + lin(m, h, true));
+        let single = lin(h, 3 * h + m, true)
+            + lin(h + m, h, true)
+            + 2 * self.head_dim()
+            + lin(h, 3 * h, true);
+        lin(self.in_channels, h, true)
+            + lin(self.context_in_dim, h, true)
+            + embed(256)
+            + embed(self.vec_in_dim)
+            + if self.guidance_embed { embed(256) } else { 0 }
+            + self.depth * double
+            + self.depth_single_blocks * single
+            + lin(h, self.in_channels, true)
+            + lin(h, 2 * h, true)
+    }
+
     /// Checks that the numbers fit together.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let e = |m: String| Err(ConfigError(m));
@@ -111,6 +134,30 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parameter_count_matches_the_built_model_and_flux_dev() {
+        for cfg in [
+            Config::tiny(),
+            Config {
+                guidance_embed: true,
+                qkv_bias: false,
+                ..Config::tiny()
+            },
+        ] {
+            let vm = candle_nn::VarMap::new();
+            let vb = candle_nn::VarBuilder::from_varmap(
+                &vm,
+                candle_core::DType::F32,
+                &candle_core::Device::Cpu,
+            );
+            crate::dit::Flux::new(&cfg, vb).unwrap();
+            let built: usize = vm.all_vars().iter().map(|v| v.elem_count()).sum();
+            assert_eq!(cfg.parameters(), built);
+        }
+        // FLUX.1-dev's transformer as diffusers counts it.
+        assert_eq!(Config::flux_dev().parameters(), 11_901_408_320);
+    }
 
     #[test]
     fn presets_are_valid_and_errors_name_both_values() {
