@@ -392,7 +392,8 @@ fn report(a: &SuiteArgs, res: &Results, focus: Split) -> String {
          file, tuned on validation scenes (seed 2,000,000). Order accuracy, Occ. F1 and WHDR \
          count the declared overlapping pairs whose order the real render shows; mIoU and \
          O-mIoU compare segmented visible masks (docs/metrics.md). Every trained branch of a \
-         table had the same budget, given in its row.\n\n## Main table\n\n",
+         table had the same budget, given in its row as steps × scenes per step (the minutes \
+         are wall-clock on a shared 2-core machine, so they vary with its load).\n\n## Main table\n\n",
         a.n, a.seed, a.steps
     );
     let main: Vec<&str> = MAIN
