@@ -77,9 +77,14 @@ enum Command {
     /// Each predicted image is segmented by the declared instances' colours and boxes, then
     /// compared with the exact ground truth. Writes summary.json, summary.md and
     /// per_scene.csv (and metrics.png with --plot); prints the table. See docs/metrics.md.
-    #[command(after_help = "Example:
+    ///
+    /// With --suite paper it generates the held-out scenes itself, with every method, and
+    /// writes OcclusionFormer's main and ablation tables and an order-flip test as
+    /// results.md (docs/results.md).
+    #[command(after_help = "Examples:
   zlayer synth --n 300 --split complex --format png --out gt/complex
-  zlayer eval --pred generated/ --gt gt/ --split complex --plot")]
+  zlayer eval --pred generated/ --gt gt/ --split complex --plot
+  zlayer eval --suite paper --report docs    # every method, split, ablation; hours on a CPU, resumable")]
     Eval(crate::eval_cmd::EvalArgs),
     /// Generate images from a global prompt, or from a scene with the layout branch.
     ///

@@ -247,6 +247,8 @@ fn help_teaches_with_examples() {
     }
     let out = zlayer(&["preview", "--help"]);
     assert!(text(&out.stdout).contains("magenta"));
+    let out = zlayer(&["eval", "--help"]);
+    assert!(text(&out.stdout).contains("zlayer eval --suite paper --report docs"));
 }
 
 #[test]
