@@ -24,6 +24,7 @@ pub mod bundle;
 pub mod checkpoint;
 pub mod config;
 pub mod dit;
+pub mod init;
 pub mod larender;
 pub mod layers;
 pub mod layout;

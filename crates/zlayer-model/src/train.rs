@@ -162,10 +162,10 @@ pub fn train_vae(
     images: impl Fn(usize) -> Result<Tensor>,
     on_step: impl FnMut(&StepLog),
 ) -> std::result::Result<(VarMap, Vae, Trainer), String> {
-    let vm = VarMap::new();
-    let vae =
-        Vae::new(cfg, VarBuilder::from_varmap(&vm, DType::F32, dev)).map_err(|e| e.to_string())?;
     let VaeObjective { beta, seed } = obj;
+    let vm = VarMap::new();
+    let vae = Vae::new(cfg, crate::init::seeded(&vm, seed, DType::F32, dev))
+        .map_err(|e| e.to_string())?;
     let meta = serde_json::json!({"kind": "vae", "config": cfg, "loop": lc, "objective": obj});
     let tr = train_loop(
         dir,

@@ -363,7 +363,7 @@ fn base(a: BaseArgs) -> Result<(), Failure> {
         &dit,
         &text,
         tok.clone(),
-        candle_nn::VarBuilder::from_varmap(&vm, candle_core::DType::F32, &dev),
+        zlayer_model::init::seeded(&vm, a.seed, candle_core::DType::F32, &dev),
     )
     .map_err(|e| int(e.to_string()))?;
     let lc = loop_config(a.steps, a.lr);

@@ -126,7 +126,7 @@ pub fn run(a: LayoutArgs) -> Result<(), Failure> {
         &a.single,
         a.rank,
         a.variant,
-        candle_nn::VarBuilder::from_varmap(&vm, DType::F32, &dev),
+        zlayer_model::init::seeded(&vm, a.seed, DType::F32, &dev),
     )
     .map_err(|e| Failure::User(e.to_string()))?;
     let lc = loop_config(a.steps, a.lr);

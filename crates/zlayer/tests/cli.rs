@@ -524,9 +524,14 @@ fn train_and_generate_end_to_end_smoke() {
     );
 
     // Stage 2: one step of the full method and one of a baseline, on the same base.
+    // The first is trained twice: fresh runs start from the same seeded weights.
     let mut layouts = Vec::new();
-    for variant in ["occlusionformer", "global-rank"] {
-        let out = dir.join(format!("layout-{variant}"));
+    for (variant, out) in [
+        ("occlusionformer", "layout-occlusionformer"),
+        ("global-rank", "layout-global-rank"),
+        ("occlusionformer", "layout-again"),
+    ] {
+        let out = dir.join(out);
         let run = zlayer(&[
             "train",
             "layout",
@@ -544,6 +549,14 @@ fn train_and_generate_end_to_end_smoke() {
         assert_eq!(run.status.code(), Some(0), "{}", text(&run.stderr));
         layouts.push(out.join("layout.safetensors"));
     }
+    let read = |p: &PathBuf| std::fs::read(p).unwrap();
+    assert_eq!(
+        read(&layouts[0]),
+        read(&layouts[2]),
+        "two fresh runs differ"
+    );
+    let csv = |p: &PathBuf| std::fs::read_to_string(p.with_file_name("layout-loss.csv")).unwrap();
+    assert_eq!(csv(&layouts[0]), csv(&layouts[2]));
     for ext in ["safetensors", "json"] {
         std::fs::copy(
             layouts[0].with_extension(ext),
