@@ -426,7 +426,9 @@ pub fn write_grid(
     size: usize,
 ) -> Result<(), Failure> {
     let cols = names.len();
-    let (scale, label_w) = (2.0, 130.0);
+    // The bitmap font is 8 px per character.
+    let longest = rows.iter().map(|(l, _)| l.len()).max().unwrap_or(0);
+    let (scale, label_w) = (2.0, (longest * 8 + 12).max(130) as f32);
     let cell = size as f32 * scale + 4.0;
     let mut c = Canvas::new(
         (label_w + cols as f32 * cell) as u32,
