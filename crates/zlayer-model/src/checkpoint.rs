@@ -31,21 +31,13 @@ pub enum KeyLayout {
 /// folder holding either (the index wins).
 pub fn read(path: &Path, dev: &Device) -> Result<Tensors, String> {
     let index = if path.is_dir() {
-        let mut found: Vec<PathBuf> = std::fs::read_dir(path)
-            .map_err(|e| format!("{}: {e}", path.display()))?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.to_string_lossy().ends_with(".safetensors.index.json"))
-            .collect();
-        found.sort();
-        match found.into_iter().next() {
+        match files_in(path, ".safetensors.index.json")?
+            .into_iter()
+            .next()
+        {
             Some(i) => i,
             None => {
-                let mut files: Vec<PathBuf> = std::fs::read_dir(path)
-                    .map_err(|e| format!("{}: {e}", path.display()))?
-                    .filter_map(|e| e.ok().map(|e| e.path()))
-                    .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
-                    .collect();
-                files.sort();
+                let files = files_in(path, ".safetensors")?;
                 return match files.as_slice() {
                     [one] => read_file(one, dev),
                     [] => Err(format!("{}: no .safetensors file or index", path.display())),
@@ -83,6 +75,17 @@ pub fn read(path: &Path, dev: &Device) -> Result<Tensors, String> {
         ));
     }
     Ok(all)
+}
+
+/// The files in `dir` whose names end with `suffix`, sorted.
+fn files_in(dir: &Path, suffix: &str) -> Result<Vec<PathBuf>, String> {
+    let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| format!("{}: {e}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.to_string_lossy().ends_with(suffix))
+        .collect();
+    found.sort();
+    Ok(found)
 }
 
 fn read_file(path: &Path, dev: &Device) -> Result<Tensors, String> {
@@ -159,18 +162,23 @@ pub fn merge(
     adapters: &HashMap<String, Adapter>,
     scale: f64,
 ) -> Result<(), String> {
-    for (m, ad) in adapters {
-        let key = format!("{m}.weight");
-        let w = base
-            .get(&key)
-            .ok_or_else(|| format!("adapter {m}: no {key}"))?;
-        let delta =
-            ad.b.matmul(&ad.a)
-                .and_then(|d| d * scale)
-                .map_err(|e| format!("{m}: {e}"))?;
-        let merged = (w + delta).map_err(|e| format!("{m}: {e}"))?;
-        base.insert(key, merged);
-    }
+    adapters
+        .iter()
+        .try_for_each(|(m, ad)| merge_one(base, m, ad, scale))
+}
+
+/// Adds `scale·B·A` of `ad` into the weight of module `m`.
+fn merge_one(base: &mut Tensors, m: &str, ad: &Adapter, scale: f64) -> Result<(), String> {
+    let key = format!("{m}.weight");
+    let w = base
+        .get(&key)
+        .ok_or_else(|| format!("adapter {m}: no {key}"))?;
+    let delta =
+        ad.b.matmul(&ad.a)
+            .and_then(|d| d * scale)
+            .map_err(|e| format!("{m}: {e}"))?;
+    let merged = (w + delta).map_err(|e| format!("{m}: {e}"))?;
+    base.insert(key, merged);
     Ok(())
 }
 
@@ -191,6 +199,15 @@ pub fn diffusers_to_bfl(t: &Tensors, cfg: &Config) -> Result<Tensors, String> {
         for p in ["weight", "bias"] {
             out.insert(format!("{to}.{p}"), get(&format!("{from}.{p}"))?);
         }
+        Ok(())
+    };
+    // QK RMS norms: diffusers' `norm_q.weight` / `norm_k.weight` → BFL's `*_norm.scale`.
+    let norms = |to: &str, q: &str, k: &str, out: &mut Tensors| -> Result<(), String> {
+        out.insert(
+            format!("{to}.query_norm.scale"),
+            get(&format!("{q}.weight"))?,
+        );
+        out.insert(format!("{to}.key_norm.scale"), get(&format!("{k}.weight"))?);
         Ok(())
     };
     copy("x_embedder", "img_in", &mut out)?;
@@ -258,14 +275,12 @@ pub fn diffusers_to_bfl(t: &Tensors, cfg: &Config) -> Result<Tensors, String> {
                 &format!("{b}.{stream}_attn.proj"),
                 &mut out,
             )?;
-            out.insert(
-                format!("{b}.{stream}_attn.norm.query_norm.scale"),
-                get(&format!("{d}.{norm_q}.weight"))?,
-            );
-            out.insert(
-                format!("{b}.{stream}_attn.norm.key_norm.scale"),
-                get(&format!("{d}.{norm_k}.weight"))?,
-            );
+            norms(
+                &format!("{b}.{stream}_attn.norm"),
+                &format!("{d}.{norm_q}"),
+                &format!("{d}.{norm_k}"),
+                &mut out,
+            )?;
             copy(
                 &format!("{d}.{modul}.linear"),
                 &format!("{b}.{stream}_mod.lin"),
@@ -295,14 +310,12 @@ pub fn diffusers_to_bfl(t: &Tensors, cfg: &Config) -> Result<Tensors, String> {
         );
         out.insert(format!("{b}.linear1.bias"), cat(&fused(&d, &l1, "bias"))?);
         copy(&format!("{d}.proj_out"), &format!("{b}.linear2"), &mut out)?;
-        out.insert(
-            format!("{b}.norm.query_norm.scale"),
-            get(&format!("{d}.attn.norm_q.weight"))?,
-        );
-        out.insert(
-            format!("{b}.norm.key_norm.scale"),
-            get(&format!("{d}.attn.norm_k.weight"))?,
-        );
+        norms(
+            &format!("{b}.norm"),
+            &format!("{d}.attn.norm_q"),
+            &format!("{d}.attn.norm_k"),
+            &mut out,
+        )?;
         copy(
             &format!("{d}.norm.linear"),
             &format!("{b}.modulation.lin"),
@@ -541,9 +554,7 @@ impl OcclusionFormer {
                         base.insert(format!("{b}.lora.{module}.lora_A.weight"), ad.a);
                         base.insert(format!("{b}.lora.{module}.lora_B.weight"), ad.b);
                     } else {
-                        let mut one = HashMap::new();
-                        one.insert(format!("{b}.{module}"), ad);
-                        merge(&mut base, &one, 1.0)?;
+                        merge_one(&mut base, &format!("{b}.{module}"), &ad, 1.0)?;
                     }
                 }
                 if with_branch {
