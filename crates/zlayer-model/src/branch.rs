@@ -18,7 +18,7 @@ use crate::dit::{DoubleStreamBlock, Flux, FluxInput, SingleStreamBlock};
 use crate::layers::{ModulationOut, layer_norm, rope};
 use crate::layout::{Packing, ZHead, compose};
 use crate::regional::Regional;
-use candle_core::{D, DType, Result, Tensor};
+use candle_core::{D, Result, Tensor};
 use candle_nn::{Linear, Module, VarBuilder};
 
 /// The guidance the official branch embeds for layout passes (models with guidance input).
@@ -112,7 +112,7 @@ impl<'a> LayoutState<'a> {
         let scene: Vec<u32> = pk.scene.iter().map(|&s| s as u32).collect();
         let scene_ids = Tensor::from_vec(scene, pk.n, dev)?;
         let guided = flux.config().guidance_embed && x.guidance.is_some();
-        let g = |n: usize| Tensor::full(LAYOUT_GUIDANCE as f32, n, dev);
+        let g = |n: usize| Tensor::full(LAYOUT_GUIDANCE as f32, n, dev)?.to_dtype(vec.dtype());
         let temb = if guided {
             flux.conditioning(x.timesteps, x.y, Some(&g(batch)?))?
         } else {
@@ -136,7 +136,7 @@ impl<'a> LayoutState<'a> {
                 &cfg.axes_dim,
                 cfg.theta,
             )?,
-            tokens: input.tokens.unsqueeze(1)?.to_dtype(DType::F32)?,
+            tokens: input.tokens.unsqueeze(1)?.to_dtype(vec.dtype())?,
             maps: BranchMaps::default(),
         })
     }

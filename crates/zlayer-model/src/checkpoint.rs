@@ -30,49 +30,121 @@ pub enum KeyLayout {
 /// Reads a checkpoint: a `.safetensors` file, a diffusers `*.safetensors.index.json`, or a
 /// folder holding either (the index wins).
 pub fn read(path: &Path, dev: &Device) -> Result<Tensors, String> {
-    let index = if path.is_dir() {
-        match files_in(path, ".safetensors.index.json")?
-            .into_iter()
-            .next()
-        {
-            Some(i) => i,
-            None => {
-                let files = files_in(path, ".safetensors")?;
-                return match files.as_slice() {
-                    [one] => read_file(one, dev),
-                    [] => Err(format!("{}: no .safetensors file or index", path.display())),
-                    _ => Err(format!(
-                        "{}: {} .safetensors files and no *.safetensors.index.json saying which belong together",
-                        path.display(),
-                        files.len()
-                    )),
-                };
-            }
-        }
-    } else if path.to_string_lossy().ends_with(".index.json") {
-        path.to_path_buf()
-    } else {
-        return read_file(path, dev);
-    };
-    let text = std::fs::read_to_string(&index).map_err(|e| format!("{}: {e}", index.display()))?;
-    let v: serde_json::Value =
-        serde_json::from_str(&text).map_err(|e| format!("{}: {e}", index.display()))?;
-    let map = v["weight_map"]
-        .as_object()
-        .ok_or_else(|| format!("{}: no \"weight_map\" object", index.display()))?;
-    let mut shards: Vec<&str> = map.values().filter_map(|s| s.as_str()).collect();
-    shards.sort_unstable();
-    shards.dedup();
-    let dir = index.parent().unwrap_or(Path::new("."));
+    let shards = Shards::locate(path)?;
     let mut all = Tensors::new();
-    for s in shards {
-        all.extend(read_file(&dir.join(s), dev)?);
+    for f in &shards.files {
+        all.extend(read_file(f, dev)?);
     }
-    if let Some(k) = map.keys().find(|k| !all.contains_key(*k)) {
+    if let Some((index, keys)) = &shards.index
+        && let Some(k) = keys.iter().find(|k| !all.contains_key(*k))
+    {
         return Err(format!(
             "{}: lists {k:?}, which its shard does not hold",
             index.display()
         ));
+    }
+    Ok(all)
+}
+
+/// The `.safetensors` files that [`read`] would read for `path`.
+pub fn weight_files(path: &Path) -> Result<Vec<PathBuf>, String> {
+    Ok(Shards::locate(path)?.files)
+}
+
+/// The files of a checkpoint, and the index that lists them (with its keys) if any.
+struct Shards {
+    files: Vec<PathBuf>,
+    index: Option<(PathBuf, Vec<String>)>,
+}
+
+impl Shards {
+    fn locate(path: &Path) -> Result<Self, String> {
+        let single = |f: PathBuf| {
+            Ok(Self {
+                files: vec![f],
+                index: None,
+            })
+        };
+        let index = if path.is_dir() {
+            match files_in(path, ".safetensors.index.json")?
+                .into_iter()
+                .next()
+            {
+                Some(i) => i,
+                None => {
+                    let files = files_in(path, ".safetensors")?;
+                    return match files.len() {
+                        1 => single(files[0].clone()),
+                        0 => Err(format!("{}: no .safetensors file or index", path.display())),
+                        n => Err(format!(
+                            "{}: {n} .safetensors files and no *.safetensors.index.json saying which belong together",
+                            path.display()
+                        )),
+                    };
+                }
+            }
+        } else if path.to_string_lossy().ends_with(".index.json") {
+            path.to_path_buf()
+        } else {
+            return single(path.to_path_buf());
+        };
+        let text =
+            std::fs::read_to_string(&index).map_err(|e| format!("{}: {e}", index.display()))?;
+        let v: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| format!("{}: {e}", index.display()))?;
+        let map = v["weight_map"]
+            .as_object()
+            .ok_or_else(|| format!("{}: no \"weight_map\" object", index.display()))?;
+        let mut shards: Vec<&str> = map.values().filter_map(|s| s.as_str()).collect();
+        shards.sort_unstable();
+        shards.dedup();
+        let dir = index.parent().unwrap_or(Path::new("."));
+        Ok(Self {
+            files: shards.iter().map(|s| dir.join(s)).collect(),
+            index: Some((index.clone(), map.keys().cloned().collect())),
+        })
+    }
+}
+
+/// A tensor as a safetensors header describes it.
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+pub struct Entry {
+    /// Its stored type (`BF16`, `F32`, …).
+    pub dtype: String,
+    /// Its shape.
+    pub shape: Vec<usize>,
+}
+
+impl Entry {
+    /// Number of elements.
+    pub fn elements(&self) -> usize {
+        self.shape.iter().product()
+    }
+}
+
+/// The tensors a checkpoint holds (as [`read`] finds its files), from the headers alone: no
+/// tensor data is read, so a model's size is known before it is loaded.
+pub fn header(path: &Path) -> Result<HashMap<String, Entry>, String> {
+    use std::io::Read;
+    let mut all = HashMap::new();
+    for f in weight_files(path)? {
+        let err = |e: String| format!("{}: not a safetensors file ({e})", f.display());
+        let mut file = std::fs::File::open(&f).map_err(|e| format!("{}: {e}", f.display()))?;
+        let mut len = [0u8; 8];
+        file.read_exact(&mut len).map_err(|e| err(e.to_string()))?;
+        let len = u64::from_le_bytes(len);
+        if len > 100 << 20 {
+            return Err(err(format!("a header of {len} bytes")));
+        }
+        let mut text = vec![0u8; len as usize];
+        file.read_exact(&mut text).map_err(|e| err(e.to_string()))?;
+        let mut map: HashMap<String, serde_json::Value> =
+            serde_json::from_slice(&text).map_err(|e| err(e.to_string()))?;
+        map.remove("__metadata__");
+        for (k, v) in map {
+            let e: Entry = serde_json::from_value(v).map_err(|e| err(format!("{k}: {e}")))?;
+            all.insert(k, e);
+        }
     }
     Ok(all)
 }
@@ -94,7 +166,7 @@ fn read_file(path: &Path, dev: &Device) -> Result<Tensors, String> {
 
 /// The layout a set of keys is in (a `transformer.` prefix, as some exports have, is ignored
 /// by [`strip_prefix`]).
-pub fn detect(t: &Tensors) -> Result<KeyLayout, String> {
+pub fn detect<V>(t: &HashMap<String, V>) -> Result<KeyLayout, String> {
     let has = |p: &str| t.keys().any(|k| k.starts_with(p));
     if has("double_blocks.") || has("img_in.") {
         Ok(KeyLayout::Bfl)
@@ -493,6 +565,24 @@ impl OcclusionFormer {
             })
             .collect();
         Ok(Self { adapters, layout })
+    }
+
+    /// The blocks its layout weights belong to: (double, single), sorted.
+    pub fn branch_blocks(&self) -> (Vec<usize>, Vec<usize>) {
+        let blocks = |kind: &str| {
+            let mut v: Vec<usize> = self
+                .layout
+                .keys()
+                .filter_map(|k| k.strip_prefix(kind)?.split('.').next()?.parse().ok())
+                .collect();
+            v.sort_unstable();
+            v.dedup();
+            v
+        };
+        (
+            blocks("transformer_blocks."),
+            blocks("single_transformer_blocks."),
+        )
     }
 
     /// Puts the checkpoint onto base weights `base` (zlayer's BFL names, see

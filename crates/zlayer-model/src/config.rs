@@ -72,6 +72,51 @@ impl Config {
         }
     }
 
+    /// The transformer's config from a diffusers `transformer/config.json`
+    /// (`FluxTransformer2DModel`: `num_layers`, `attention_head_dim`, `axes_dims_rope`, …).
+    pub fn from_diffusers(json: &serde_json::Value) -> Result<Self, ConfigError> {
+        let num = |k: &str| {
+            json.get(k)
+                .and_then(|v| v.as_u64())
+                .map(|v| v as usize)
+                .ok_or_else(|| {
+                    ConfigError(format!(
+                        "diffusers config: `{k}` is missing or not a number"
+                    ))
+                })
+        };
+        let patch = json.get("patch_size").and_then(|v| v.as_u64()).unwrap_or(1) as usize;
+        let heads = num("num_attention_heads")?;
+        let axes: Vec<usize> = json
+            .get("axes_dims_rope")
+            .and_then(|v| serde_json::from_value(v.clone()).ok())
+            .ok_or_else(|| ConfigError("diffusers config: `axes_dims_rope` is missing".into()))?;
+        let Ok(axes_dim) = <[usize; 3]>::try_from(axes) else {
+            return Err(ConfigError(
+                "diffusers config: `axes_dims_rope` must have 3 entries (layer, row, col)".into(),
+            ));
+        };
+        let cfg = Self {
+            in_channels: num("in_channels")? * patch * patch,
+            hidden_size: heads * num("attention_head_dim")?,
+            num_heads: heads,
+            depth: num("num_layers")?,
+            depth_single_blocks: num("num_single_layers")?,
+            mlp_ratio: 4.0,
+            context_in_dim: num("joint_attention_dim")?,
+            vec_in_dim: num("pooled_projection_dim")?,
+            axes_dim,
+            theta: 10_000.0,
+            qkv_bias: true,
+            guidance_embed: json
+                .get("guidance_embeds")
+                .and_then(|v| v.as_bool())
+                .unwrap_or(false),
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
     /// Head dimension.
     pub fn head_dim(&self) -> usize {
         self.hidden_size / self.num_heads
@@ -157,6 +202,34 @@ mod tests {
         }
         // FLUX.1-dev's transformer as diffusers counts it.
         assert_eq!(Config::flux_dev().parameters(), 11_901_408_320);
+    }
+
+    #[test]
+    fn diffusers_configs_give_the_presets_shapes() {
+        // FLUX.1-dev's transformer/config.json as published.
+        let dev = serde_json::json!({
+            "_class_name": "FluxTransformer2DModel", "attention_head_dim": 128,
+            "axes_dims_rope": [16, 56, 56], "guidance_embeds": true, "in_channels": 64,
+            "joint_attention_dim": 4096, "num_attention_heads": 24, "num_layers": 19,
+            "num_single_layers": 38, "patch_size": 1, "pooled_projection_dim": 768
+        });
+        assert_eq!(Config::from_diffusers(&dev).unwrap(), Config::flux_dev());
+        let mut bad = dev.clone();
+        bad["axes_dims_rope"] = serde_json::json!([16, 56]);
+        assert!(
+            Config::from_diffusers(&bad)
+                .unwrap_err()
+                .to_string()
+                .contains("3 entries")
+        );
+        bad = dev;
+        bad.as_object_mut().unwrap().remove("num_layers");
+        assert!(
+            Config::from_diffusers(&bad)
+                .unwrap_err()
+                .to_string()
+                .contains("`num_layers` is missing")
+        );
     }
 
     #[test]

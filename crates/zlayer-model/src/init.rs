@@ -90,6 +90,29 @@ impl SimpleBackend for Seeded {
     }
 }
 
+/// A `VarBuilder` whose every tensor is fresh N(0, 0.02²) noise drawn on `dev`, kept
+/// nowhere: full-size models for speed and memory benchmarks, whose values do not matter.
+pub fn noise_weights(dtype: DType, dev: &Device) -> VarBuilder<'static> {
+    VarBuilder::from_backend(Box::new(Noise), dtype, dev.clone())
+}
+
+struct Noise;
+
+impl SimpleBackend for Noise {
+    fn get(&self, s: Shape, _: &str, _: Init, dtype: DType, dev: &Device) -> Result<Tensor> {
+        // Drawn in f32: CUDA's generator has no half-precision path.
+        Tensor::randn(0f32, 0.02, s, dev)?.to_dtype(dtype)
+    }
+
+    fn get_unchecked(&self, name: &str, _dtype: DType, _dev: &Device) -> Result<Tensor> {
+        candle_core::bail!("{name}: noise weights need a shape")
+    }
+
+    fn contains_tensor(&self, _: &str) -> bool {
+        true
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -10,16 +10,21 @@ use candle_nn::{Linear, Module, VarBuilder};
 
 /// RMS normalisation over the last dimension with a learned scale (`…scale` key).
 pub fn rms_norm(x: &Tensor, scale: &Tensor, eps: f64) -> Result<Tensor> {
+    let dtype = x.dtype();
+    let x = x.to_dtype(DType::F32)?;
     let rms = (x.sqr()?.mean_keepdim(D::Minus1)? + eps)?.sqrt()?;
-    x.broadcast_div(&rms)?.broadcast_mul(scale)
+    x.broadcast_div(&rms)?.to_dtype(dtype)?.broadcast_mul(scale)
 }
 
 /// Layer normalisation over the last dimension, without affine parameters (eps 1e-6).
+/// Statistics are taken in f32 whatever the input's type, as FLUX's norms do in bf16.
 pub fn layer_norm(x: &Tensor) -> Result<Tensor> {
+    let dtype = x.dtype();
+    let x = x.to_dtype(DType::F32)?;
     let mean = x.mean_keepdim(D::Minus1)?;
     let xc = x.broadcast_sub(&mean)?;
     let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
-    xc.broadcast_div(&(var + 1e-6)?.sqrt()?)
+    xc.broadcast_div(&(var + 1e-6)?.sqrt()?)?.to_dtype(dtype)
 }
 
 /// Sinusoidal embedding of timesteps `t` (B,) scaled by 1000, as Flux does: (B, dim).
@@ -82,9 +87,16 @@ pub fn masked_attention(
     let (b, h, l, d) = q.dims4()?;
     let mut scores = (q.matmul(&k.t()?)? / (d as f64).sqrt())?; // (B, H, L, L)
     if let Some(bias) = bias {
-        scores = scores.broadcast_add(bias)?;
+        scores = scores.broadcast_add(&bias.to_dtype(scores.dtype())?)?;
     }
-    let probs = candle_nn::ops::softmax(&scores, D::Minus1)?;
+    // Half precision is for inference (FLUX.1-dev in bf16), which needs no backward: the
+    // fused softmax accumulates in f32 there, where the composed one would sum thousands of
+    // keys in bf16. Training runs in f32 through the differentiable form (DESIGN.md §6).
+    let probs = if scores.dtype() == DType::F32 {
+        candle_nn::ops::softmax(&scores, D::Minus1)?
+    } else {
+        candle_nn::ops::softmax_last_dim(&scores)?
+    };
     probs.matmul(v)?.transpose(1, 2)?.reshape((b, l, h * d))
 }
 

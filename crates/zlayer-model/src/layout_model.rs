@@ -161,6 +161,93 @@ pub struct Prepared {
     grid: (usize, usize),
 }
 
+impl Prepared {
+    /// Tensors for a batch of scene layouts on `grid`, with each instance's pooled caption
+    /// (N, pooled) from whatever text encoder the model uses; `regional` adds the per-scene
+    /// sequences of the `global` variants.
+    pub fn new(
+        scenes: &[SceneLayout],
+        grid: (usize, usize),
+        pooled: Tensor,
+        regional: bool,
+    ) -> Result<Self> {
+        let dev = pooled.device().clone();
+        let l = grid.0 * grid.1;
+        let mut boxes = Vec::new();
+        let (mut points, mut masks, mut occluders, mut amodal) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let mut levels = Vec::new();
+        for (s, scene) in scenes.iter().enumerate() {
+            let first = boxes.len();
+            for inst in &scene.instances {
+                if inst.soft.len() != l {
+                    candle_core::bail!("a soft mask has {} tokens, the grid {l}", inst.soft.len());
+                }
+                let b = inst.bbox;
+                let centre = [
+                    0.0,
+                    (b[1] + b[3]) / 2.0 * grid.0 as f32,
+                    (b[0] + b[2]) / 2.0 * grid.1 as f32,
+                ];
+                boxes.push((s, inst.tokens.clone(), centre));
+                levels.push(inst.level.min(RANK_LEVELS - 1) as u32);
+                points.extend_from_slice(&box_points(b));
+                masks.extend_from_slice(&inst.soft);
+                occluders.push(
+                    inst.occluders
+                        .iter()
+                        .map(|&j| first + j)
+                        .collect::<Vec<_>>(),
+                );
+                if let Some(a) = &inst.amodal {
+                    amodal.extend_from_slice(a);
+                }
+            }
+        }
+        let n = boxes.len();
+        if n == 0 {
+            candle_core::bail!("no instances in the batch");
+        }
+        if pooled.dim(0)? != n {
+            candle_core::bail!("{} pooled captions for {n} instances", pooled.dim(0)?);
+        }
+        let dtype = pooled.dtype();
+        let img_ids = BaseModel::image_ids(scenes.len(), grid.0, grid.1, &dev)?;
+        let regional = regional
+            .then(|| Regional::new(&boxes, scenes.len(), &img_ids))
+            .transpose()?;
+        Ok(Self {
+            packing: Packing::new(&boxes, scenes.len(), &img_ids)?,
+            regional,
+            levels: Tensor::from_vec(levels, n, &dev)?,
+            pooled,
+            points: Tensor::from_vec(points, (n, 72), &dev)?.to_dtype(dtype)?,
+            masks: Tensor::from_vec(masks, (n, l), &dev)?.to_dtype(dtype)?,
+            occluders,
+            amodal: (amodal.len() == n * l)
+                .then(|| Tensor::from_vec(amodal, (n, l), &dev))
+                .transpose()?,
+            grid,
+        })
+    }
+
+    /// The branch's input, with layout tokens `tokens` (N, hidden) made from these captions
+    /// and boxes.
+    pub fn input<'a>(&'a self, tokens: &'a Tensor, variant: Variant) -> LayoutInput<'a> {
+        LayoutInput {
+            packing: &self.packing,
+            tokens,
+            pooled: &self.pooled,
+            masks: &self.masks,
+            occluders: &self.occluders,
+            grid: self.grid,
+            static_sigma: variant == Variant::StaticSigma,
+            regional: self.regional.as_ref(),
+            attention_maps: variant == Variant::AttnMapLoss,
+        }
+    }
+}
+
 /// The frozen base with the layout branch.
 pub struct LayoutModel {
     /// The base model (its weights are plain tensors: frozen).
@@ -202,48 +289,19 @@ impl LayoutModel {
         })
     }
 
-    /// Tensors for a batch of scene layouts on `grid`.
+    /// Tensors for a batch of scene layouts on `grid`, the captions pooled by the base's
+    /// text encoder.
     pub fn prepare(
         &self,
         scenes: &[SceneLayout],
         grid: (usize, usize),
         dev: &Device,
     ) -> Result<Prepared> {
-        let l = grid.0 * grid.1;
-        let mut boxes = Vec::new();
-        let (mut captions, mut points, mut masks, mut occluders, mut amodal) =
-            (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        let mut levels = Vec::new();
-        for (s, scene) in scenes.iter().enumerate() {
-            let first = boxes.len();
-            for inst in &scene.instances {
-                if inst.soft.len() != l {
-                    candle_core::bail!("a soft mask has {} tokens, the grid {l}", inst.soft.len());
-                }
-                let b = inst.bbox;
-                let centre = [
-                    0.0,
-                    (b[1] + b[3]) / 2.0 * grid.0 as f32,
-                    (b[0] + b[2]) / 2.0 * grid.1 as f32,
-                ];
-                boxes.push((s, inst.tokens.clone(), centre));
-                captions.push(inst.caption.as_str());
-                levels.push(inst.level.min(RANK_LEVELS - 1) as u32);
-                points.extend_from_slice(&box_points(b));
-                masks.extend_from_slice(&inst.soft);
-                occluders.push(
-                    inst.occluders
-                        .iter()
-                        .map(|&j| first + j)
-                        .collect::<Vec<_>>(),
-                );
-                if let Some(a) = &inst.amodal {
-                    amodal.extend_from_slice(a);
-                }
-            }
-        }
-        let n = boxes.len();
-        if n == 0 {
+        let captions: Vec<&str> = scenes
+            .iter()
+            .flat_map(|s| s.instances.iter().map(|i| i.caption.as_str()))
+            .collect();
+        if captions.is_empty() {
             candle_core::bail!("no instances in the batch");
         }
         let ids = self
@@ -252,25 +310,7 @@ impl LayoutModel {
             .batch(&captions, self.base.max_len, dev)
             .map_err(candle_core::Error::wrap)?;
         let (_, pooled) = self.base.text.forward(&ids)?;
-        let img_ids = BaseModel::image_ids(scenes.len(), grid.0, grid.1, dev)?;
-        let regional = self
-            .variant
-            .regional()
-            .then(|| Regional::new(&boxes, scenes.len(), &img_ids))
-            .transpose()?;
-        Ok(Prepared {
-            packing: Packing::new(&boxes, scenes.len(), &img_ids)?,
-            regional,
-            levels: Tensor::from_vec(levels, n, dev)?,
-            pooled: pooled.detach(),
-            points: Tensor::from_vec(points, (n, 72), dev)?,
-            masks: Tensor::from_vec(masks, (n, l), dev)?,
-            occluders,
-            amodal: (amodal.len() == n * l)
-                .then(|| Tensor::from_vec(amodal, (n, l), dev))
-                .transpose()?,
-            grid,
-        })
+        Prepared::new(scenes, grid, pooled.detach(), self.variant.regional())
     }
 
     /// Velocity with the branch (B, L, C), and the maps of each layout block.
@@ -288,17 +328,7 @@ impl LayoutModel {
         if let Some(e) = &self.rank_embed {
             tokens = (tokens + e.forward(&p.levels)?)?;
         }
-        let input = LayoutInput {
-            packing: &p.packing,
-            tokens: &tokens,
-            pooled: &p.pooled,
-            masks: &p.masks,
-            occluders: &p.occluders,
-            grid: p.grid,
-            static_sigma: self.variant == Variant::StaticSigma,
-            regional: p.regional.as_ref(),
-            attention_maps: self.variant == Variant::AttnMapLoss,
-        };
+        let input = p.input(&tokens, self.variant);
         self.base.dit.forward_layout(
             &FluxInput {
                 img: x,

@@ -24,6 +24,8 @@ pub mod bundle;
 pub mod checkpoint;
 pub mod config;
 pub mod dit;
+pub mod encoders;
+pub mod flux_dev;
 pub mod init;
 pub mod larender;
 pub mod layers;

@@ -2,34 +2,18 @@
 //! OcclusionFormer parity run's diffusers weights reproduce its transformer output, and a
 //! random checkpoint gives the same output from its BFL, diffusers and sharded forms.
 
+mod ckpt;
 mod common;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
+use ckpt::{fixture_config, random_bfl, to_diffusers};
 use common::max_diff;
 use std::collections::HashMap;
 use zlayer_model::branch::{BranchMaps, LayoutInput};
 use zlayer_model::checkpoint::{self, KeyLayout, Tensors};
 use zlayer_model::config::Config;
 use zlayer_model::dit::{Flux, FluxInput};
-
-/// The parity fixture's transformer (meta.json).
-fn fixture_config() -> Config {
-    Config {
-        in_channels: 16,
-        hidden_size: 32,
-        num_heads: 2,
-        depth: 2,
-        depth_single_blocks: 2,
-        mlp_ratio: 4.0,
-        context_in_dim: 24,
-        vec_in_dim: 16,
-        axes_dim: [4, 6, 6],
-        theta: 10_000.0,
-        qkv_bias: true,
-        guidance_embed: true,
-    }
-}
 
 fn flux(t: Tensors, cfg: &Config) -> Flux {
     Flux::new(cfg, VarBuilder::from_tensors(t, DType::F32, &Device::Cpu)).unwrap()
@@ -111,128 +95,6 @@ fn the_official_parity_weights_reproduce_the_transformer_without_its_layout_bran
         off > 1e-2 && on > 1e-2,
         "the LoRA state must matter: {off} {on}"
     );
-}
-
-/// A random BFL checkpoint at `cfg`: the model's own initialisation.
-fn random_bfl(cfg: &Config) -> Tensors {
-    let vm = candle_nn::VarMap::new();
-    Flux::new(cfg, VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu)).unwrap();
-    let data = vm.data().lock().unwrap();
-    data.iter()
-        .map(|(k, v)| {
-            // Biases start at zero; give every tensor values so that every path counts.
-            let r = Tensor::randn(0f32, 0.1, v.shape(), &Device::Cpu).unwrap();
-            (k.clone(), (v.as_tensor() + r).unwrap())
-        })
-        .collect()
-}
-
-/// The same weights under diffusers' names: the inverse of the mapping under test, written
-/// out key by key.
-fn to_diffusers(t: &Tensors, cfg: &Config) -> Tensors {
-    let mut out = Tensors::new();
-    let h = cfg.hidden_size;
-    let mut put = |k: String, v: Tensor| {
-        out.insert(k, v);
-    };
-    let rows = |v: &Tensor, sizes: &[usize]| -> Vec<Tensor> {
-        let mut at = 0;
-        sizes
-            .iter()
-            .map(|&n| {
-                at += n;
-                v.narrow(0, at - n, n).unwrap()
-            })
-            .collect()
-    };
-    for (k, v) in t {
-        let parts: Vec<&str> = k.split('.').collect();
-        let (stem, param) = k.rsplit_once('.').unwrap();
-        let renamed = match parts.as_slice() {
-            ["img_in", ..] => Some(format!("x_embedder.{param}")),
-            ["txt_in", ..] => Some(format!("context_embedder.{param}")),
-            [e @ ("time_in" | "vector_in" | "guidance_in"), l, _] => {
-                let e = match *e {
-                    "time_in" => "timestep_embedder",
-                    "vector_in" => "text_embedder",
-                    _ => "guidance_embedder",
-                };
-                let l = if *l == "in_layer" {
-                    "linear_1"
-                } else {
-                    "linear_2"
-                };
-                Some(format!("time_text_embed.{e}.{l}.{param}"))
-            }
-            ["final_layer", "linear", _] => Some(format!("proj_out.{param}")),
-            ["final_layer", "adaLN_modulation", "1", _] => {
-                let c = v.chunk(2, 0).unwrap();
-                put(
-                    format!("norm_out.linear.{param}"),
-                    Tensor::cat(&[&c[1], &c[0]], 0).unwrap(),
-                );
-                None
-            }
-            ["double_blocks", i, s, rest @ ..] => {
-                let d = format!("transformer_blocks.{i}");
-                let img = s.starts_with("img");
-                match (s.split_once('_').unwrap().1, rest) {
-                    ("attn", ["qkv", _]) => {
-                        let names = if img {
-                            ["to_q", "to_k", "to_v"]
-                        } else {
-                            ["add_q_proj", "add_k_proj", "add_v_proj"]
-                        };
-                        for (n, p) in names.iter().zip(rows(v, &[h, h, h])) {
-                            put(format!("{d}.attn.{n}.{param}"), p);
-                        }
-                        None
-                    }
-                    ("attn", ["proj", _]) => Some(format!(
-                        "{d}.attn.{}.{param}",
-                        if img { "to_out.0" } else { "to_add_out" }
-                    )),
-                    ("attn", ["norm", n, _]) => {
-                        let a = if img { "" } else { "added_" };
-                        Some(format!("{d}.attn.norm_{a}{}.weight", &n[..1]))
-                    }
-                    ("mod", ["lin", _]) => Some(format!(
-                        "{d}.{}.linear.{param}",
-                        if img { "norm1" } else { "norm1_context" }
-                    )),
-                    ("mlp", [l, _]) => {
-                        let ff = if img { "ff" } else { "ff_context" };
-                        Some(format!(
-                            "{d}.{ff}.net.{}.{param}",
-                            if *l == "0" { "0.proj" } else { "2" }
-                        ))
-                    }
-                    _ => panic!("unmapped {k}"),
-                }
-            }
-            ["single_blocks", i, rest @ ..] => {
-                let d = format!("single_transformer_blocks.{i}");
-                match rest {
-                    ["linear1", _] => {
-                        let names = ["attn.to_q", "attn.to_k", "attn.to_v", "proj_mlp"];
-                        for (n, p) in names.iter().zip(rows(v, &[h, h, h, cfg.mlp_hidden()])) {
-                            put(format!("{d}.{n}.{param}"), p);
-                        }
-                        None
-                    }
-                    ["linear2", _] => Some(format!("{d}.proj_out.{param}")),
-                    ["norm", n, _] => Some(format!("{d}.attn.norm_{}.weight", &n[..1])),
-                    ["modulation", "lin", _] => Some(format!("{d}.norm.linear.{param}")),
-                    _ => panic!("unmapped {k}"),
-                }
-            }
-            _ => panic!("unmapped {k} ({stem})"),
-        };
-        if let Some(r) = renamed {
-            put(r, v.clone());
-        }
-    }
-    out
 }
 
 /// The RoPE ids (1, 36, 3) of a 6 × 6 token grid.
@@ -343,6 +205,8 @@ fn the_official_parity_run_is_reproduced_with_its_layout_branch() {
     let meta: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("meta.json")).unwrap()).unwrap();
     let cfg = fixture_config();
+    // The official run's diffusers config reads as the same shapes.
+    assert_eq!(Config::from_diffusers(&meta["config"]).unwrap(), cfg);
     let raw = checkpoint::read(&dir.join("weights.safetensors"), &dev).unwrap();
     let (base, _) = checkpoint::split_peft(raw.clone()).unwrap();
     let base = checkpoint::diffusers_to_bfl(&base, &cfg).unwrap();
@@ -456,70 +320,7 @@ fn the_three_published_occlusionformer_forms_load_to_one_model() {
     // of double block 0 and single block 1, under diffusers names.
     let bfl = random_bfl(&cfg);
     let diff = to_diffusers(&bfl, &cfg);
-    let targets = [
-        "attn.to_q",
-        "attn.to_k",
-        "attn.to_v",
-        "attn.add_q_proj",
-        "attn.add_k_proj",
-        "attn.add_v_proj",
-        "attn.to_out.0",
-        "attn.to_add_out",
-        "norm1.linear",
-        "norm1_context.linear",
-        "ff.net.2",
-        "norm.linear",
-        "proj_mlp",
-    ];
-    let mut lora: Vec<(String, Tensor)> = Vec::new();
-    for (k, w) in &diff {
-        let Some(m) = k.strip_suffix(".weight") else {
-            continue;
-        };
-        if !targets.iter().any(|t| m.ends_with(&format!(".{t}"))) || w.rank() != 2 {
-            continue;
-        }
-        let (out, inp) = w.dims2().unwrap();
-        lora.push((
-            format!("{m}.lora_A"),
-            Tensor::randn(0f32, 0.1, (4, inp), &dev).unwrap(),
-        ));
-        lora.push((
-            format!("{m}.lora_B"),
-            Tensor::randn(0f32, 0.1, (out, 4), &dev).unwrap(),
-        ));
-    }
-    let vm = candle_nn::VarMap::new();
-    let mut with_branch = Flux::new(&cfg, VarBuilder::from_varmap(&vm, DType::F32, &dev)).unwrap();
-    with_branch
-        .attach_layout(
-            &[0],
-            &[1],
-            4,
-            VarBuilder::from_varmap(&vm, DType::F32, &dev),
-        )
-        .unwrap();
-    zlayer_model::layout::LayoutNet::new(
-        16,
-        32,
-        VarBuilder::from_varmap(&vm, DType::F32, &dev).pp("layout_net"),
-    )
-    .unwrap();
-    let mut layout: Vec<(String, Tensor)> = Vec::new();
-    for (k, v) in vm.data().lock().unwrap().iter() {
-        let r = (v.as_tensor() + Tensor::randn(0f32, 0.1, v.shape(), &dev).unwrap()).unwrap();
-        let k = k
-            .replace("double_blocks.", "transformer_blocks.")
-            .replace("single_blocks.", "single_transformer_blocks.");
-        if k.starts_with("layout_net.")
-            || ["layout_forward", "norm1_layout", "mask_predictor"]
-                .iter()
-                .any(|p| k.contains(p))
-        {
-            layout.push((k, r));
-        }
-    }
-    layout.sort_by(|a, b| a.0.cmp(&b.0));
+    let (lora, layout) = ckpt::random_branch(&cfg, &diff, &[0], &[1]);
     let dir = std::env::temp_dir().join(format!("zlayer-occ-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let save = |name: &str, t: Vec<(String, Tensor)>| {

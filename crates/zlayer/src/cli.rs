@@ -93,8 +93,18 @@ enum Command {
     /// captions and Z-order drive the layout branch (`models/tiny/layout.safetensors`).
     #[command(after_help = "Examples:
   zlayer generate --prompt \"a red sphere in front of a blue cube on a sky background\" -o out.png --n 4
-  zlayer generate examples/sphere-cube.json -o out.png --grounding-ratio 0.3")]
+  zlayer generate examples/sphere-cube.json -o out.png --grounding-ratio 0.3
+  zlayer generate --model flux-dev --weights FLUX.1-dev/ --occlusionformer bundle_weights.safetensors \\
+      --clip-tokenizer clip-vit-large-patch14/tokenizer.json scene.json -o out.png   # GPU build, docs/flux-dev.md")]
     Generate(crate::generate_cmd::GenerateArgs),
+    /// Time one FLUX.1-dev denoising step with random weights of the real width: the base
+    /// against the layout branch with 1, 4, 8 and 16 instances (seconds, peak memory, ratios).
+    ///
+    /// Nothing to download: speed does not depend on the weights' values.
+    #[command(after_help = "Examples:
+  zlayer bench-step --device cuda                                  # 1024², the full 19 + 38 blocks
+  zlayer bench-step --device cpu --size 512 --blocks 2,4 --repeats 1  # a CPU stand-in at reduced size")]
+    BenchStep(crate::bench_step::BenchStepArgs),
     /// Score the base model on held-out global prompts: does the metrics segmenter find every
     /// prompted colour in the generated image? Writes a summary, a CSV and a sample sheet.
     ///
@@ -192,6 +202,7 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
         Command::Eval(args) => crate::eval_cmd::run(args),
         Command::Train(cmd) => crate::train_cmd::run(cmd),
         Command::Generate(args) => crate::generate_cmd::run(args),
+        Command::BenchStep(args) => crate::bench_step::run(args),
         Command::EvalPrompts(args) => crate::eval_prompts::run(args),
         Command::EvalLayout(args) => crate::eval_layout::run(args),
     }

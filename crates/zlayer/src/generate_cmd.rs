@@ -16,34 +16,56 @@ use zlayer_synth::vocab::Background;
 pub struct GenerateArgs {
     /// A scene (any importable format): boxes, captions and Z-order for the layout branch.
     /// It is validated first; a rejected scene never reaches the model.
-    scene: Option<PathBuf>,
+    pub(crate) scene: Option<PathBuf>,
     /// The global prompt, in the model's vocabulary (see `zlayer synth --vocab`); with a
     /// scene, defaults to the scene's prompt.
     #[arg(long, required_unless_present = "scene")]
-    prompt: Option<String>,
+    pub(crate) prompt: Option<String>,
     /// Fraction of the sampling steps that run the layout branch (default: the model
     /// file's tuned `grounding_ratio`, else the official 0.3; see docs/layout.md).
     #[arg(long, value_parser = ratio)]
-    grounding_ratio: Option<f64>,
+    pub(crate) grounding_ratio: Option<f64>,
     /// Output PNG (a row of --n samples).
     #[arg(short, long)]
-    output: PathBuf,
-    /// Model folder with vae.safetensors and base.safetensors (and their .json).
+    pub(crate) output: PathBuf,
+    /// Model folder with vae.safetensors and base.safetensors (and their .json), or
+    /// `flux-dev` for FLUX.1-dev weights given with --weights (docs/flux-dev.md).
     #[arg(long, default_value = "models/tiny")]
-    model: PathBuf,
+    pub(crate) model: PathBuf,
     /// Seed of the noise.
     #[arg(long, default_value_t = 0)]
-    seed: u64,
-    /// Euler steps.
-    #[arg(long, default_value_t = 20)]
-    steps: usize,
-    /// Classifier-free guidance scale (1 disables it: the bundled tiny base finds more of the
-    /// prompted colours without guidance, see docs/model.md).
-    #[arg(long, default_value_t = 1.0)]
-    guidance: f64,
+    pub(crate) seed: u64,
+    /// Euler steps [default: 20; 28 for flux-dev].
+    #[arg(long)]
+    pub(crate) steps: Option<usize>,
+    /// Guidance: classifier-free for the tiny model [default: 1, off: the bundled base finds
+    /// more of the prompted colours without it, see docs/model.md]; FLUX.1-dev's distilled
+    /// guidance for flux-dev [default: 3.5].
+    #[arg(long)]
+    pub(crate) guidance: Option<f64>,
+    /// flux-dev: the FLUX.1-dev download (flux1-dev.safetensors or transformer/,
+    /// ae.safetensors, text_encoder/, text_encoder_2/, tokenizer_2/).
+    #[arg(long)]
+    pub(crate) weights: Option<PathBuf>,
+    /// flux-dev: the official OcclusionFormer checkpoint, in any published form
+    /// (`lora.safetensors,occ.pth`, or `bundle_weights.safetensors`); without it the scene's
+    /// boxes and order are not used.
+    #[arg(long, value_delimiter = ',')]
+    pub(crate) occlusionformer: Vec<PathBuf>,
+    /// flux-dev: T5's tokenizer.json [default: WEIGHTS/tokenizer_2/tokenizer.json].
+    #[arg(long)]
+    pub(crate) t5_tokenizer: Option<PathBuf>,
+    /// flux-dev: CLIP-L's tokenizer.json [default: WEIGHTS/tokenizer/tokenizer.json; FLUX.1-dev
+    /// ships none, openai/clip-vit-large-patch14 does].
+    #[arg(long)]
+    pub(crate) clip_tokenizer: Option<PathBuf>,
+    /// flux-dev: where to run: cuda (bf16; a build with `--features cuda`) or cpu (f32)
+    /// [default: cuda when built with it, else cpu].
+    #[arg(long)]
+    pub(crate) device: Option<String>,
     /// Number of samples.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
-    n: u32,
+    pub(crate) n: u32,
     /// With a scene, the method that draws it: occlusionformer (the bundled branch), a
     /// baseline or ablation trained into MODEL/variants/NAME (global, global-rank, …), or
     /// larender (training-free).
@@ -60,6 +82,21 @@ pub struct GenerateArgs {
     ora: Option<PathBuf>,
 }
 
+impl GenerateArgs {
+    /// A flux-dev flag given to the tiny model, if any.
+    fn flux_only(&self) -> Option<&'static str> {
+        [
+            (self.weights.is_some(), "--weights"),
+            (!self.occlusionformer.is_empty(), "--occlusionformer"),
+            (self.t5_tokenizer.is_some(), "--t5-tokenizer"),
+            (self.clip_tokenizer.is_some(), "--clip-tokenizer"),
+            (self.device.is_some(), "--device"),
+        ]
+        .into_iter()
+        .find_map(|(given, f)| given.then_some(f))
+    }
+}
+
 /// A grounding ratio: a number in [0, 1].
 pub fn ratio(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
@@ -73,12 +110,21 @@ pub fn ratio(s: &str) -> Result<f64, String> {
 /// Runs the command.
 pub fn run(a: GenerateArgs) -> Result<(), Failure> {
     let start = std::time::Instant::now();
+    if a.model.as_os_str() == "flux-dev" {
+        return crate::generate_flux::run(&a, start);
+    }
+    if let Some(flag) = a.flux_only() {
+        return Err(Failure::User(format!(
+            "{flag} is for --model flux-dev; the tiny model in {} needs none",
+            a.model.display()
+        )));
+    }
     let dev = Device::Cpu;
     let m = Model::load(&a.model, &dev)?;
     let n = a.n as usize;
     let opts = SampleOptions {
-        steps: a.steps,
-        guidance: a.guidance,
+        steps: a.steps.unwrap_or(20),
+        guidance: a.guidance.unwrap_or(1.0),
         seed: a.seed,
     };
     let images = match &a.scene {
@@ -94,16 +140,23 @@ pub fn run(a: GenerateArgs) -> Result<(), Failure> {
         }
         Some(path) => generate_scene(m, path, &a, &opts, &dev)?,
     };
-    let size = images
-        .dim(3)
-        .map_err(|e| Failure::Internal(e.to_string()))?;
-    let img = row(&images, n, size).map_err(|e| Failure::Internal(e.to_string()))?;
-    write_png(&a.output, &img, BitDepth::Eight).map_err(|e| Failure::User(e.to_string()))?;
+    finish(&images, &a.output, start)
+}
+
+/// Writes the images side by side to `output` and reports time and peak memory.
+pub(crate) fn finish(
+    images: &Tensor,
+    output: &Path,
+    start: std::time::Instant,
+) -> Result<(), Failure> {
+    let img = row(images).map_err(|e| Failure::Internal(e.to_string()))?;
+    write_png(output, &img, BitDepth::Eight).map_err(|e| Failure::User(e.to_string()))?;
     let peak = peak_rss_mb().map_or(String::new(), |mb| format!(", peak memory {mb:.0} MB"));
     eprintln!(
-        "generated {n} image(s) in {:.2} s{peak}; wrote {}",
+        "generated {} image(s) in {:.2} s{peak}; wrote {}",
+        images.dim(0).unwrap_or(0),
         start.elapsed().as_secs_f64(),
-        a.output.display()
+        output.display()
     );
     Ok(())
 }
@@ -306,14 +359,15 @@ pub fn rgb_image(pixels: &[[u8; 3]], width: usize, height: usize) -> Image<Strai
     }
 }
 
-/// Images (n, 3, S, S) in [−1, 1] side by side.
-fn row(images: &Tensor, n: usize, s: usize) -> candle_core::Result<Image<Straight>> {
+/// Images (n, 3, H, W) in [−1, 1] side by side.
+fn row(images: &Tensor) -> candle_core::Result<Image<Straight>> {
+    let (n, _, h, w) = images.dims4()?;
     let rgb = to_rgb8(images)?;
-    let mut img = Image::<Straight>::new(n * s, s);
+    let mut img = Image::<Straight>::new(n * w, h);
     for (k, pixels) in rgb.iter().enumerate() {
         for (p, px) in pixels.iter().enumerate() {
             let c = px.map(|v| v as f32 / 255.0);
-            img.pixels[(p / s) * n * s + k * s + p % s] = Straight([c[0], c[1], c[2], 1.0]);
+            img.pixels[(p / w) * n * w + k * w + p % w] = Straight([c[0], c[1], c[2], 1.0]);
         }
     }
     Ok(img)

@@ -3,6 +3,7 @@
 //! The binary is thin: it parses flags, calls the library crates and prints. Exit codes:
 //! 0 success, 2 bad input (an invalid scene, a missing file, a wrong flag), 1 anything else.
 
+mod bench_step;
 mod cli;
 mod compose;
 mod eval_cmd;
@@ -11,6 +12,7 @@ mod eval_layout;
 mod eval_prompts;
 mod eval_suite;
 mod generate_cmd;
+mod generate_flux;
 mod layers_out;
 mod preview;
 mod scene_cmd;

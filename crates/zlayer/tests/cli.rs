@@ -1,29 +1,9 @@
 //! The `zlayer` command as a user runs it: exit codes, messages, files written.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
 
-fn zlayer(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_zlayer"))
-        .args(args)
-        .current_dir(repo())
-        .output()
-        .expect("runs")
-}
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("zlayer-cli-{}-{name}", std::process::id()));
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
+use common::{repo, text, tmp, zlayer};
+use std::path::PathBuf;
 
 #[test]
 fn every_example_validates_except_the_cycle() {
