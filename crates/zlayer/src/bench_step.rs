@@ -31,7 +31,8 @@ pub struct BenchStepArgs {
     /// official blocks among them (double 0, 3, …, 18; single 0, 9, 18, 27, 37).
     #[arg(long, default_value = "19,38")]
     blocks: String,
-    /// Timed steps per configuration, after one warm-up step; the median is reported.
+    /// Rounds: each measures every instance count once, in a fresh process, one timed step
+    /// after a warm-up; the median over rounds is reported.
     #[arg(long, default_value_t = 3)]
     repeats: usize,
     /// cuda (bf16) or cpu (f32) [default: cuda when built with it].
@@ -181,35 +182,40 @@ pub fn run(a: BenchStepArgs) -> Result<(), Failure> {
         return Ok(());
     }
     let exe = std::env::current_exe().map_err(|e| Failure::Internal(e.to_string()))?;
-    let mut rows: Vec<Measured> = Vec::new();
-    for &k in &a.instances {
-        eprintln!("measuring {k} instance(s)…");
-        let mut cmd = std::process::Command::new(&exe);
-        cmd.args([
-            "bench-step",
-            "--size",
-            &a.size.to_string(),
-            "--blocks",
-            &a.blocks,
-        ])
-        .args(["--repeats", &a.repeats.to_string(), "--one", &k.to_string()]);
-        if let Some(d) = &a.device {
-            cmd.args(["--device", d]);
+    // Rounds, each measuring every count once in a fresh process: a load that drifts during
+    // the run then hits every count alike, and each process's peak memory is its own.
+    let mut runs: Vec<Vec<Measured>> = (0..a.instances.len()).map(|_| Vec::new()).collect();
+    for round in 0..a.repeats {
+        for (i, &k) in a.instances.iter().enumerate() {
+            eprintln!("round {} of {}: {k} instance(s)…", round + 1, a.repeats);
+            let mut cmd = std::process::Command::new(&exe);
+            cmd.args(["bench-step", "--size", &a.size.to_string(), "--blocks", &a.blocks])
+                .args(["--repeats", "1", "--one", &k.to_string()]);
+            if let Some(d) = &a.device {
+                cmd.args(["--device", d]);
+            }
+            let out = cmd.output().map_err(|e| Failure::Internal(e.to_string()))?;
+            if !out.status.success() {
+                return Err(Failure::Internal(format!(
+                    "{k} instances: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                )));
+            }
+            let m: Measured = serde_json::from_slice(&out.stdout)
+                .map_err(|e| Failure::Internal(format!("{k} instances: {e}")))?;
+            runs[i].push(m);
         }
-        let out = cmd.output().map_err(|e| Failure::Internal(e.to_string()))?;
-        if !out.status.success() {
-            return Err(Failure::Internal(format!(
-                "{k} instances: {}",
-                String::from_utf8_lossy(&out.stderr)
-            )));
-        }
-        let m: Measured = serde_json::from_slice(&out.stdout)
-            .map_err(|e| Failure::Internal(format!("{k} instances: {e}")))?;
-        rows.push(m);
     }
+    let rows: Vec<Measured> = runs
+        .into_iter()
+        .map(|mut r| {
+            r.sort_by(|x, y| x.secs.total_cmp(&y.secs));
+            r.swap_remove(r.len() / 2)
+        })
+        .collect();
     let base = rows.iter().find(|m| m.instances == 0);
     println!(
-        "one denoising step, {0}×{0} px ({1} image + 512 text tokens), FLUX.1-dev width, {depth} double + {single} single blocks, {2}, median of {3}",
+        "one denoising step, {0}×{0} px ({1} image + 512 text tokens), FLUX.1-dev width, {depth} double + {single} single blocks, {2}, median of {3} round(s)",
         a.size,
         (a.size / 16) * (a.size / 16),
         if dev.is_cpu() { "CPU f32" } else { "GPU bf16" },
