@@ -90,6 +90,25 @@ impl SimpleBackend for Seeded {
     }
 }
 
+/// DiT's adaLN-Zero start: zeroes every modulation (`*_mod.lin`, `*.modulation.lin`) and the
+/// final layer in `vm`, so that each block begins as the identity and the model's output at
+/// zero; returns how many variables it zeroed. A block's weights get gradients from the
+/// second step on, once the gates have moved off zero.
+pub fn adaln_zero(vm: &VarMap) -> Result<usize> {
+    let data = vm.data().lock().expect("var map lock");
+    let mut n = 0;
+    for (name, var) in data.iter() {
+        if name.contains("_mod.lin.")
+            || name.contains(".modulation.lin.")
+            || name.contains("final_layer.")
+        {
+            var.set(&var.as_tensor().zeros_like()?)?;
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
 /// A `VarBuilder` whose every tensor is fresh N(0, 0.02²) noise drawn on `dev`, kept
 /// nowhere: full-size models for speed and memory benchmarks, whose values do not matter.
 pub fn noise_weights(dtype: DType, dev: &Device) -> VarBuilder<'static> {
@@ -135,6 +154,49 @@ mod tests {
             .unwrap()
             .to_vec1()
             .unwrap()
+    }
+
+    #[test]
+    fn adaln_zero_makes_the_output_zero_and_touches_only_modulations_and_the_final_layer() {
+        let cfg = crate::Config::tiny();
+        let vm = VarMap::new();
+        let flux = crate::dit::Flux::new(&cfg, seeded(&vm, 3, DType::F32, &Device::Cpu)).unwrap();
+        let before = vm.all_vars().len();
+        // Two stream modulations per double block, one per single block, and the final
+        // layer's linear and adaLN modulation, each a weight and a bias.
+        let want = 2 * (2 * cfg.depth + cfg.depth_single_blocks + 2);
+        assert_eq!(adaln_zero(&vm).unwrap(), want);
+        assert_eq!(vm.all_vars().len(), before);
+        let dev = Device::Cpu;
+        let r = |s: &[usize]| Tensor::randn(0f32, 1.0, s, &dev).unwrap();
+        let (img, txt, y) = (r(&[2, 16, 8]), r(&[2, 5, 128]), r(&[2, 128]));
+        let ids = Tensor::zeros((2, 16, 3), DType::F32, &dev).unwrap();
+        let tids = Tensor::zeros((2, 5, 3), DType::F32, &dev).unwrap();
+        let t = Tensor::new(&[0.3f32, 0.7], &dev).unwrap();
+        let out = flux
+            .forward(&crate::dit::FluxInput {
+                img: &img,
+                img_ids: &ids,
+                txt: &txt,
+                txt_ids: &tids,
+                timesteps: &t,
+                y: &y,
+                guidance: None,
+            })
+            .unwrap();
+        let max: f32 = out.abs().unwrap().max_all().unwrap().to_scalar().unwrap();
+        assert_eq!(max, 0.0);
+        // The blocks' own weights keep their random start.
+        let qkv = &vm.data().lock().unwrap()["double_blocks.0.img_attn.qkv.weight"];
+        let q: f32 = qkv
+            .as_tensor()
+            .abs()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar()
+            .unwrap();
+        assert!(q > 0.0);
     }
 
     #[test]

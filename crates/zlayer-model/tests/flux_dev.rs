@@ -365,6 +365,21 @@ fn missing_files_are_named_and_the_estimate_needs_no_tensor_data() {
     let err = Files::locate(&dir, None, None).unwrap_err();
     assert!(err.contains("tokenizer/tokenizer.json"), "{err}");
     assert!(!err.contains("T5"), "only what is missing: {err}");
+    // A tensor missing from the transformer is named, with the folder it was looked for in.
+    let path = dir.join("transformer/diffusion_pytorch_model.safetensors");
+    let mut t = candle_core::safetensors::load(&path, &Device::Cpu).unwrap();
+    t.remove("single_transformer_blocks.1.proj_out.weight")
+        .unwrap();
+    candle_core::safetensors::save(&t, &path).unwrap();
+    let files = Files::locate(&dir, None, Some(&dir.join("tokenizer_2/tokenizer.json"))).unwrap();
+    let err = Transformer::load(&files, None, DType::F32, &Device::Cpu)
+        .err()
+        .unwrap();
+    assert!(err.contains("/transformer: missing key"), "{err}");
+    assert!(
+        err.contains("single_transformer_blocks.1.proj_out.weight"),
+        "{err}"
+    );
     let elsewhere = dir.join("clip-tokenizer.json");
     std::fs::write(&elsewhere, tokenizer_json(true)).unwrap();
     let files = Files::locate(&dir, None, Some(&elsewhere)).unwrap();

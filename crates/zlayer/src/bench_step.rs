@@ -189,8 +189,14 @@ pub fn run(a: BenchStepArgs) -> Result<(), Failure> {
         for (i, &k) in a.instances.iter().enumerate() {
             eprintln!("round {} of {}: {k} instance(s)…", round + 1, a.repeats);
             let mut cmd = std::process::Command::new(&exe);
-            cmd.args(["bench-step", "--size", &a.size.to_string(), "--blocks", &a.blocks])
-                .args(["--repeats", "1", "--one", &k.to_string()]);
+            cmd.args([
+                "bench-step",
+                "--size",
+                &a.size.to_string(),
+                "--blocks",
+                &a.blocks,
+            ])
+            .args(["--repeats", "1", "--one", &k.to_string()]);
             if let Some(d) = &a.device {
                 cmd.args(["--device", d]);
             }

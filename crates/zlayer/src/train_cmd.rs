@@ -65,6 +65,10 @@ pub struct BaseArgs {
     /// scenes are the layout branch's job.
     #[arg(long, value_delimiter = ',', default_value = "simple,regular")]
     splits: Vec<SplitArg>,
+    /// Start every block as the identity and the output at zero (DiT's adaLN-Zero: zeroed
+    /// modulations and final layer) instead of random modulations.
+    #[arg(long)]
+    adaln_zero: bool,
 }
 
 /// Flags of `zlayer train vae`.
@@ -366,9 +370,13 @@ fn base(a: BaseArgs) -> Result<(), Failure> {
         zlayer_model::init::seeded(&vm, a.seed, candle_core::DType::F32, &dev),
     )
     .map_err(|e| int(e.to_string()))?;
+    if a.adaln_zero {
+        // A resumed run overwrites these with its checkpoint's values.
+        zlayer_model::init::adaln_zero(&vm).map_err(|e| int(e.to_string()))?;
+    }
     let lc = loop_config(a.steps, a.lr);
     let split_names: Vec<&str> = a.splits.iter().map(|&s| Split::from(s).name()).collect();
-    let meta = serde_json::json!({"kind": "base", "splits": split_names, "dit": dit, "text": text, "vocabulary": tok.words(), "loop": lc, "seed": a.seed, "image_size": size});
+    let meta = serde_json::json!({"kind": "base", "splits": split_names, "dit": dit, "text": text, "vocabulary": tok.words(), "loop": lc, "seed": a.seed, "image_size": size, "adaln_zero": a.adaln_zero});
     let bar = Progress::new(a.steps);
     let start = std::time::Instant::now();
     let (seed, batch) = (a.seed, a.batch);
