@@ -49,7 +49,8 @@ impl VaeBundle {
     }
 }
 
-fn read_json(path: &Path) -> Result<serde_json::Value, String> {
+/// A JSON file; errors name the file.
+pub(crate) fn read_json(path: &Path) -> Result<serde_json::Value, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
     serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
 }

@@ -32,11 +32,10 @@ fn tokenizer(path: &Path) -> Result<tokenizers::Tokenizer, String> {
     })
 }
 
+/// A folder's `config.json` and its path.
 fn config_json(dir: &Path) -> Result<(serde_json::Value, std::path::PathBuf), String> {
     let p = dir.join("config.json");
-    let text = std::fs::read_to_string(&p).map_err(|e| format!("{}: {e}", p.display()))?;
-    let v = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", p.display()))?;
-    Ok((v, p))
+    Ok((crate::bundle::read_json(&p)?, p))
 }
 
 /// Memory-mapped weights of a folder (one file, or shards with their index).
@@ -47,8 +46,9 @@ fn mmap(dir: &Path, dtype: DType, dev: &Device) -> Result<VarBuilder<'static>, S
         .map_err(|e| format!("{}: {e}", dir.display()))
 }
 
-fn ids(enc: &tokenizers::Encoding, dev: &Device) -> candle_core::Result<Tensor> {
-    Tensor::new(enc.get_ids(), dev)?.unsqueeze(0)
+/// Token ids as a batch of one (1, L).
+fn ids(ids: &[u32], dev: &Device) -> candle_core::Result<Tensor> {
+    Tensor::new(ids, dev)?.unsqueeze(0)
 }
 
 /// T5's encoder (FLUX's `text_encoder_2`).
@@ -82,10 +82,9 @@ impl T5 {
     /// FLUX.1-dev was trained with.
     pub fn encode(&mut self, prompt: &str) -> Result<Tensor, String> {
         let enc = self.tok.encode(prompt, true).map_err(|e| e.to_string())?;
-        let mut ids: Vec<u32> = enc.get_ids().to_vec();
-        ids.resize(T5_LEN, self.pad);
-        let dev = self.model.device().clone();
-        let x = Tensor::new(ids.as_slice(), &dev).and_then(|t| t.unsqueeze(0));
+        let mut tokens: Vec<u32> = enc.get_ids().to_vec();
+        tokens.resize(T5_LEN, self.pad);
+        let x = ids(&tokens, self.model.device());
         x.and_then(|x| self.model.forward(&x))
             .map_err(|e| e.to_string())
     }
@@ -153,7 +152,7 @@ impl Clip {
         let mut rows = Vec::with_capacity(texts.len());
         for t in texts {
             let enc = self.tok.encode(*t, true).map_err(|e| e.to_string())?;
-            let row = ids(&enc, &self.dev)
+            let row = ids(enc.get_ids(), &self.dev)
                 .and_then(|x| self.model.forward_with_mask(&x, usize::MAX))
                 .and_then(|h| {
                     let l = h.dim(1)?;

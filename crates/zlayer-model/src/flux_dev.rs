@@ -6,7 +6,7 @@
 //! stage, not the sum: text encoders (T5 + CLIP), transformer (+ branch) with a step's
 //! activations, VAE decode.
 
-use crate::checkpoint::{self, KeyLayout, OcclusionFormer, header};
+use crate::checkpoint::{self, Entry, KeyLayout, OcclusionFormer, header};
 use crate::config::Config;
 use crate::dit::{Flux, FluxInput};
 use crate::encoders::{Clip, FluxVae, T5, T5_LEN, pack, unpack};
@@ -15,6 +15,7 @@ use crate::layout_model::{Prepared, SceneLayout, Variant};
 use crate::sampling::{denoise_steps, noise, schedule};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 /// The official sampling defaults (OcclusionFormer's inference script on FLUX.1-dev).
@@ -43,6 +44,16 @@ impl Default for Options {
 
 /// The most instances the official code accepts in one scene.
 pub const MAX_INSTANCES: usize = 50;
+
+/// The type FLUX.1-dev runs in on `dev`: bf16 on a GPU, as it was trained; f32 on the CPU,
+/// where candle lacks bf16 kernels (its matmul widens to f32 anyway).
+pub fn run_dtype(dev: &Device) -> DType {
+    if dev.is_cpu() {
+        DType::F32
+    } else {
+        DType::BF16
+    }
+}
 
 /// The files of a FLUX.1-dev download (the Hugging Face repository's layout).
 #[derive(Debug, Clone, PartialEq)]
@@ -123,8 +134,7 @@ impl Files {
         let Some(p) = &self.transformer_config else {
             return Ok(Config::flux_dev());
         };
-        let text = std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))?;
-        let v = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", p.display()))?;
+        let v = crate::bundle::read_json(p)?;
         Config::from_diffusers(&v).map_err(|e| format!("{}: {e}", p.display()))
     }
 }
@@ -150,37 +160,39 @@ impl Estimate {
     }
 }
 
-const GB: f64 = (1u64 << 30) as f64;
+/// Bytes in GiB.
+pub fn gib(bytes: u64) -> f64 {
+    bytes as f64 / (1u64 << 30) as f64
+}
 
 impl std::fmt::Display for Estimate {
     fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        let g = |b: u64| b as f64 / GB;
         write!(
             f,
             "{:.1} GiB at the peak (text encoders {:.1}, transformer load {:.1}, denoising {:.1}, VAE decode {:.1})",
-            g(self.peak()),
-            g(self.text),
-            g(self.load),
-            g(self.denoise),
-            g(self.decode)
+            gib(self.peak()),
+            gib(self.text),
+            gib(self.load),
+            gib(self.denoise),
+            gib(self.decode)
         )
     }
 }
 
-fn stored_bytes(path: &Path) -> Result<(u64, u64), String> {
+/// Elements and stored bytes of the tensors a header lists.
+fn stored_bytes(h: &HashMap<String, Entry>) -> (u64, u64) {
     let size = |d: &str| match d {
         "F64" | "I64" | "U64" => 8,
         "F32" | "I32" | "U32" => 4,
         "F16" | "BF16" | "I16" | "U16" => 2,
         _ => 1,
     };
-    let h = header(path)?;
     let elems: u64 = h.values().map(|e| e.elements() as u64).sum();
     let bytes = h
         .values()
         .map(|e| e.elements() as u64 * size(&e.dtype))
         .sum();
-    Ok((elems, bytes))
+    (elems, bytes)
 }
 
 /// Estimates what generating a `width × height` image needs in `dtype`, reading only file
@@ -195,19 +207,21 @@ pub fn estimate(
 ) -> Result<Estimate, String> {
     let b = dtype.size_in_bytes() as u64;
     let cfg = files.config()?;
-    let (t5, _) = stored_bytes(&files.t5)?;
-    let (clip, _) = stored_bytes(&files.clip)?;
-    let (tr_elems, tr_stored) = stored_bytes(&files.transformer)?;
+    let (t5, _) = stored_bytes(&header(&files.t5)?);
+    let (clip, _) = stored_bytes(&header(&files.clip)?);
+    let transformer = header(&files.transformer)?;
+    let (tr_elems, tr_stored) = stored_bytes(&transformer);
     let mut extra = 0;
     for p in branch {
         // A pickle's header cannot be read without unpickling; its file size stands in.
         extra += match p.extension().and_then(|e| e.to_str()) {
-            Some("safetensors") => stored_bytes(p)?.0 * b,
+            Some("safetensors") => stored_bytes(&header(p)?).0 * b,
             _ => std::fs::metadata(p).map_or(0, |m| m.len()),
         };
     }
-    let (vae_elems, _) = stored_bytes(&files.vae)?;
-    let vae_cfg = FluxVae::config_of(&header(&files.vae)?)?;
+    let vae = header(&files.vae)?;
+    let (vae_elems, _) = stored_bytes(&vae);
+    let vae_cfg = FluxVae::config_of(&vae)?;
     let f = 1usize << (vae_cfg.ch_mult.len() - 1);
     let (lh, lw) = (height / f, width / f);
     let li = (lh / 2 * (lw / 2)) as u64;
@@ -224,8 +238,8 @@ pub fn estimate(
         act += 4 * n * li * h * b + boxes.iter().map(|&k| attn(k as u64 + 1)).sum::<u64>();
     }
     let weights = tr_elems * b;
-    let converted = tr_stored != weights
-        || checkpoint::detect(&header(&files.transformer)?)? == KeyLayout::Diffusers;
+    let converted =
+        tr_stored != weights || checkpoint::detect(&transformer)? == KeyLayout::Diffusers;
     let pixels = (width * height) as u64;
     let top = (vae_cfg.ch * vae_cfg.ch_mult[0]) as u64;
     let cells = (lh * lw) as u64;

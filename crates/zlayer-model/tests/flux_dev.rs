@@ -475,58 +475,17 @@ fn half_precision_strays_from_f32_in_proportion_to_its_mantissa() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
-/// A safetensors file of headers only (bf16 tensors with no data behind them).
-fn header_only(path: &Path, tensors: &[(&str, Vec<usize>)]) {
-    let mut h = serde_json::Map::new();
-    for (name, shape) in tensors {
-        let e = serde_json::json!({"dtype": "BF16", "shape": shape, "data_offsets": [0, 0]});
-        h.insert(name.to_string(), e);
-    }
-    let h = serde_json::Value::Object(h).to_string();
-    let mut bytes = (h.len() as u64).to_le_bytes().to_vec();
-    bytes.extend(h.as_bytes());
-    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    std::fs::write(path, bytes).unwrap();
-}
-
 #[test]
 fn the_estimate_at_flux_dev_sizes_fits_an_80_gb_gpu_and_grows_with_instances() {
-    // FLUX.1-dev's published sizes: the transformer by `Config::parameters`, the T5-XXL
-    // encoder (4,762,310,656), CLIP-L's text model (123,060,480) and the VAE (83,819,683,
-    // with its real first and last layers so that its shapes can be read).
+    // FLUX.1-dev's published sizes: the transformer by `Config::parameters`, the encoders
+    // and the VAE by their published counts.
     let dir = temp_dir("sizes");
     let n = zlayer_model::Config::flux_dev().parameters();
-    header_only(
+    zlayer_testkit::header_only(
         &dir.join("flux1-dev.safetensors"),
         &[("double_blocks.0.img_attn.qkv.weight", vec![n])],
     );
-    let mut vae: Vec<(String, Vec<usize>)> = vec![
-        ("encoder.conv_in.weight".into(), vec![128, 3, 3, 3]),
-        ("decoder.conv_in.weight".into(), vec![512, 16, 3, 3]),
-        ("decoder.conv_out.weight".into(), vec![3, 128, 3, 3]),
-    ];
-    for (i, m) in [1, 2, 4, 4].iter().enumerate() {
-        for b in 0..2 {
-            let name = format!("encoder.down.{i}.block.{b}.conv1.weight");
-            vae.push((name, vec![128 * m, 128, 3, 3]));
-        }
-    }
-    let listed: usize = vae.iter().map(|(_, s)| s.iter().product::<usize>()).sum();
-    vae.push(("rest".into(), vec![83_819_683 - listed]));
-    let vae: Vec<(&str, Vec<usize>)> = vae.iter().map(|(k, s)| (k.as_str(), s.clone())).collect();
-    header_only(&dir.join("ae.safetensors"), &vae);
-    header_only(
-        &dir.join("text_encoder_2/model.safetensors"),
-        &[("shared.weight", vec![4_762_310_656])],
-    );
-    header_only(
-        &dir.join("text_encoder/model.safetensors"),
-        &[("w", vec![123_060_480])],
-    );
-    for t in ["tokenizer", "tokenizer_2"] {
-        std::fs::create_dir_all(dir.join(t)).unwrap();
-        std::fs::write(dir.join(t).join("tokenizer.json"), "{}").unwrap();
-    }
+    zlayer_testkit::flux_dev_headers(&dir);
     let files = Files::locate(&dir, None, None).unwrap();
     assert_eq!(files.config().unwrap(), zlayer_model::Config::flux_dev());
     // Boxes of 40% of the side: 26 × 26 of the 64 × 64 tokens.

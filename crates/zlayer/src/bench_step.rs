@@ -81,15 +81,6 @@ fn layout(k: usize, size: usize) -> Result<SceneLayout, Failure> {
     ))
 }
 
-fn peak_mb(dev: &Device) -> Option<f64> {
-    if !dev.is_cpu() {
-        return None;
-    }
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    Some(line.split_whitespace().nth(1)?.parse::<f64>().ok()? / 1024.0)
-}
-
 /// Times one configuration in this process.
 fn measure(a: &BenchStepArgs, k: usize, dev: &Device) -> Result<Measured, Failure> {
     let int = |e: candle_core::Error| Failure::Internal(e.to_string());
@@ -99,11 +90,7 @@ fn measure(a: &BenchStepArgs, k: usize, dev: &Device) -> Result<Measured, Failur
         depth_single_blocks: single,
         ..Config::flux_dev()
     };
-    let dtype = if dev.is_cpu() {
-        DType::F32
-    } else {
-        DType::BF16
-    };
+    let dtype = zlayer_model::flux_dev::run_dtype(dev);
     let vb = zlayer_model::init::noise_weights(dtype, dev);
     let mut flux = Flux::new(&cfg, vb.clone()).map_err(int)?;
     let (d, s): (Vec<usize>, Vec<usize>) = (
@@ -162,7 +149,11 @@ fn measure(a: &BenchStepArgs, k: usize, dev: &Device) -> Result<Measured, Failur
     Ok(Measured {
         instances: k,
         secs: times[times.len() / 2],
-        peak_mb: peak_mb(dev),
+        // The host's peak; a GPU's is not tracked.
+        peak_mb: dev
+            .is_cpu()
+            .then(crate::generate_cmd::peak_rss_mb)
+            .flatten(),
     })
 }
 

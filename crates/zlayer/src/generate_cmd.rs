@@ -162,7 +162,7 @@ pub(crate) fn finish(
 }
 
 /// The process's peak resident memory in MB (Linux's VmHWM; `None` elsewhere).
-fn peak_rss_mb() -> Option<f64> {
+pub(crate) fn peak_rss_mb() -> Option<f64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;

@@ -4,12 +4,12 @@
 
 use crate::cli::Failure;
 use crate::generate_cmd::{GenerateArgs, finish};
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::Path;
 use zlayer_model::checkpoint::OcclusionFormer;
 use zlayer_model::flux_dev::{
-    self, Conditioning, Files, MAX_INSTANCES, Options, Transformer, available, estimate,
+    self, Conditioning, Files, MAX_INSTANCES, Options, Transformer, available, estimate, gib,
 };
 use zlayer_model::layout_model::SceneLayout;
 
@@ -91,11 +91,7 @@ pub fn run(a: &GenerateArgs, start: std::time::Instant) -> Result<(), Failure> {
         ));
     };
     let dev = device(a.device.as_deref())?;
-    let dtype = if dev.is_cpu() {
-        DType::F32
-    } else {
-        DType::BF16
-    };
+    let dtype = flux_dev::run_dtype(&dev);
     let files = Files::locate(
         weights,
         a.t5_tokenizer.as_deref(),
@@ -115,7 +111,6 @@ pub fn run(a: &GenerateArgs, start: std::time::Instant) -> Result<(), Failure> {
         .flat_map(|l| l.instances.iter().map(|i| i.tokens.len()))
         .collect();
     let need = estimate(&files, &a.occlusionformer, (w, h), &boxes, dtype).map_err(user)?;
-    let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
     match available(&dev) {
         Some(free) if need.peak() > free => {
             return Err(user(format!(

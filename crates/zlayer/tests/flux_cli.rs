@@ -7,25 +7,9 @@ mod common;
 use common::{text, tmp, zlayer};
 use std::path::Path;
 
-/// A safetensors file holding only a header: its tensors' shapes with no data behind them.
-fn header_only(path: &Path, tensors: &[(&str, Vec<usize>)]) {
-    let mut h = serde_json::Map::new();
-    for (name, shape) in tensors {
-        h.insert(
-            name.to_string(),
-            serde_json::json!({"dtype": "BF16", "shape": shape, "data_offsets": [0, 0]}),
-        );
-    }
-    let h = serde_json::Value::Object(h).to_string();
-    let mut bytes = (h.len() as u64).to_le_bytes().to_vec();
-    bytes.extend(h.as_bytes());
-    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    std::fs::write(path, bytes).unwrap();
-}
-
 /// A FLUX.1-dev folder of headers whose transformer claims 10^11 weights (200 GB in bf16).
 fn oversized_folder(dir: &Path) {
-    header_only(
+    zlayer_testkit::header_only(
         &dir.join("transformer/diffusion_pytorch_model.safetensors"),
         &[("x_embedder.weight", vec![100_000, 1_000_000])],
     );
@@ -40,33 +24,7 @@ fn oversized_folder(dir: &Path) {
         .to_string(),
     )
     .unwrap();
-    let mut vae = vec![
-        ("encoder.conv_in.weight", vec![128, 3, 3, 3]),
-        ("decoder.conv_in.weight", vec![512, 16, 3, 3]),
-        ("decoder.conv_out.weight", vec![3, 128, 3, 3]),
-    ];
-    let names: Vec<String> = (0..4)
-        .flat_map(|i| (0..2).map(move |b| format!("encoder.down.{i}.block.{b}.conv1.weight")))
-        .collect();
-    for (k, n) in names.iter().enumerate() {
-        vae.push((n.as_str(), vec![128 * [1, 2, 4, 4][k / 2], 128, 3, 3]));
-    }
-    header_only(&dir.join("ae.safetensors"), &vae);
-    header_only(
-        &dir.join("text_encoder_2/model.safetensors"),
-        &[("shared.weight", vec![32128, 4096])],
-    );
-    header_only(
-        &dir.join("text_encoder/model.safetensors"),
-        &[(
-            "text_model.embeddings.token_embedding.weight",
-            vec![49408, 768],
-        )],
-    );
-    for t in ["tokenizer", "tokenizer_2"] {
-        std::fs::create_dir_all(dir.join(t)).unwrap();
-        std::fs::write(dir.join(t).join("tokenizer.json"), "{}").unwrap();
-    }
+    zlayer_testkit::flux_dev_headers(dir);
 }
 
 #[test]
@@ -87,20 +45,25 @@ fn flux_dev_names_what_is_missing_and_refuses_what_does_not_fit() {
     let weights = dir.join("FLUX.1-dev");
     std::fs::create_dir_all(&weights).unwrap();
     let w = weights.to_str().unwrap();
-    let r = zlayer(&[
-        "generate",
-        "--model",
-        "flux-dev",
-        "--weights",
-        w,
-        "--device",
-        "cpu",
-        scene,
-        "-o",
-        out,
-    ]);
-    assert_eq!(r.status.code(), Some(2));
-    let err = text(&r.stderr);
+    // `generate --model flux-dev` on `device` and `scene`: its message, once it has failed as
+    // a user error.
+    let flux_dev = |device: &str, scene: &str| {
+        let r = zlayer(&[
+            "generate",
+            "--model",
+            "flux-dev",
+            "--weights",
+            w,
+            "--device",
+            device,
+            scene,
+            "-o",
+            out,
+        ]);
+        assert_eq!(r.status.code(), Some(2), "{}", text(&r.stderr));
+        text(&r.stderr)
+    };
+    let err = flux_dev("cpu", scene);
     for part in [
         "not a complete FLUX.1-dev folder",
         "ae.safetensors",
@@ -111,20 +74,7 @@ fn flux_dev_names_what_is_missing_and_refuses_what_does_not_fit() {
     }
 
     oversized_folder(&weights);
-    let r = zlayer(&[
-        "generate",
-        "--model",
-        "flux-dev",
-        "--weights",
-        w,
-        "--device",
-        "cpu",
-        scene,
-        "-o",
-        out,
-    ]);
-    assert_eq!(r.status.code(), Some(2));
-    let err = text(&r.stderr);
+    let err = flux_dev("cpu", scene);
     assert!(err.contains("refusing to start"), "{err}");
     assert!(
         err.contains("GiB at the peak") && err.contains("GiB free"),
@@ -132,31 +82,15 @@ fn flux_dev_names_what_is_missing_and_refuses_what_does_not_fit() {
     );
     assert!(!out_png.exists());
 
-    // A canvas FLUX cannot tile is named before any file is read.
+    // A canvas FLUX cannot tile is named before any weight is read.
     let odd = dir.join("odd.json");
     std::fs::write(
         &odd,
         r#"{"width": 500, "height": 512, "instances": [{"id": "a", "caption": "a cat", "bbox": [0, 0, 100, 100]}]}"#,
     )
     .unwrap();
-    let r = zlayer(&[
-        "generate",
-        "--model",
-        "flux-dev",
-        "--weights",
-        w,
-        "--device",
-        "cpu",
-        odd.to_str().unwrap(),
-        "-o",
-        out,
-    ]);
-    assert_eq!(r.status.code(), Some(2));
-    assert!(
-        text(&r.stderr).contains("multiples of 16"),
-        "{}",
-        text(&r.stderr)
-    );
+    let err = flux_dev("cpu", odd.to_str().unwrap());
+    assert!(err.contains("multiples of 16"), "{err}");
 
     // The flux-dev flags mean nothing to the tiny model, and say so.
     let r = zlayer(&[
@@ -177,24 +111,8 @@ fn flux_dev_names_what_is_missing_and_refuses_what_does_not_fit() {
 
     #[cfg(not(feature = "cuda"))]
     {
-        let r = zlayer(&[
-            "generate",
-            "--model",
-            "flux-dev",
-            "--weights",
-            w,
-            "--device",
-            "cuda",
-            scene,
-            "-o",
-            out,
-        ]);
-        assert_eq!(r.status.code(), Some(2));
-        assert!(
-            text(&r.stderr).contains("--features cuda"),
-            "{}",
-            text(&r.stderr)
-        );
+        let err = flux_dev("cuda", scene);
+        assert!(err.contains("--features cuda"), "{err}");
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
