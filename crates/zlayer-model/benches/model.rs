@@ -55,6 +55,7 @@ fn sgemm(c: &mut Criterion) {
 /// One AdamW step of the base model on a batch of 16 latent images (16×16 tokens, 8
 /// channels): forward, backward, clipping, update, EMA.
 fn train_step(c: &mut Criterion) {
+    zlayer_model::keep_freed_memory();
     let dev = Device::Cpu;
     let vm = VarMap::new();
     let (m, text) = model(&vm, &dev);

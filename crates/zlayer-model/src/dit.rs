@@ -6,8 +6,8 @@
 use crate::branch::{BranchMaps, LayoutInput, LayoutParts, LayoutState};
 use crate::config::Config;
 use crate::layers::{
-    LoraLinear, MlpEmbedder, Modulation, QkNorm, attention, layer_norm, rope, split_qkv,
-    timestep_embedding,
+    LoraLinear, MlpEmbedder, Modulation, QkNorm, attend_stacked, gelu, layer_norm, linear,
+    linear_part, qkv_heads, rope, split_qkv, timestep_embedding,
 };
 use candle_core::{D, Result, Tensor};
 use candle_nn::{Linear, Module, VarBuilder};
@@ -16,7 +16,7 @@ use candle_nn::{Linear, Module, VarBuilder};
 #[derive(Debug, Clone)]
 pub(crate) struct SelfAttention {
     pub(crate) qkv: LoraLinear,
-    norm: QkNorm,
+    pub(crate) norm: QkNorm,
     pub(crate) proj: LoraLinear,
 }
 
@@ -64,7 +64,7 @@ impl Mlp {
 
     /// `l2(gelu(l1(x)))`, with the LoRA update of `l2` on or off.
     pub(crate) fn forward_lora(&self, x: &Tensor, lora: bool) -> Result<Tensor> {
-        self.l2.forward_lora(&self.l1.forward(x)?.gelu()?, lora)
+        self.l2.forward_lora(&gelu(&linear(&self.l1, x)?)?, lora)
     }
 }
 
@@ -105,40 +105,49 @@ impl DoubleStreamBlock {
         pe: &(Tensor, Tensor),
     ) -> Result<(Tensor, Tensor)> {
         let (im, tm) = (self.img_mod.forward(vec)?, self.txt_mod.forward(vec)?);
-        let (iq, ik, iv) =
-            self.img_attn
-                .qkv(&im[0].modulate(&layer_norm(img)?)?, self.heads, false)?;
-        let (tq, tk, tv) =
-            self.txt_attn
-                .qkv(&tm[0].modulate(&layer_norm(txt)?)?, self.heads, false)?;
-        let cat = |a: &Tensor, b: &Tensor| Tensor::cat(&[a, b], 2); // along L
-        let attn = attention(&cat(&tq, &iq)?, &cat(&tk, &ik)?, &cat(&tv, &iv)?, pe)?; // (B, Lt+Li, H·D)
-        let lt = txt.dim(1)?;
+        let (lt, li) = (txt.dim(1)?, img.dim(1)?);
+        let angles = |a: usize, n: usize| -> Result<(Tensor, Tensor)> {
+            Ok((pe.0.narrow(2, a, n)?, pe.1.narrow(2, a, n)?))
+        };
+        let heads = |attn: &SelfAttention, x: &Tensor, pe: (Tensor, Tensor)| {
+            qkv_heads(
+                &attn.qkv.forward(x)?,
+                &attn.norm,
+                (&pe.0, &pe.1),
+                self.heads,
+            )
+        };
+        let th = heads(
+            &self.txt_attn,
+            &tm[0].modulate(&layer_norm(txt)?)?,
+            angles(0, lt)?,
+        )?;
+        let ih = heads(
+            &self.img_attn,
+            &im[0].modulate(&layer_norm(img)?)?,
+            angles(lt, li)?,
+        )?;
+        // Text tokens first, as FLUX orders the joint sequence: (B, Lt+Li, H·D).
+        let attn = attend_stacked(&Tensor::cat(&[&th, &ih], 3)?, None)?;
         let (t_attn, i_attn) = (
             attn.narrow(1, 0, lt)?,
             attn.narrow(1, lt, attn.dim(1)? - lt)?,
         );
 
-        let img = (img
-            + im[0]
-                .gate
-                .broadcast_mul(&self.img_attn.proj.forward(&i_attn)?)?)?;
-        let img = (&img
-            + im[1].gate.broadcast_mul(
-                &self
-                    .img_mlp
-                    .forward_lora(&im[1].modulate(&layer_norm(&img)?)?, false)?,
-            )?)?;
-        let txt = (txt
-            + tm[0]
-                .gate
-                .broadcast_mul(&self.txt_attn.proj.forward(&t_attn)?)?)?;
-        let txt = (&txt
-            + tm[1].gate.broadcast_mul(
-                &self
-                    .txt_mlp
-                    .forward_lora(&tm[1].modulate(&layer_norm(&txt)?)?, false)?,
-            )?)?;
+        let img = im[0].gate_add(img, &self.img_attn.proj.forward(&i_attn)?)?;
+        let img = im[1].gate_add(
+            &img,
+            &self
+                .img_mlp
+                .forward_lora(&im[1].modulate(&layer_norm(&img)?)?, false)?,
+        )?;
+        let txt = tm[0].gate_add(txt, &self.txt_attn.proj.forward(&t_attn)?)?;
+        let txt = tm[1].gate_add(
+            &txt,
+            &self
+                .txt_mlp
+                .forward_lora(&tm[1].modulate(&layer_norm(&txt)?)?, false)?,
+        )?;
         Ok((img, txt))
     }
 }
@@ -173,9 +182,19 @@ impl SingleStreamBlock {
     /// `x + gate · linear2([attn(q, k, v), gelu(mlp)])`.
     pub fn forward(&self, x: &Tensor, vec: &Tensor, pe: &(Tensor, Tensor)) -> Result<Tensor> {
         let m = &self.modulation.forward(vec)?[0];
-        x + m
-            .gate
-            .broadcast_mul(&self.body(&m.modulate(&layer_norm(x)?)?, pe, None, false)?.0)?
+        let x_mod = m.modulate(&layer_norm(x)?)?;
+        // The base path takes stacked heads; `body` keeps q and k before RoPE for the branch's
+        // attention maps.
+        let h3 = 3 * self.hidden;
+        let l1 = &self.linear1.base;
+        let qkv = linear_part(l1, &x_mod, 0, h3)?;
+        let mlp = linear_part(l1, &x_mod, h3, l1.weight().dim(0)? - h3)?;
+        let heads = qkv_heads(&qkv, &self.norm, (&pe.0, &pe.1), self.heads)?;
+        let attn = attend_stacked(&heads, None)?;
+        let out = self
+            .linear2
+            .forward(&Tensor::cat(&[attn, gelu(&mlp)?], D::Minus1)?)?;
+        m.gate_add(x, &out)
     }
 
     /// `linear2([attn(q, k, v), gelu(mlp)])` of normalised tokens, with an optional attention
@@ -199,7 +218,7 @@ impl SingleStreamBlock {
         let attn = crate::layers::masked_attention(&q, &k, &v.contiguous()?, pe, bias)?;
         let out = self
             .linear2
-            .forward_lora(&Tensor::cat(&[attn, mlp.gelu()?], D::Minus1)?, lora)?;
+            .forward_lora(&Tensor::cat(&[attn, gelu(&mlp)?], D::Minus1)?, lora)?;
         Ok((out, (q, k)))
     }
 }

@@ -11,7 +11,7 @@
 
 use crate::base::{BaseModel, SampleOptions};
 use crate::dit::{DoubleStreamBlock, Flux, SingleStreamBlock};
-use crate::layers::{attention, layer_norm, rope, split_qkv};
+use crate::layers::{attention, gelu, layer_norm, rope, split_qkv};
 use crate::layout::compose;
 use crate::layout_model::SceneLayout;
 use crate::sampling::{denoise_steps, noise, schedule};
@@ -182,9 +182,9 @@ impl SingleStreamBlock {
         let r = mix.compose(&attn.narrow(1, lt, attn.dim(1)? - lt)?)?;
         let out_i = self
             .linear2
-            .forward(&Tensor::cat(&[r, mlp_i.gelu()?], D::Minus1)?)?;
+            .forward(&Tensor::cat(&[r, gelu(&mlp_i)?], D::Minus1)?)?;
         let out_t = self.linear2.forward(&Tensor::cat(
-            &[attn.narrow(1, 0, lt)?, mlp_t.gelu()?],
+            &[attn.narrow(1, 0, lt)?, gelu(&mlp_t)?],
             D::Minus1,
         )?)?;
         Ok((

@@ -1,15 +1,20 @@
-//! Building blocks, all written with ops that have a backward pass in candle 0.11.
+//! Building blocks, all with a backward pass in candle 0.11.
 //!
 //! candle's fused `softmax_last_dim`, `rms_norm`, `layer_norm` and rope kernels have no
-//! backward (DESIGN.md §6): gradients silently stop there. Everything here is composed from
-//! plain ops instead, and `tests/gradients.rs` asserts every parameter receives a gradient.
-//! Structure and names follow black-forest-labs/flux `modules/layers.py`.
+//! backward (DESIGN.md §6): gradients silently stop there. f32 on the CPU (tiny training and
+//! sampling) takes [`crate::fused`]'s kernels, which carry hand-written backward passes;
+//! every other dtype and device takes the form composed from plain ops written here.
+//! `tests/fused.rs` checks the two agree, and `tests/gradients.rs` that every parameter
+//! receives a gradient. Structure and names follow black-forest-labs/flux `modules/layers.py`.
 
 use candle_core::{D, DType, Result, Tensor};
 use candle_nn::{Linear, Module, VarBuilder};
 
 /// RMS normalisation over the last dimension with a learned scale (`…scale` key).
 pub fn rms_norm(x: &Tensor, scale: &Tensor, eps: f64) -> Result<Tensor> {
+    if crate::fused::applies(x) {
+        return crate::fused::rms_norm(x, eps)?.broadcast_mul(scale);
+    }
     let dtype = x.dtype();
     let x = x.to_dtype(DType::F32)?;
     let rms = (x.sqr()?.mean_keepdim(D::Minus1)? + eps)?.sqrt()?;
@@ -19,6 +24,9 @@ pub fn rms_norm(x: &Tensor, scale: &Tensor, eps: f64) -> Result<Tensor> {
 /// Layer normalisation over the last dimension, without affine parameters (eps 1e-6).
 /// Statistics are taken in f32 whatever the input's type, as FLUX's norms do in bf16.
 pub fn layer_norm(x: &Tensor) -> Result<Tensor> {
+    if crate::fused::applies(x) {
+        return crate::fused::layer_norm(x, 1e-6);
+    }
     let dtype = x.dtype();
     let x = x.to_dtype(DType::F32)?;
     let mean = x.mean_keepdim(D::Minus1)?;
@@ -56,6 +64,9 @@ pub fn rope(ids: &Tensor, axes_dim: &[usize; 3], theta: f64) -> Result<(Tensor, 
 
 /// Rotates consecutive pairs (x₀, x₁) of the last dimension: (B, H, L, D).
 pub fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    if crate::fused::applies(x) && crate::fused::applies(cos) {
+        return crate::fused::rope(x, cos, sin);
+    }
     let (b, h, l, d) = x.dims4()?;
     let x = x.reshape((b, h, l, d / 2, 2))?;
     let (x0, x1) = (
@@ -84,20 +95,85 @@ pub fn masked_attention(
     bias: Option<&Tensor>,
 ) -> Result<Tensor> {
     let (q, k) = (apply_rope(q, &pe.0, &pe.1)?, apply_rope(k, &pe.0, &pe.1)?);
+    let scale = 1.0 / (q.dim(3)? as f64).sqrt();
+    attend(&q, &k, v, scale, bias)
+}
+
+/// `softmax(scale · q kᵀ + bias) v` for q, k, v (B, H, L, D), as (B, L, H·D).
+pub fn attend(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    scale: f64,
+    bias: Option<&Tensor>,
+) -> Result<Tensor> {
     let (b, h, l, d) = q.dims4()?;
-    let mut scores = (q.matmul(&k.t()?)? / (d as f64).sqrt())?; // (B, H, L, L)
+    let same = k.dims() == q.dims() && v.dims() == q.dims();
+    if crate::fused::applies(q) && same && bias.is_none_or(|t| crate::fused::bias_fits(t, b, l)) {
+        return crate::fused::attention(q, k, v, scale, bias);
+    }
+    let probs = softmax_scores(&q.matmul(&k.t()?)?, scale, bias)?; // (B, H, L, L)
+    probs.matmul(v)?.transpose(1, 2)?.reshape((b, l, h * d))
+}
+
+/// q, k, v heads stacked as (3, B, H, L, D) from a fused projection (B, L, 3·H·D): q and k
+/// RMS-normalised with `norm`'s scales and rotated by the angles `pe` of these tokens.
+pub fn qkv_heads(
+    qkv: &Tensor,
+    norm: &QkNorm,
+    pe: (&Tensor, &Tensor),
+    heads: usize,
+) -> Result<Tensor> {
+    if crate::fused::applies(qkv) && crate::fused::applies(pe.0) {
+        return crate::fused::qkv_heads(qkv, &norm.query, &norm.key, pe, heads, 1e-6);
+    }
+    let (q, k, v) = split_qkv(qkv, heads)?;
+    let (q, k) = norm.forward(&q, &k)?;
+    let (q, k) = (apply_rope(&q, pe.0, pe.1)?, apply_rope(&k, pe.0, pe.1)?);
+    Tensor::stack(&[q, k, v.contiguous()?], 0)
+}
+
+/// Attention over heads stacked by [`qkv_heads`] (3, B, H, L, D), scale 1/√D: (B, L, H·D).
+pub fn attend_stacked(qkv: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    let (b, l, d) = (qkv.dim(1)?, qkv.dim(3)?, qkv.dim(4)?);
+    let scale = 1.0 / (d as f64).sqrt();
+    if crate::fused::applies(qkv) && bias.is_none_or(|t| crate::fused::bias_fits(t, b, l)) {
+        return crate::fused::attention_stacked(qkv, scale, bias);
+    }
+    attend(&qkv.get(0)?, &qkv.get(1)?, &qkv.get(2)?, scale, bias)
+}
+
+/// `softmax(scale · scores + bias)` over keys, the bias broadcast to the scores' shape.
+pub fn softmax_scores(scores: &Tensor, scale: f64, bias: Option<&Tensor>) -> Result<Tensor> {
+    if crate::fused::applies(scores) {
+        return match bias {
+            None => crate::fused::softmax_last(scores, scale),
+            Some(bias) => crate::fused::softmax_last(
+                &(scores * scale)?.broadcast_add(&bias.to_dtype(DType::F32)?)?,
+                1.0,
+            ),
+        };
+    }
+    let mut scores = (scores * scale)?;
     if let Some(bias) = bias {
         scores = scores.broadcast_add(&bias.to_dtype(scores.dtype())?)?;
     }
     // Half precision is for inference (FLUX.1-dev in bf16), which needs no backward: the
     // fused softmax accumulates in f32 there, where the composed one would sum thousands of
-    // keys in bf16. Training runs in f32 through the differentiable form (DESIGN.md §6).
-    let probs = if scores.dtype() == DType::F32 {
-        candle_nn::ops::softmax(&scores, D::Minus1)?
+    // keys in bf16. Other f32 devices take the differentiable form (DESIGN.md §6).
+    if matches!(scores.dtype(), DType::BF16 | DType::F16) {
+        candle_nn::ops::softmax_last_dim(&scores)
     } else {
-        candle_nn::ops::softmax_last_dim(&scores)?
-    };
-    probs.matmul(v)?.transpose(1, 2)?.reshape((b, l, h * d))
+        candle_nn::ops::softmax(&scores, D::Minus1)
+    }
+}
+
+/// GELU, tanh approximation (FLUX's MLPs).
+pub fn gelu(x: &Tensor) -> Result<Tensor> {
+    if crate::fused::applies(x) {
+        return crate::fused::gelu(x);
+    }
+    x.gelu()
 }
 
 /// Two linears with SiLU between (`in_layer`, `out_layer`).
@@ -119,7 +195,7 @@ impl MlpEmbedder {
 
 impl Module for MlpEmbedder {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.out_layer.forward(&self.in_layer.forward(x)?.silu()?)
+        linear(&self.out_layer, &linear(&self.in_layer, x)?.silu()?)
     }
 }
 
@@ -137,8 +213,45 @@ pub struct ModulationOut {
 impl ModulationOut {
     /// `(1 + scale) · x + shift`.
     pub fn modulate(&self, x: &Tensor) -> Result<Tensor> {
+        if crate::fused::applies(x) && crate::fused::applies(&self.scale) {
+            return crate::fused::modulate(x, &self.scale, &self.shift);
+        }
         x.broadcast_mul(&(&self.scale + 1.0)?)?
             .broadcast_add(&self.shift)
+    }
+
+    /// `x + gate · y`: a gated residual.
+    pub fn gate_add(&self, x: &Tensor, y: &Tensor) -> Result<Tensor> {
+        let fused = crate::fused::applies;
+        if fused(x) && fused(y) && fused(&self.gate) {
+            return crate::fused::gate_add(x, &self.gate, y);
+        }
+        x + self.gate.broadcast_mul(y)?
+    }
+}
+
+/// Outputs `start..start + len` of `l(x)`, computing only those: the weight rows are sliced
+/// rather than the (much larger) output, whose narrow would pad its gradient to full width.
+pub fn linear_part(l: &Linear, x: &Tensor, start: usize, len: usize) -> Result<Tensor> {
+    let w = l.weight().narrow(0, start, len)?;
+    let b = l.bias().map(|b| b.narrow(0, start, len)).transpose()?;
+    linear(&Linear::new(w, b), x)
+}
+
+/// `l(x)`; on the fused path, one matmul over all rows and a bias add whose gradient is a
+/// single column sum.
+pub fn linear(l: &Linear, x: &Tensor) -> Result<Tensor> {
+    let fused = crate::fused::applies;
+    match l.bias() {
+        Some(b) if fused(x) && fused(b) && fused(l.weight()) => {
+            let w = l.weight();
+            let mut dims = x.dims().to_vec();
+            let inp = dims.pop().unwrap_or(1);
+            let y = x.reshape(((), inp))?.matmul(&w.t()?)?;
+            dims.push(w.dim(0)?);
+            crate::fused::add_bias(&y, b)?.reshape(dims)
+        }
+        _ => l.forward(x),
     }
 }
 
@@ -260,7 +373,7 @@ impl LoraLinear {
 
     /// `base(x)`, plus the update when `on` and one is attached.
     pub fn forward_lora(&self, x: &Tensor, on: bool) -> Result<Tensor> {
-        let y = self.base.forward(x)?;
+        let y = linear(&self.base, x)?;
         match (&self.ab, on) {
             (Some((a, b)), true) => y + x.broadcast_matmul(&a.t()?)?.broadcast_matmul(&b.t()?)?,
             _ => Ok(y),

@@ -6,6 +6,7 @@
 //! - [`bundle`]: model files (f16 safetensors + JSON) and latent normalisation.
 //! - [`config`]: shapes as data, with presets.
 //! - [`larender`]: LaRender, the training-free baseline (per-copy attention, Z-order composition).
+//! - [`fused`]: one-pass CPU kernels with backward for softmax, norms, GELU and RoPE.
 //! - [`layers`]: differentiable building blocks (norms, RoPE, attention, modulation).
 //! - [`dit`]: the Flux-style MM-DiT.
 //! - [`layout_model`]: stage 2, the frozen base with the layout branch: loss and sampler.
@@ -26,6 +27,7 @@ pub mod config;
 pub mod dit;
 pub mod encoders;
 pub mod flux_dev;
+pub mod fused;
 pub mod init;
 pub mod larender;
 pub mod layers;

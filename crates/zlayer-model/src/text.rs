@@ -5,7 +5,7 @@
 //! The vocabulary is data stored with the weights (not compiled in), so a checkpoint knows
 //! its own words. Open vocabulary needs the Flux-scale model (T5 + CLIP).
 
-use crate::layers::layer_norm;
+use crate::layers::{attend, gelu, layer_norm, linear};
 use candle_core::{D, DType, Device, Result, Tensor};
 use candle_nn::{Embedding, Linear, Module, VarBuilder};
 use std::collections::HashMap;
@@ -145,16 +145,12 @@ impl Layer {
 
     /// `mask_bias` (B, 1, 1, L): 0 for tokens, −1e9 for padding.
     fn forward(&self, x: &Tensor, mask_bias: &Tensor) -> Result<Tensor> {
-        let (b, l, w) = x.dims3()?;
-        let (q, k, v) = crate::layers::split_qkv(&self.qkv.forward(&layer_norm(x)?)?, self.heads)?;
+        let w = x.dim(2)?;
+        let (q, k, v) = crate::layers::split_qkv(&linear(&self.qkv, &layer_norm(x)?)?, self.heads)?;
         let d = w / self.heads;
-        let scores = (q.contiguous()?.matmul(&k.contiguous()?.t()?)? / (d as f64).sqrt())?
-            .broadcast_add(mask_bias)?;
-        let a = candle_nn::ops::softmax(&scores, D::Minus1)?.matmul(&v.contiguous()?)?; // (B, H, L, d)
-        let x = (x + self.proj.forward(&a.transpose(1, 2)?.reshape((b, l, w))?)?)?;
-        &x + self
-            .fc2
-            .forward(&self.fc1.forward(&layer_norm(&x)?)?.gelu()?)?
+        let a = attend(&q, &k, &v, 1.0 / (d as f64).sqrt(), Some(mask_bias))?; // (B, L, w)
+        let x = (x + linear(&self.proj, &a)?)?;
+        &x + linear(&self.fc2, &gelu(&linear(&self.fc1, &layer_norm(&x)?)?)?)?
     }
 }
 
