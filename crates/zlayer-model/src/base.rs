@@ -3,7 +3,7 @@
 
 use crate::config::Config;
 use crate::dit::{Flux, FluxInput};
-use crate::sampling::{denoise, guided, noise, schedule, training_draw};
+use crate::sampling::{denoise, guided, noise, schedule, training_draw_shifted};
 use crate::text::{TextConfig, TextEncoder, Tokenizer};
 use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::VarBuilder;
@@ -17,6 +17,17 @@ pub struct SampleOptions {
     pub guidance: f64,
     /// Noise seed.
     pub seed: u64,
+}
+
+/// How the flow loss draws and weighs its samples; the default is the plain loss.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LossOptions<'a> {
+    /// A weight per latent token (B, L), the squared errors averaged under it: tokens that show
+    /// objects can count for more than the background around them. Uniform when absent.
+    pub weights: Option<&'a Tensor>,
+    /// μ of the shift applied to the logit-normal times (0: none; see
+    /// [`crate::sampling::training_draw_shifted`]).
+    pub time_mu: f64,
 }
 
 /// The DiT and its text encoder, with the tokenizer they were trained with. Cloning shares
@@ -108,8 +119,25 @@ impl BaseModel {
         grid: (usize, usize),
         seed: u64,
     ) -> Result<Tensor> {
-        let (xt, t, v) = training_draw(x0, seed)?;
-        (self.velocity(&xt, &t, ids, grid)? - v)?.sqr()?.mean_all()
+        self.loss_with(x0, ids, grid, seed, &LossOptions::default())
+    }
+
+    /// [`Self::loss`] drawn and weighed as `opts` says.
+    pub fn loss_with(
+        &self,
+        x0: &Tensor,
+        ids: &Tensor,
+        grid: (usize, usize),
+        seed: u64,
+        opts: &LossOptions,
+    ) -> Result<Tensor> {
+        let (xt, t, v) = training_draw_shifted(x0, seed, opts.time_mu)?;
+        let se = (self.velocity(&xt, &t, ids, grid)? - v)?.sqr()?;
+        let Some(w) = opts.weights else {
+            return se.mean_all();
+        };
+        let total = w.sum_all()?.to_scalar::<f32>()? as f64 * x0.dim(2)? as f64;
+        se.broadcast_mul(&w.unsqueeze(2)?)?.sum_all()? / total
     }
 
     /// Samples latent tokens (B, h·w, C), one image per row of prompt ids (B, Lt): Euler over

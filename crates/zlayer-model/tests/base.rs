@@ -1,9 +1,9 @@
 //! The base model: flow loss, deterministic sampling, prompt errors.
 
-use candle_core::{DType, Device};
+use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use zlayer_model::Config;
-use zlayer_model::base::{BaseModel, SampleOptions};
+use zlayer_model::base::{BaseModel, LossOptions, SampleOptions};
 use zlayer_model::text::{TextConfig, Tokenizer};
 
 fn model(dev: &Device) -> candle_core::Result<BaseModel> {
@@ -63,6 +63,40 @@ fn loss_is_finite_and_sampling_is_deterministic() -> candle_core::Result<()> {
         m.loss(&x0, &ids, (4, 4), 7)?.to_scalar::<f32>()?,
         "same seed, same loss"
     );
+    // Token weights: uniform ones give the plain mean; weight on one sample's tokens alone
+    // gives that sample's loss, which the two-sample mean lies between.
+    let weighted = |w| LossOptions {
+        weights: Some(w),
+        time_mu: 0.0,
+    };
+    let ones = Tensor::ones((2, 16), DType::F32, &dev)?;
+    let uniform = m.loss_with(&x0, &ids, (4, 4), 7, &weighted(&ones))?;
+    assert!((uniform.to_scalar::<f32>()? - l).abs() < 1e-6 * l);
+    let first = Tensor::cat(
+        &[
+            Tensor::ones((1, 16), DType::F32, &dev)?,
+            Tensor::zeros((1, 16), DType::F32, &dev)?,
+        ],
+        0,
+    )?;
+    let second = (1.0 - &first)?;
+    let (l1, l2) = (
+        m.loss_with(&x0, &ids, (4, 4), 7, &weighted(&first))?
+            .to_scalar::<f32>()?,
+        m.loss_with(&x0, &ids, (4, 4), 7, &weighted(&second))?
+            .to_scalar::<f32>()?,
+    );
+    assert!((0.5 * (l1 + l2) - l).abs() < 1e-5 * l, "{l1} {l2} {l}");
+    assert!(l1 != l2);
+    // Shifted times draw other times, so another loss, still finite.
+    let shifted = LossOptions {
+        weights: None,
+        time_mu: 3f64.ln(),
+    };
+    let ls = m
+        .loss_with(&x0, &ids, (4, 4), 7, &shifted)?
+        .to_scalar::<f32>()?;
+    assert!(ls.is_finite() && ls != l);
     let one = m
         .tokenizer
         .batch(&["a red sphere", "a red sphere"], m.max_len, &dev)

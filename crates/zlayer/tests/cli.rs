@@ -432,8 +432,22 @@ fn train_and_generate_end_to_end_smoke() {
         "1",
         "--batch",
         "2",
+        "--object-weight",
+        "3",
     ]);
     assert_eq!(run.status.code(), Some(0), "{}", text(&run.stderr));
+    let bad = zlayer(&[
+        "train",
+        "base",
+        "--vae",
+        vae_dir.join("vae.safetensors").to_str().unwrap(),
+        "--out",
+        dir.join("bad").to_str().unwrap(),
+        "--object-weight",
+        "0",
+    ]);
+    assert_eq!(bad.status.code(), Some(2), "{}", text(&bad.stderr));
+    assert!(text(&bad.stderr).contains("--object-weight 0 must be a positive number"));
     std::fs::copy(
         vae_dir.join("vae.safetensors"),
         model.join("vae.safetensors"),
