@@ -200,18 +200,7 @@ pub fn over_stack8(layers: &[&[Premul8]], out: &mut [Premul8]) {
             "over_stack8: layers must match the output size"
         );
     }
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
-        // SAFETY: the CPU has the feature the function was compiled for.
-        return unsafe { over_stack8_avx2(layers, out) };
-    }
-    over_stack8_kernel(layers, out)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-fn over_stack8_avx2(layers: &[&[Premul8]], out: &mut [Premul8]) {
-    over_stack8_kernel(layers, out)
+    crate::with_avx2_fma(|| over_stack8_kernel(layers, out))
 }
 
 /// Folds blocks of 64 pixels through all layers; the packed form lets the compiler keep

@@ -301,21 +301,10 @@ fn compose_kernel(x: &VolumeInputs, out: &mut [f32]) {
     }
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-fn compose_avx2(x: &VolumeInputs, out: &mut [f32]) {
-    compose_kernel(x, out)
-}
-
 /// Composes the layers into `out`, (L, D): Z of DESIGN.md §4.1.
 pub fn compose(x: &VolumeInputs, out: &mut [f32]) {
     assert_eq!(out.len(), x.l * x.d, "output must be L×D");
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-        // SAFETY: the CPU has the features the function was compiled for.
-        return unsafe { compose_avx2(x, out) };
-    }
-    compose_kernel(x, out)
+    crate::with_avx2_fma(|| compose_kernel(x, out))
 }
 
 /// The unnormalised weights w_i(p), (K, L, D); zero where b_i(p) = 0.

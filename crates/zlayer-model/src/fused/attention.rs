@@ -248,7 +248,7 @@ impl Attention {
                     Some(all) => std::borrow::Cow::Borrowed(&all[t * l * l..][..l * l]),
                     None => {
                         let mut p = vec![0f32; l * l];
-                        super::simd(|| self.probs(q, k, t, &mut p));
+                        zlayer_composite::with_avx2_fma(|| self.probs(q, k, t, &mut p));
                         std::borrow::Cow::Owned(p)
                     }
                 };
@@ -259,7 +259,7 @@ impl Attention {
                 let mut ds = vec![0f32; l * l];
                 mm(l, l, d, &mut ds, go, (vh, 1, d), 1.0); // dP = dO Vᵀ
                 // dS = scale · P ⊙ (dP − Σⱼ dP ⊙ P)
-                super::simd(|| {
+                zlayer_composite::with_avx2_fma(|| {
                     for (ds, p) in ds.chunks_mut(l).zip(p.chunks(l)) {
                         let dot: f32 = ds.iter().zip(p).map(|(a, b)| a * b).sum();
                         for (s, &p) in ds.iter_mut().zip(p) {

@@ -11,6 +11,7 @@
 
 use candle_core::{DType, Tensor};
 use rayon::prelude::*;
+use zlayer_composite::with_avx2_fma;
 
 mod attention;
 mod heads;
@@ -55,25 +56,6 @@ pub fn applies(x: &Tensor) -> bool {
     x.device().is_cpu() && x.dtype() == DType::F32
 }
 
-/// Runs `f` compiled for AVX2 and FMA when the CPU has them. The default target is SSE2, where
-/// LLVM vectorises the row loops (exp, tanh, norms) four wide and without fused multiply-add;
-/// closures handed to this are inlined into the AVX2 instance.
-#[inline(always)]
-pub(crate) fn simd<R>(f: impl FnOnce() -> R) -> R {
-    #[cfg(target_arch = "x86_64")]
-    {
-        #[target_feature(enable = "avx2,fma")]
-        fn avx2<R>(f: impl FnOnce() -> R) -> R {
-            f()
-        }
-        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-            // SAFETY: both features were just detected on this CPU.
-            return unsafe { avx2(f) };
-        }
-    }
-    f()
-}
-
 /// Runs `f(out_row, row_index)` over rows of `n` in parallel, in tasks of about [`GRAIN`]
 /// elements.
 fn rows(len: usize, n: usize, f: impl Fn(&mut [f32], usize) + Sync) -> Vec<f32> {
@@ -82,7 +64,7 @@ fn rows(len: usize, n: usize, f: impl Fn(&mut [f32], usize) + Sync) -> Vec<f32> 
     out.par_chunks_mut(per * n)
         .enumerate()
         .for_each(|(t, chunk)| {
-            simd(|| {
+            with_avx2_fma(|| {
                 for (i, row) in chunk.chunks_mut(n).enumerate() {
                     f(row, t * per + i);
                 }
