@@ -106,27 +106,13 @@ impl DoubleStreamBlock {
     ) -> Result<(Tensor, Tensor)> {
         let (im, tm) = (self.img_mod.forward(vec)?, self.txt_mod.forward(vec)?);
         let (lt, li) = (txt.dim(1)?, img.dim(1)?);
-        let angles = |a: usize, n: usize| -> Result<(Tensor, Tensor)> {
-            Ok((pe.0.narrow(2, a, n)?, pe.1.narrow(2, a, n)?))
+        // Each stream's heads, rotated by the angles of its span [a, a + n) of the sequence.
+        let heads = |attn: &SelfAttention, x: &Tensor, a: usize, n: usize| {
+            let (cos, sin) = (pe.0.narrow(2, a, n)?, pe.1.narrow(2, a, n)?);
+            qkv_heads(&attn.qkv.forward(x)?, &attn.norm, (&cos, &sin), self.heads)
         };
-        let heads = |attn: &SelfAttention, x: &Tensor, pe: (Tensor, Tensor)| {
-            qkv_heads(
-                &attn.qkv.forward(x)?,
-                &attn.norm,
-                (&pe.0, &pe.1),
-                self.heads,
-            )
-        };
-        let th = heads(
-            &self.txt_attn,
-            &tm[0].modulate(&layer_norm(txt)?)?,
-            angles(0, lt)?,
-        )?;
-        let ih = heads(
-            &self.img_attn,
-            &im[0].modulate(&layer_norm(img)?)?,
-            angles(lt, li)?,
-        )?;
+        let th = heads(&self.txt_attn, &tm[0].modulate(&layer_norm(txt)?)?, 0, lt)?;
+        let ih = heads(&self.img_attn, &im[0].modulate(&layer_norm(img)?)?, lt, li)?;
         // Text tokens first, as FLUX orders the joint sequence: (B, Lt+Li, H·D).
         let attn = attend_stacked(&Tensor::cat(&[&th, &ih], 3)?, None)?;
         let (t_attn, i_attn) = (

@@ -36,6 +36,10 @@ pub fn time_shift(mu: f64, t: f64) -> f64 {
     if t <= 0.0 {
         return 0.0;
     }
+    if mu == 0.0 {
+        // The identity, exactly: unshifted training draws stay bit for bit as they were.
+        return t;
+    }
     mu.exp() / (mu.exp() + (1.0 / t - 1.0))
 }
 
@@ -109,10 +113,7 @@ pub fn training_draw_shifted(x0: &Tensor, seed: u64, mu: f64) -> Result<(Tensor,
     let dev = x0.device();
     let mut rng = Rng::new(seed);
     let t: Vec<f32> = (0..b)
-        .map(|_| {
-            let t = rng.logit_normal();
-            (if mu == 0.0 { t } else { time_shift(mu, t) }) as f32
-        })
+        .map(|_| time_shift(mu, rng.logit_normal()) as f32)
         .collect();
     let t = Tensor::from_vec(t, b, dev)?;
     let eps = noise(x0.shape(), rng.next_u64(), dev)?;

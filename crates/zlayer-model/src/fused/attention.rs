@@ -1,12 +1,15 @@
 //! Attention as one op: `softmax(scale · q kᵀ + bias) v` for every (batch, head) in a rayon
 //! task, with gemm on slices that stay in cache. The composed form materialises the (B, H, L, L)
 //! scores several times over, and its backward adds a zero-filled buffer and a sum per edge;
-//! here the backward recomputes the probabilities per head and returns dq, dk and dv at once.
+//! here the forward keeps the probabilities when its inputs are tracked (the backward
+//! recomputes them otherwise), and the backward returns dq, dk and dv at once.
 
+use super::norm::{softmax_grad_row, softmax_row};
 use super::op::{Arg, Kernel, Op, held};
 use candle_core::{Result, Shape, Tensor};
 use rayon::prelude::*;
 use std::sync::{Arc, Mutex};
+use zlayer_composite::with_avx2_fma;
 
 /// `softmax(scale · q kᵀ + bias) v` for q, k, v (B, H, L, D), returned as (B, L, H·D), the
 /// layout the output projection reads. `bias` broadcasts as (1 or B, 1, 1 or L, L); any other
@@ -169,17 +172,16 @@ impl Attention {
         let Dims { h, l, d, .. } = self.dims;
         let (q, k) = (&q[t * l * d..][..l * d], &k[t * l * d..][..l * d]);
         mm(l, l, d, p, (q, d, 1), (k, 1, d), self.scale);
-        for (i, row) in p.chunks_mut(l).enumerate() {
-            if let Some(b) = &self.bias {
-                row.iter_mut()
-                    .zip(b.row(t / h, i))
-                    .for_each(|(s, b)| *s += b);
+        with_avx2_fma(|| {
+            for (i, row) in p.chunks_mut(l).enumerate() {
+                if let Some(b) = &self.bias {
+                    row.iter_mut()
+                        .zip(b.row(t / h, i))
+                        .for_each(|(s, b)| *s += b);
+                }
+                softmax_row(row, 1.0);
             }
-            let m = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            row.iter_mut().for_each(|s| *s = super::exp(*s - m));
-            let inv = 1.0 / row.iter().sum::<f32>();
-            row.iter_mut().for_each(|s| *s *= inv);
-        }
+        })
     }
 }
 
@@ -248,7 +250,7 @@ impl Attention {
                     Some(all) => std::borrow::Cow::Borrowed(&all[t * l * l..][..l * l]),
                     None => {
                         let mut p = vec![0f32; l * l];
-                        zlayer_composite::with_avx2_fma(|| self.probs(q, k, t, &mut p));
+                        self.probs(q, k, t, &mut p);
                         std::borrow::Cow::Owned(p)
                     }
                 };
@@ -259,12 +261,9 @@ impl Attention {
                 let mut ds = vec![0f32; l * l];
                 mm(l, l, d, &mut ds, go, (vh, 1, d), 1.0); // dP = dO Vᵀ
                 // dS = scale · P ⊙ (dP − Σⱼ dP ⊙ P)
-                zlayer_composite::with_avx2_fma(|| {
+                with_avx2_fma(|| {
                     for (ds, p) in ds.chunks_mut(l).zip(p.chunks(l)) {
-                        let dot: f32 = ds.iter().zip(p).map(|(a, b)| a * b).sum();
-                        for (s, &p) in ds.iter_mut().zip(p) {
-                            *s = self.scale * p * (*s - dot);
-                        }
+                        softmax_grad_row(ds, p, self.scale);
                     }
                 });
                 mm(l, d, l, dq, (&ds, l, 1), (kh, d, 1), 1.0); // dQ = dS K

@@ -7,10 +7,12 @@
 //! copies. The backward here writes the projection's gradient and both scale gradients in one
 //! pass over rows.
 
+use super::norm::{rotate_row, row_stats};
 use super::op::{Arg, Kernel, Op, held};
 use super::rows;
 use candle_core::{Result, Shape, Tensor};
 use rayon::prelude::*;
+use zlayer_composite::with_avx2_fma;
 
 /// q, k, v heads (3, B, H, L, D) from `x` (B, L, 3·H·D): q and k RMS-normalised (eps), times
 /// `q_scale`/`k_scale` (D), rotated by the angles `cos`/`sin` (B or 1, 1, L, D/2).
@@ -73,8 +75,7 @@ impl Heads {
 
     /// (1/rms, the normalised row) of one q or k head row.
     fn norm(&self, x: &[f32], n: &mut [f32]) -> f32 {
-        let ms = x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32;
-        let rstd = 1.0 / (ms + self.eps).sqrt();
+        let (_, rstd) = row_stats(x, self.eps, false);
         n.iter_mut().zip(x).for_each(|(n, x)| *n = x * rstd);
         rstd
     }
@@ -131,15 +132,8 @@ impl Heads {
                 return;
             }
             self.norm(x, y);
-            for i in 0..d / 2 {
-                let (c, sn) = (cos[a + i], sin[a + i]);
-                let (x0, x1) = (
-                    y[2 * i] * scale[part][2 * i],
-                    y[2 * i + 1] * scale[part][2 * i + 1],
-                );
-                y[2 * i] = x0 * c - x1 * sn;
-                y[2 * i + 1] = x0 * sn + x1 * c;
-            }
+            y.iter_mut().zip(scale[part]).for_each(|(y, s)| *y *= s);
+            rotate_row(y, &cos[a..a + d / 2], &sin[a..a + d / 2], false);
         });
         (out, Shape::from((3, b, h, l, d)))
     }
@@ -161,7 +155,7 @@ impl Heads {
             .par_chunks_mut(per * width)
             .enumerate()
             .map(|(t, chunk)| {
-                zlayer_composite::with_avx2_fma(|| {
+                with_avx2_fma(|| {
                     let mut acc = vec![0f32; 2 * d];
                     let (mut n, mut gm) = (vec![0f32; d], vec![0f32; d]);
                     for (j, row) in chunk.chunks_mut(width).enumerate() {
@@ -177,11 +171,8 @@ impl Heads {
                                     continue;
                                 }
                                 // Undo the rotation: the gradient of the scaled, normalised row.
-                                for i in 0..d / 2 {
-                                    let (c, sn) = (cos[a + i], sin[a + i]);
-                                    gm[2 * i] = go[2 * i] * c + go[2 * i + 1] * sn;
-                                    gm[2 * i + 1] = -go[2 * i] * sn + go[2 * i + 1] * c;
-                                }
+                                gm.copy_from_slice(go);
+                                rotate_row(&mut gm, &cos[a..a + d / 2], &sin[a..a + d / 2], true);
                                 let rstd = self.norm(&x[s..s + d], &mut n);
                                 let sc = scale[part];
                                 let acc = &mut acc[part * d..(part + 1) * d];

@@ -1,6 +1,7 @@
 //! Fused CPU kernels with hand-written backward passes, for the ops that dominate a tiny
-//! training step: softmax over attention scores, the parameter-free layer norm, RMS norm,
-//! GELU-tanh and RoPE.
+//! training step: softmax, the parameter-free layer norm, RMS norm, GELU-tanh, RoPE
+//! (`norm`); bias, adaLN modulation and the gated residual (`rows`); the split into q/k/v
+//! heads (`heads`); and attention itself (`attention`). `op` adapts them to candle.
 //!
 //! candle composes each of these from 5–15 single-threaded element-wise passes, each with a
 //! fresh allocation, and its own fused kernels have no backward (DESIGN.md §6). These run one

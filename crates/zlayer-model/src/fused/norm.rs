@@ -10,6 +10,51 @@ fn same(v: Vec<f32>, a: &Arg) -> Result<(Vec<f32>, Shape)> {
     Ok((v, Shape::from(a.dims)))
 }
 
+/// `row ← softmax(k · row)` in place; `k` must be positive.
+#[inline(always)]
+pub(super) fn softmax_row(row: &mut [f32], k: f32) {
+    let m = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    row.iter_mut().for_each(|s| *s = exp(k * (*s - m)));
+    let inv = 1.0 / row.iter().sum::<f32>();
+    row.iter_mut().for_each(|s| *s *= inv);
+}
+
+/// `g ← k · y ⊙ (g − Σ g ⊙ y)` in place: the gradient through [`softmax_row`] of one row
+/// whose output was `y`.
+#[inline(always)]
+pub(super) fn softmax_grad_row(g: &mut [f32], y: &[f32], k: f32) {
+    let dot: f32 = g.iter().zip(y).map(|(g, y)| g * y).sum();
+    g.iter_mut()
+        .zip(y)
+        .for_each(|(g, &y)| *g = k * y * (*g - dot));
+}
+
+/// Rotates consecutive pairs of `row` in place by the angles whose cosines and sines are
+/// `cos`, `sin` (one per pair), or by their opposites when `inverse` (the transpose).
+#[inline(always)]
+pub(super) fn rotate_row(row: &mut [f32], cos: &[f32], sin: &[f32], inverse: bool) {
+    let sign = if inverse { -1.0 } else { 1.0 };
+    for ((pair, &c), &s) in row.chunks_exact_mut(2).zip(cos).zip(sin) {
+        let (x0, x1, s) = (pair[0], pair[1], sign * s);
+        pair[0] = x0 * c - x1 * s;
+        pair[1] = x0 * s + x1 * c;
+    }
+}
+
+/// (mean, 1/σ) of one row: σ² the variance about the mean when `centred`, else the mean
+/// square (RMS norm, mean 0).
+#[inline(always)]
+pub(super) fn row_stats(x: &[f32], eps: f32, centred: bool) -> (f32, f32) {
+    let n = x.len() as f32;
+    let mean = if centred {
+        x.iter().sum::<f32>() / n
+    } else {
+        0.0
+    };
+    let var = x.iter().map(|x| (x - mean) * (x - mean)).sum::<f32>() / n;
+    (mean, 1.0 / (var + eps).sqrt())
+}
+
 /// `softmax(scale · x)` over the last dimension; `scale` must be positive.
 pub fn softmax_last(x: &Tensor, scale: f64) -> Result<Tensor> {
     Op(Softmax(scale as f32)).on(&[x])
@@ -23,13 +68,8 @@ impl Kernel for Softmax {
     fn fwd(&self, a: &[Arg]) -> Result<(Vec<f32>, Shape)> {
         let (x, n, k) = (a[0].x, a[0].last(), self.0);
         let y = rows(x.len(), n, |y, r| {
-            let x = &x[r * n..(r + 1) * n];
-            let m = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            for (y, &x) in y.iter_mut().zip(x) {
-                *y = exp(k * (x - m));
-            }
-            let inv = 1.0 / y.iter().sum::<f32>();
-            y.iter_mut().for_each(|y| *y *= inv);
+            y.copy_from_slice(&x[r * n..(r + 1) * n]);
+            softmax_row(y, k);
         });
         same(y, &a[0])
     }
@@ -48,11 +88,8 @@ impl Kernel for SoftmaxBwd {
     fn fwd(&self, a: &[Arg]) -> Result<(Vec<f32>, Shape)> {
         let (y, g, n) = (a[0].x, a[1].x, a[0].last());
         let dx = rows(y.len(), n, |dx, r| {
-            let (y, g) = (&y[r * n..(r + 1) * n], &g[r * n..(r + 1) * n]);
-            let dot: f32 = y.iter().zip(g).map(|(y, g)| y * g).sum();
-            for ((dx, &y), &g) in dx.iter_mut().zip(y).zip(g) {
-                *dx = self.0 * y * (g - dot);
-            }
+            dx.copy_from_slice(&g[r * n..(r + 1) * n]);
+            softmax_grad_row(dx, &y[r * n..(r + 1) * n], self.0);
         });
         same(dx, &a[0])
     }
@@ -84,13 +121,7 @@ struct RowNorm(Norm, f32, bool);
 impl RowNorm {
     /// (mean subtracted, 1/σ) of one row.
     fn stats(&self, x: &[f32]) -> (f32, f32) {
-        let n = x.len() as f32;
-        let mean = match self.0 {
-            Norm::Layer => x.iter().sum::<f32>() / n,
-            Norm::Rms => 0.0,
-        };
-        let var = x.iter().map(|x| (x - mean) * (x - mean)).sum::<f32>() / n;
-        (mean, 1.0 / (var + self.1).sqrt())
+        row_stats(x, self.1, matches!(self.0, Norm::Layer))
     }
 }
 
@@ -185,10 +216,11 @@ impl Kernel for Gelu {
 /// Rotates consecutive pairs of the last dimension of `x` (B, H, L, D) by the angles whose
 /// cosines and sines are `cos`, `sin` (B or 1, 1, L, D/2).
 pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
-    Op(Rope).on(&[x, cos, sin])
+    Op(Rope(false)).on(&[x, cos, sin])
 }
 
-struct Rope;
+/// RoPE; with `true`, the rotation by the opposite angles (its backward).
+struct Rope(bool);
 
 impl Kernel for Rope {
     const NAME: &'static str = "zlayer-rope";
@@ -216,19 +248,14 @@ impl Kernel for Rope {
         let y = rows(x.len(), d, |y, r| {
             let (bi, li) = (r / (h * l), r % l);
             let at = ((bi % cb) * l + li) * (d / 2);
-            let x = &x[r * d..(r + 1) * d];
-            for i in 0..d / 2 {
-                let (c, s) = (cos[at + i], sin[at + i]);
-                let (x0, x1) = (x[2 * i], x[2 * i + 1]);
-                y[2 * i] = x0 * c - x1 * s;
-                y[2 * i + 1] = x0 * s + x1 * c;
-            }
+            y.copy_from_slice(&x[r * d..(r + 1) * d]);
+            rotate_row(y, &cos[at..at + d / 2], &sin[at..at + d / 2], self.0);
         });
         same(y, &a[0])
     }
 
     fn bwd(&self, a: &[&Tensor], _: &Tensor, grad: &Tensor) -> Result<Vec<Option<Tensor>>> {
         // A rotation's transpose is the rotation by the opposite angle.
-        Ok(vec![Some(Op(Rope).run(&[grad, a[1], &a[2].neg()?])?)])
+        Ok(vec![Some(Op(Rope(!self.0)).run(&[grad, a[1], a[2]])?)])
     }
 }
