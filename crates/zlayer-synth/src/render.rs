@@ -37,6 +37,18 @@ pub struct SynthScene {
     pub scene: Scene,
 }
 
+impl SynthScene {
+    /// The smallest visible area among its instances, in pixels (coverage-weighted; the
+    /// image's area when it has none): how much of the least visible object a caption that
+    /// names every object can count on.
+    pub fn min_visible_px(&self) -> f32 {
+        self.visible
+            .iter()
+            .map(|m| m.iter().map(|&a| a as f32).sum::<f32>() / 255.0)
+            .fold(self.image.len() as f32, f32::min)
+    }
+}
+
 /// Pixels both amodal masks cover by at least half, needed before an order is declared.
 pub fn min_overlap_px(size: u32) -> usize {
     ((size * size) as usize / 400).max(4)

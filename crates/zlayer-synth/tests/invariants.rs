@@ -27,6 +27,13 @@ fn check(s: &SynthScene) {
         assert_eq!(Look::parse(&native.caption), Ok(inst.look), "{ctx}");
     }
 
+    // The least visible object's area, summed in integers.
+    let least = (0..n)
+        .map(|k| s.visible[k].iter().map(|&a| a as u64).sum::<u64>())
+        .min();
+    let want = least.map_or(px as f32, |v| v as f32 / 255.0);
+    assert_eq!(s.min_visible_px(), want, "{ctx}: least visible area");
+
     // visible ⊆ amodal, and the layer lives inside the amodal mask.
     for k in 0..n {
         for p in 0..px {

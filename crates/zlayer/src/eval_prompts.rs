@@ -4,7 +4,7 @@
 use crate::cli::Failure;
 use crate::generate_cmd::{Model, to_rgb8};
 use crate::synth_cmd::SplitArg;
-use crate::train_cmd::scenes;
+use crate::train_cmd::{base_batch, scenes};
 use candle_core::Device;
 use clap::Args;
 use indicatif::ProgressBar;
@@ -36,10 +36,10 @@ pub struct EvalPromptsArgs {
     /// Euler steps.
     #[arg(long, default_value_t = 20)]
     steps: usize,
-    /// Classifier-free guidance scale (1 disables it: the bundled tiny base finds more of the
-    /// prompted colours without guidance, see docs/model.md).
-    #[arg(long, default_value_t = 1.0)]
-    guidance: f64,
+    /// Classifier-free guidance scale, 1 disabling it [default: the model's tuned `guidance`
+    /// in base.json, else 1].
+    #[arg(long)]
+    guidance: Option<f64>,
     /// Seed of the noise.
     #[arg(long, default_value_t = 0)]
     noise_seed: u64,
@@ -102,8 +102,16 @@ fn training_prompts(meta: &serde_json::Value, size: u32) -> Option<HashSet<Strin
         .iter()
         .filter_map(|s| Split::from_name(s.as_str()?))
         .collect();
-    let total = steps * batch;
+    let min_visible = meta["min_visible"].as_f64().unwrap_or(0.0) as f32;
     let mut set = HashSet::new();
+    if min_visible > 0.0 {
+        for step in 0..steps as usize {
+            let drawn = base_batch(seed, step, batch as usize, size, &splits, min_visible);
+            set.extend(drawn.into_iter().map(|s| s.scene.prompt));
+        }
+        return Some(set);
+    }
+    let total = steps * batch;
     let chunk = 2048;
     for first in (0..total).step_by(chunk) {
         let n = chunk.min((total - first) as usize);
@@ -127,6 +135,7 @@ pub fn run(a: EvalPromptsArgs) -> Result<(), Failure> {
     }
     let dev = Device::Cpu;
     let m = Model::load(&a.model, &dev)?;
+    let guidance = a.guidance.unwrap_or(m.guidance);
     let size = m.size as u32;
     let splits: Vec<Split> = a.splits.iter().map(|&s| s.into()).collect();
     let held = scenes(a.seed, 0, a.n, size, &splits);
@@ -148,7 +157,7 @@ pub fn run(a: EvalPromptsArgs) -> Result<(), Failure> {
             .map_err(|e| Failure::User(e.to_string()))?;
         let opts = SampleOptions {
             steps: a.steps,
-            guidance: a.guidance,
+            guidance,
             seed: a.noise_seed.wrapping_add(c as u64),
         };
         let out = to_rgb8(&m.generate(&ids, &opts).map_err(int)?).map_err(int)?;
@@ -178,7 +187,7 @@ pub fn run(a: EvalPromptsArgs) -> Result<(), Failure> {
         .clone()
         .unwrap_or_else(|| a.model.join("eval-prompts"));
     std::fs::create_dir_all(&out).map_err(|e| Failure::User(format!("{}: {e}", out.display())))?;
-    let summary = summarize(&rows, &a);
+    let summary = summarize(&rows, &a, guidance);
     let md = markdown(&summary);
     let json =
         serde_json::to_string_pretty(&serde_json::json!({"summary": summary, "prompts": rows}))
@@ -251,7 +260,7 @@ fn rates<'a>(rows: impl Iterator<Item = &'a Row> + Clone) -> Rates {
     }
 }
 
-fn summarize(rows: &[Row], a: &EvalPromptsArgs) -> serde_json::Value {
+fn summarize(rows: &[Row], a: &EvalPromptsArgs, guidance: f64) -> serde_json::Value {
     let mut by: Vec<(String, Rates)> = vec![("all".into(), rates(rows.iter()))];
     for split in ["simple", "regular", "complex"] {
         if rows.iter().any(|r| r.split == split) {
@@ -268,7 +277,7 @@ fn summarize(rows: &[Row], a: &EvalPromptsArgs) -> serde_json::Value {
         ));
     }
     serde_json::json!({
-        "model": a.model, "seed": a.seed, "steps": a.steps, "guidance": a.guidance,
+        "model": a.model, "seed": a.seed, "steps": a.steps, "guidance": guidance,
         "noise_seed": a.noise_seed, "groups": by.iter().map(|(k, r)| serde_json::json!({"group": k, "rates": r})).collect::<Vec<_>>(),
     })
 }

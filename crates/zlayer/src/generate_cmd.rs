@@ -38,9 +38,9 @@ pub struct GenerateArgs {
     /// Euler steps [default: 20; 28 for flux-dev].
     #[arg(long)]
     pub(crate) steps: Option<usize>,
-    /// Guidance: classifier-free for the tiny model [default: 1, off: the bundled base finds
-    /// more of the prompted colours without it, see docs/model.md]; FLUX.1-dev's distilled
-    /// guidance for flux-dev [default: 3.5].
+    /// Guidance: classifier-free for the tiny model [default: the model's tuned `guidance`
+    /// in base.json, else 1 (off); see docs/model.md]; FLUX.1-dev's distilled guidance for
+    /// flux-dev [default: 3.5].
     #[arg(long)]
     pub(crate) guidance: Option<f64>,
     /// flux-dev: the FLUX.1-dev download (flux1-dev.safetensors or transformer/,
@@ -124,7 +124,7 @@ pub fn run(a: GenerateArgs) -> Result<(), Failure> {
     let n = a.n as usize;
     let opts = SampleOptions {
         steps: a.steps.unwrap_or(20),
-        guidance: a.guidance.unwrap_or(1.0),
+        guidance: a.guidance.unwrap_or(m.guidance),
         seed: a.seed,
     };
     let images = match &a.scene {
@@ -298,6 +298,8 @@ pub struct Model {
     pub base: BaseModel,
     /// Image side in pixels.
     pub size: usize,
+    /// Guidance when none is asked for: base.json's tuned `guidance`, else 1 (off).
+    pub guidance: f64,
 }
 
 impl Model {
@@ -314,12 +316,18 @@ impl Model {
         }
         let vae = load_vae(&vae_path, dev).map_err(Failure::User)?;
         let base = load_base(&base_path, dev).map_err(Failure::User)?;
-        let size = std::fs::read_to_string(base_path.with_extension("json"))
+        let meta = std::fs::read_to_string(base_path.with_extension("json"))
             .ok()
             .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-            .and_then(|v| v["image_size"].as_u64())
-            .unwrap_or(64) as usize;
-        Ok(Self { vae, base, size })
+            .unwrap_or_default();
+        let size = meta["image_size"].as_u64().unwrap_or(64) as usize;
+        let guidance = meta["guidance"].as_f64().unwrap_or(1.0);
+        Ok(Self {
+            vae,
+            base,
+            size,
+            guidance,
+        })
     }
 
     /// Images (B, 3, S, S) in [−1, 1], one per row of prompt ids.

@@ -116,7 +116,9 @@ pub fn run(a: LayoutArgs) -> Result<(), Failure> {
     std::fs::create_dir_all(&a.out)
         .map_err(|e| Failure::User(format!("{}: {e}", a.out.display())))?;
     let dev = Device::Cpu;
-    let Model { vae, base, size } = Model::load(&a.model, &dev)?;
+    let Model {
+        vae, base, size, ..
+    } = Model::load(&a.model, &dev)?;
     let g = size / zlayer_model::vae::VaeConfig::FACTOR;
     let grid = (g, g);
     let vm = candle_nn::VarMap::new();

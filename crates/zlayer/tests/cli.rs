@@ -434,20 +434,36 @@ fn train_and_generate_end_to_end_smoke() {
         "2",
         "--object-weight",
         "3",
+        "--min-visible",
+        "40",
     ]);
     assert_eq!(run.status.code(), Some(0), "{}", text(&run.stderr));
-    let bad = zlayer(&[
-        "train",
-        "base",
-        "--vae",
-        vae_dir.join("vae.safetensors").to_str().unwrap(),
-        "--out",
-        dir.join("bad").to_str().unwrap(),
-        "--object-weight",
-        "0",
-    ]);
-    assert_eq!(bad.status.code(), Some(2), "{}", text(&bad.stderr));
-    assert!(text(&bad.stderr).contains("--object-weight 0 must be a positive number"));
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(model.join("base.json")).unwrap()).unwrap();
+    assert_eq!(meta["min_visible"].as_f64(), Some(40.0));
+    let (vae_path, bad_dir) = (vae_dir.join("vae.safetensors"), dir.join("bad"));
+    for (flag, says) in [
+        (
+            "--object-weight=0",
+            "--object-weight 0 must be a positive number",
+        ),
+        (
+            "--min-visible=-1",
+            "--min-visible -1 must be a pixel count of 0 or more",
+        ),
+    ] {
+        let bad = zlayer(&[
+            "train",
+            "base",
+            "--vae",
+            vae_path.to_str().unwrap(),
+            "--out",
+            bad_dir.to_str().unwrap(),
+            flag,
+        ]);
+        assert_eq!(bad.status.code(), Some(2), "{}", text(&bad.stderr));
+        assert!(text(&bad.stderr).contains(says), "{}", text(&bad.stderr));
+    }
     std::fs::copy(
         vae_dir.join("vae.safetensors"),
         model.join("vae.safetensors"),
