@@ -90,6 +90,29 @@ impl SimpleBackend for Seeded {
     }
 }
 
+/// Sets every variable of `vm` from the weights in `path` (any float dtype, as f32): the
+/// start of a fine-tune. Returns how many it set; a variable the file lacks, or holds in
+/// another shape, is an error that names it.
+pub fn load_into(vm: &VarMap, path: &std::path::Path) -> std::result::Result<usize, String> {
+    let data = vm.data().lock().expect("var map lock");
+    let dev = data
+        .values()
+        .next()
+        .map(|v| v.device().clone())
+        .unwrap_or(Device::Cpu);
+    let file = candle_core::safetensors::load(path, &dev)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    for (name, var) in data.iter() {
+        let t = file
+            .get(name)
+            .ok_or_else(|| format!("{}: no tensor {name:?}", path.display()))?;
+        let t = t.to_dtype(var.dtype()).map_err(|e| e.to_string())?;
+        var.set(&t)
+            .map_err(|e| format!("{}: {name}: {e}", path.display()))?;
+    }
+    Ok(data.len())
+}
+
 /// DiT's adaLN-Zero start: zeroes every modulation (`*_mod.lin`, `*.modulation.lin`) and the
 /// final layer in `vm`, so that each block begins as the identity and the model's output at
 /// zero; returns how many variables it zeroed. A block's weights get gradients from the

@@ -144,12 +144,15 @@ fn truncate_log(path: &Path, step: usize) -> std::result::Result<(), String> {
 }
 
 /// The VAE objective: KL weight, and the seed of the posterior noise (step s uses seed + s).
-#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct VaeObjective {
     /// KL weight.
     pub beta: f64,
     /// Noise seed.
     pub seed: u64,
+    /// Fine-tune only the decoder of this trained VAE (its encoder, and so its latents, stay
+    /// fixed); `None` trains a fresh VAE.
+    pub decoder_of: Option<std::path::PathBuf>,
 }
 
 /// Trains a VAE in `dir` (see [`train_loop`]); `images(step)` gives (B, 3, H, W) in [−1, 1].
@@ -162,11 +165,19 @@ pub fn train_vae(
     images: impl Fn(usize) -> Result<Tensor>,
     on_step: impl FnMut(&StepLog),
 ) -> std::result::Result<(VarMap, Vae, Trainer), String> {
-    let VaeObjective { beta, seed } = obj;
+    let meta = serde_json::json!({"kind": "vae", "config": cfg, "loop": lc, "objective": obj});
+    let VaeObjective {
+        beta,
+        seed,
+        decoder_of,
+    } = obj;
     let vm = VarMap::new();
     let vae = Vae::new(cfg, crate::init::seeded(&vm, seed, DType::F32, dev))
         .map_err(|e| e.to_string())?;
-    let meta = serde_json::json!({"kind": "vae", "config": cfg, "loop": lc, "objective": obj});
+    if let Some(from) = &decoder_of {
+        // A resumed checkpoint then overwrites these with its own values.
+        crate::init::load_into(&vm, from)?;
+    }
     let tr = train_loop(
         dir,
         "vae",
@@ -183,6 +194,11 @@ pub fn train_vae(
                 seed.wrapping_add(s as u64),
                 dev,
             )?;
+            if decoder_of.is_some() {
+                let mse = vae.decoder_loss(&x, &eps)?;
+                let v = mse.to_scalar::<f32>()?;
+                return Ok((mse, vec![("mse".into(), v), ("kl".into(), 0.0)]));
+            }
             let (total, mse, kl) = vae.loss(&x, &eps, beta)?;
             Ok((
                 total,

@@ -245,14 +245,32 @@ impl Vae {
     /// with the noise `eps` given (so a step is reproducible). Returns (total, mse, kl).
     pub fn loss(&self, x: &Tensor, eps: &Tensor, beta: f64) -> Result<(Tensor, Tensor, Tensor)> {
         let (mean, logvar) = self.posterior(x)?;
-        let z = (&mean + (logvar.clone() * 0.5)?.exp()?.mul(eps)?)?;
-        let mse = (self.decode(&z)? - x)?.sqr()?.mean_all()?;
+        let mse = self.reconstruction(x, &mean, &logvar, eps)?;
         // KL(N(μ, σ²) ‖ N(0, 1)) = ½ (μ² + σ² − 1 − log σ²), averaged per element.
         let kl = ((mean.sqr()? + logvar.exp()?)?.affine(1.0, -1.0)? - &logvar)?
             .mean_all()?
             .affine(0.5, 0.0)?;
         let total = (&mse + kl.affine(beta, 0.0)?)?;
         Ok((total, mse, kl))
+    }
+
+    /// Reconstruction MSE of the posterior sample `mean + exp(logvar / 2)·eps`.
+    fn reconstruction(
+        &self,
+        x: &Tensor,
+        mean: &Tensor,
+        logvar: &Tensor,
+        eps: &Tensor,
+    ) -> Result<Tensor> {
+        let z = (mean + (logvar * 0.5)?.exp()?.mul(eps)?)?;
+        (self.decode(&z)? - x)?.sqr()?.mean_all()
+    }
+
+    /// [`Self::loss`]'s reconstruction term with the encoder held fixed: no gradient reaches
+    /// it, so the latents a base model was trained on stay what they were.
+    pub fn decoder_loss(&self, x: &Tensor, eps: &Tensor) -> Result<Tensor> {
+        let (mean, logvar) = self.posterior(x)?;
+        self.reconstruction(x, &mean.detach(), &logvar.detach(), eps)
     }
 }
 
@@ -321,6 +339,60 @@ mod tests {
         }
         let end = vae.loss(&x, &eps, 1e-3)?.1.to_scalar::<f32>()?;
         assert!(end < 0.5 * first, "reconstruction {first} → {end}");
+        Ok(())
+    }
+
+    #[test]
+    fn decoder_fine_tune_leaves_the_encoder_alone() -> Result<()> {
+        let dev = Device::Cpu;
+        let cfg = VaeConfig {
+            channels: [8, 16, 16],
+            ..VaeConfig::tiny()
+        };
+        let vm = VarMap::new();
+        let vae = Vae::new(&cfg, crate::init::seeded(&vm, 3, DType::F32, &dev))?;
+        let x = Tensor::rand(0f32, 1.0, (2, 3, 16, 16), &dev)?.affine(2.0, -1.0)?;
+        let eps = crate::sampling::noise((2, 8, 4, 4), 1, &dev)?;
+        let dec = vae.decoder_loss(&x, &eps)?;
+        let (_, mse, _) = vae.loss(&x, &eps, 1e-3)?;
+        assert_eq!(dec.to_scalar::<f32>()?, mse.to_scalar::<f32>()?);
+        let missing = crate::optim::params_without_gradient(&vm, &dec.backward()?);
+        let encoder: Vec<String> = {
+            let data = vm.data().lock().expect("varmap lock");
+            let mut e: Vec<String> = data
+                .keys()
+                .filter(|n| n.starts_with("encoder."))
+                .cloned()
+                .collect();
+            e.sort();
+            e
+        };
+        assert!(!encoder.is_empty());
+        assert_eq!(missing, encoder, "exactly the encoder is held fixed");
+
+        // A fine-tune starts from the saved weights, as f32, whatever their file dtype.
+        let path = std::env::temp_dir().join(format!("zlayer-load-into-{}.st", std::process::id()));
+        let half: std::collections::HashMap<String, Tensor> = vm
+            .data()
+            .lock()
+            .expect("varmap lock")
+            .iter()
+            .map(|(n, v)| Ok((n.clone(), v.as_tensor().to_dtype(DType::F16)?)))
+            .collect::<Result<_>>()?;
+        candle_core::safetensors::save(&half, &path)?;
+        let fresh = VarMap::new();
+        Vae::new(&cfg, crate::init::seeded(&fresh, 9, DType::F32, &dev))?;
+        let n = crate::init::load_into(&fresh, &path).map_err(candle_core::Error::msg)?;
+        assert_eq!(n, half.len());
+        for (name, var) in fresh.data().lock().expect("varmap lock").iter() {
+            let want = half[name].to_dtype(DType::F32)?;
+            let d = (var.as_tensor() - want)?
+                .abs()?
+                .max_all()?
+                .to_scalar::<f32>()?;
+            assert_eq!(d, 0.0, "{name}");
+        }
+        std::fs::remove_file(&path).ok();
         Ok(())
     }
 }

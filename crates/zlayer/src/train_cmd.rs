@@ -146,6 +146,11 @@ pub struct VaeArgs {
     /// Held-out scenes for the final PSNR.
     #[arg(long, default_value_t = 96)]
     heldout: usize,
+    /// Fine-tune only the decoder of this trained VAE (e.g. models/tiny/vae.safetensors): its
+    /// encoder, latent shift and scale stay as they are, so base models trained on its latents
+    /// keep working with the new decoder.
+    #[arg(long)]
+    decoder_of: Option<PathBuf>,
 }
 
 /// A progress bar on a terminal; in a log file (`nohup`), a line every 25 steps instead.
@@ -250,6 +255,35 @@ pub fn scenes(seed: u64, first: u64, n: usize, size: u32, splits: &[Split]) -> V
         .collect()
 }
 
+/// The JSON beside the VAE whose decoder is to be fine-tuned, checked against `cfg`.
+fn original_vae(path: &Path, cfg: &VaeConfig) -> Result<serde_json::Value, Failure> {
+    let json = path.with_extension("json");
+    let meta: serde_json::Value = std::fs::read_to_string(&json)
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .ok_or_else(|| {
+            Failure::User(format!(
+                "--decoder-of {}: no readable {} beside it (a VAE from `zlayer train vae`)",
+                path.display(),
+                json.display()
+            ))
+        })?;
+    let c = &meta["config"];
+    let same = c["latent"].as_u64() == Some(cfg.latent as u64)
+        && c["channels"] == serde_json::json!(cfg.channels)
+        && meta["latent_scale"].is_number()
+        && meta["latent_shift"].is_number();
+    if !same {
+        return Err(Failure::User(format!(
+            "--decoder-of {}: its config {c} is not the tiny VAE's ({} latent channels, channels {:?})",
+            path.display(),
+            cfg.latent,
+            cfg.channels
+        )));
+    }
+    Ok(meta)
+}
+
 /// Candidate chunks of `batch` scenes a filtered base batch may draw before it settles.
 const OVERDRAW: usize = 4;
 
@@ -328,6 +362,11 @@ fn vae(a: VaeArgs) -> Result<(), Failure> {
         .map_err(|e| Failure::User(format!("{}: {e}", a.out.display())))?;
     let dev = Device::Cpu;
     let cfg = VaeConfig::tiny();
+    let from = a
+        .decoder_of
+        .as_ref()
+        .map(|p| original_vae(p, &cfg))
+        .transpose()?;
     let lc = loop_config(a.steps, a.lr);
     let bar = Progress::new(a.steps);
     let start = std::time::Instant::now();
@@ -339,6 +378,7 @@ fn vae(a: VaeArgs) -> Result<(), Failure> {
         VaeObjective {
             beta: a.beta,
             seed: a.seed,
+            decoder_of: a.decoder_of.clone(),
         },
         &dev,
         |step| images(seed, (step * batch) as u64, batch, size, &dev),
@@ -373,8 +413,14 @@ fn vae(a: VaeArgs) -> Result<(), Failure> {
     let held = images(seed + 1_000_000, 0, a.heldout.max(1), size, &dev)
         .map_err(|e| Failure::Internal(e.to_string()))?;
     let p = psnr(&model, &held).map_err(|e| Failure::Internal(e.to_string()))?;
-    let (shift, scale) =
-        latent_stats(&model, &held).map_err(|e| Failure::Internal(e.to_string()))?;
+    let (shift, scale) = match &from {
+        // The encoder is the original's, so are its latents' statistics, exactly.
+        Some(m) => (
+            m["latent_shift"].as_f64().unwrap_or(0.0),
+            m["latent_scale"].as_f64().unwrap_or(1.0),
+        ),
+        None => latent_stats(&model, &held).map_err(|e| Failure::Internal(e.to_string()))?,
+    };
     let meta = serde_json::json!({
         "kind": "vae",
         "config": {"image_channels": cfg.image_channels, "channels": cfg.channels, "latent": cfg.latent, "groups": cfg.groups, "factor": VaeConfig::FACTOR},
@@ -384,6 +430,7 @@ fn vae(a: VaeArgs) -> Result<(), Failure> {
         "image_size": size,
         "steps": trainer.step,
         "loop": lc,
+        "decoder_of": a.decoder_of,
     });
     export_f16(&ema, &weights, &meta).map_err(Failure::Internal)?;
     eprintln!(

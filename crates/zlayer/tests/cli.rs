@@ -420,6 +420,47 @@ fn train_and_generate_end_to_end_smoke() {
     let csv = std::fs::read_to_string(vae_dir.join("vae-loss.csv")).unwrap();
     assert_eq!(csv.lines().count(), 3, "header and two steps:\n{csv}");
 
+    // A decoder fine-tune keeps the encoder's latent statistics exactly.
+    let tuned = dir.join("tuned");
+    let vae_path = vae_dir.join("vae.safetensors");
+    let run = zlayer(&[
+        "train",
+        "vae",
+        "--out",
+        tuned.to_str().unwrap(),
+        "--steps",
+        "1",
+        "--batch",
+        "2",
+        "--size",
+        "32",
+        "--heldout",
+        "2",
+        "--decoder-of",
+        vae_path.to_str().unwrap(),
+    ]);
+    assert_eq!(run.status.code(), Some(0), "{}", text(&run.stderr));
+    let again: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(tuned.join("vae.json")).unwrap()).unwrap();
+    for k in ["latent_shift", "latent_scale"] {
+        assert_eq!(again[k], meta[k], "{k}");
+    }
+    let missing = dir.join("nowhere").join("vae.safetensors");
+    let bad = zlayer(&[
+        "train",
+        "vae",
+        "--out",
+        tuned.to_str().unwrap(),
+        "--decoder-of",
+        missing.to_str().unwrap(),
+    ]);
+    assert_eq!(bad.status.code(), Some(2), "{}", text(&bad.stderr));
+    assert!(
+        text(&bad.stderr).contains("no readable"),
+        "{}",
+        text(&bad.stderr)
+    );
+
     let model = dir.join("model");
     let run = zlayer(&[
         "train",
