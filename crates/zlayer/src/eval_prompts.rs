@@ -65,6 +65,7 @@ struct Row {
     colours: Vec<&'static str>,
     found: Vec<bool>,
     found_in_render: Vec<bool>,
+    found_in_round_trip: Vec<bool>,
     extra_colours: usize,
 }
 
@@ -161,10 +162,12 @@ pub fn run(a: EvalPromptsArgs) -> Result<(), Failure> {
             seed: a.noise_seed.wrapping_add(c as u64),
         };
         let out = to_rgb8(&m.generate(&ids, &opts).map_err(int)?).map_err(int)?;
-        for (s, img) in chunk.iter().zip(out) {
+        let trip = round_trip(&m, chunk, &dev).map_err(int)?;
+        for ((s, img), back) in chunk.iter().zip(out).zip(trip) {
             let (named, all) = colours_of(s);
             let made = colour_present(&img, m.size, m.size, &all, PRESENT_INSET);
             let gt = colour_present(&s.image, m.size, m.size, &all, PRESENT_INSET);
+            let vae = colour_present(&back, m.size, m.size, &all, PRESENT_INSET);
             rows.push(Row {
                 index: s.spec.index,
                 split: s.spec.params.split.name(),
@@ -173,6 +176,7 @@ pub fn run(a: EvalPromptsArgs) -> Result<(), Failure> {
                 colours: named.iter().map(|&k| Colour::ALL[k].name()).collect(),
                 found: named.iter().map(|&k| made[k]).collect(),
                 found_in_render: named.iter().map(|&k| gt[k]).collect(),
+                found_in_round_trip: named.iter().map(|&k| vae[k]).collect(),
                 extra_colours: (0..all.len())
                     .filter(|k| made[*k] && !named.contains(k))
                     .count(),
@@ -230,6 +234,18 @@ pub fn run(a: EvalPromptsArgs) -> Result<(), Failure> {
     Ok(())
 }
 
+/// The real renders of `scenes` encoded and decoded by the model's VAE: the most of each
+/// image a generator working in its latents can hope to reproduce.
+fn round_trip(
+    m: &Model,
+    scenes: &[SynthScene],
+    dev: &Device,
+) -> candle_core::Result<Vec<Vec<[u8; 3]>>> {
+    let g = m.size / zlayer_model::vae::VaeConfig::FACTOR;
+    let x = crate::train_cmd::to_tensor(scenes, m.size as u32, dev)?;
+    to_rgb8(&m.vae.decode_tokens(&m.vae.encode_tokens(&x)?, g, g)?)
+}
+
 /// Rates over a set of rows.
 #[derive(Debug, Clone, serde::Serialize)]
 struct Rates {
@@ -237,6 +253,7 @@ struct Rates {
     all_found: f64,
     colours_found: f64,
     all_found_in_render: f64,
+    all_found_in_round_trip: f64,
     extra_colours_per_image: f64,
 }
 
@@ -254,6 +271,11 @@ fn rates<'a>(rows: impl Iterator<Item = &'a Row> + Clone) -> Rates {
         all_found_in_render: rows
             .clone()
             .filter(|r| r.found_in_render.iter().all(|&f| f))
+            .count() as f64
+            / n,
+        all_found_in_round_trip: rows
+            .clone()
+            .filter(|r| r.found_in_round_trip.iter().all(|&f| f))
             .count() as f64
             / n,
         extra_colours_per_image: rows.map(|r| r.extra_colours).sum::<usize>() as f64 / n,
@@ -285,8 +307,8 @@ fn summarize(rows: &[Row], a: &EvalPromptsArgs, guidance: f64) -> serde_json::Va
 fn markdown(s: &serde_json::Value) -> String {
     let mut md = format!(
         "# zlayer eval-prompts: {}\n\n{} Euler steps, guidance {}, held-out data seed {}.\n\n\
-         | prompts | n | every colour found | colours found | every colour found in the real render | extra colours per image |\n\
-         |---|---|---|---|---|---|\n",
+         | prompts | n | every colour found | colours found | every colour found in the real render | same, after the VAE's round trip | extra colours per image |\n\
+         |---|---|---|---|---|---|---|\n",
         s["model"].as_str().unwrap_or(""),
         s["steps"],
         s["guidance"],
@@ -296,12 +318,13 @@ fn markdown(s: &serde_json::Value) -> String {
         let r = &g["rates"];
         let f = |k: &str| r[k].as_f64().unwrap_or(0.0);
         md.push_str(&format!(
-            "| {} | {} | {:.3} | {:.3} | {:.3} | {:.2} |\n",
+            "| {} | {} | {:.3} | {:.3} | {:.3} | {:.3} | {:.2} |\n",
             g["group"].as_str().unwrap_or(""),
             r["prompts"],
             f("all_found"),
             f("colours_found"),
             f("all_found_in_render"),
+            f("all_found_in_round_trip"),
             f("extra_colours_per_image")
         ));
     }

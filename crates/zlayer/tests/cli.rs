@@ -543,6 +543,43 @@ fn train_and_generate_end_to_end_smoke() {
         "same seed, same bytes"
     );
 
+    // eval-prompts scores held-out prompts against the image, the render and its round trip.
+    let scored = dir.join("eval-prompts");
+    let run = zlayer(&[
+        "eval-prompts",
+        "--model",
+        model.to_str().unwrap(),
+        "--n",
+        "4",
+        "--batch",
+        "3",
+        "--steps",
+        "2",
+        "--out",
+        scored.to_str().unwrap(),
+    ]);
+    assert_eq!(run.status.code(), Some(0), "{}", text(&run.stderr));
+    assert!(text(&run.stdout).contains("after the VAE's round trip"));
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(scored.join("summary.json")).unwrap())
+            .unwrap();
+    assert_eq!(summary["prompts"].as_array().unwrap().len(), 4);
+    assert_eq!(summary["summary"]["guidance"].as_f64(), Some(1.0));
+    let all = &summary["summary"]["groups"][0]["rates"];
+    for k in [
+        "all_found",
+        "all_found_in_render",
+        "all_found_in_round_trip",
+    ] {
+        let v = all[k].as_f64().unwrap();
+        assert!(
+            (0.0..=1.0).contains(&v) && (v * 4.0).fract() == 0.0,
+            "{k} {v}"
+        );
+    }
+    let csv = std::fs::read_to_string(scored.join("per_prompt.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 5, "{csv}");
+
     let run = zlayer(&[
         "generate",
         "--prompt",
