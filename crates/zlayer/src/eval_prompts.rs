@@ -136,16 +136,12 @@ pub fn run(a: EvalPromptsArgs) -> Result<(), Failure> {
     }
     let dev = Device::Cpu;
     let m = Model::load(&a.model, &dev)?;
-    let guidance = a.guidance.unwrap_or(m.guidance);
+    let guidance = a.guidance.unwrap_or_else(|| m.guidance());
     let size = m.size as u32;
     let splits: Vec<Split> = a.splits.iter().map(|&s| s.into()).collect();
     let held = scenes(a.seed, 0, a.n, size, &splits);
-    let meta: serde_json::Value = std::fs::read_to_string(a.model.join("base.json"))
-        .ok()
-        .and_then(|t| serde_json::from_str(&t).ok())
-        .unwrap_or_default();
     eprintln!("listing the training prompts to mark held-out ones that are also novel…");
-    let seen = training_prompts(&meta, size);
+    let seen = training_prompts(&m.meta, size);
     let bar = ProgressBar::new(a.n as u64);
     let mut rows = Vec::with_capacity(a.n);
     let mut images = Vec::with_capacity(a.n);

@@ -124,7 +124,7 @@ pub fn run(a: GenerateArgs) -> Result<(), Failure> {
     let n = a.n as usize;
     let opts = SampleOptions {
         steps: a.steps.unwrap_or(20),
-        guidance: a.guidance.unwrap_or(m.guidance),
+        guidance: a.guidance.unwrap_or_else(|| m.guidance()),
         seed: a.seed,
     };
     let images = match &a.scene {
@@ -298,8 +298,8 @@ pub struct Model {
     pub base: BaseModel,
     /// Image side in pixels.
     pub size: usize,
-    /// Guidance when none is asked for: base.json's tuned `guidance`, else 1 (off).
-    pub guidance: f64,
+    /// base.json: the configs, how the base was trained, tuned settings (null if unreadable).
+    pub meta: serde_json::Value,
 }
 
 impl Model {
@@ -321,13 +321,17 @@ impl Model {
             .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
             .unwrap_or_default();
         let size = meta["image_size"].as_u64().unwrap_or(64) as usize;
-        let guidance = meta["guidance"].as_f64().unwrap_or(1.0);
         Ok(Self {
             vae,
             base,
             size,
-            guidance,
+            meta,
         })
+    }
+
+    /// Guidance when none is asked for: base.json's tuned `guidance`, else 1 (off).
+    pub fn guidance(&self) -> f64 {
+        self.meta["guidance"].as_f64().unwrap_or(1.0)
     }
 
     /// Images (B, 3, S, S) in [−1, 1], one per row of prompt ids.

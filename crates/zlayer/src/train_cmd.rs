@@ -307,18 +307,21 @@ pub fn base_batch(
     for chunk in 0..OVERDRAW {
         let drawn = scenes(seed, first + (chunk * batch) as u64, batch, size, splits);
         for s in drawn {
-            if kept.len() < batch && s.min_visible_px() >= min_visible {
+            let px = s.min_visible_px();
+            if kept.len() < batch && px >= min_visible {
                 kept.push(s);
             } else {
-                rest.push(s);
+                rest.push((px, s));
             }
         }
         if kept.len() == batch {
             return kept;
         }
     }
-    rest.sort_by(|a, b| b.min_visible_px().total_cmp(&a.min_visible_px()));
-    kept.extend(rest.into_iter().take(batch - kept.len()));
+    // Stable, so equally visible candidates keep their drawing order.
+    rest.sort_by(|a, b| b.0.total_cmp(&a.0));
+    let short = batch - kept.len();
+    kept.extend(rest.into_iter().take(short).map(|(_, s)| s));
     kept
 }
 
@@ -579,8 +582,20 @@ fn base(a: BaseArgs) -> Result<(), Failure> {
     bar.finish();
     plot_loss(&a.out, "base")?;
     let weights = a.out.join("base.safetensors");
-    export_f16(&trainer.ema(), &weights, &serde_json::json!({"steps": trainer.step, "train_minutes": start.elapsed().as_secs_f64() / 60.0, "vae": a.vae, "splits": split_names, "seed": a.seed, "batch": a.batch, "dit": dit, "text": text, "vocabulary": tok.words(), "loop": lc, "image_size": size, "object_weight": a.object_weight, "time_shift": a.time_shift, "min_visible": a.min_visible}))
-        .map_err(int)?;
+    // The run's settings, and what only its end knows.
+    let mut done = meta;
+    for (k, v) in [
+        ("steps", serde_json::json!(trainer.step)),
+        (
+            "train_minutes",
+            serde_json::json!(start.elapsed().as_secs_f64() / 60.0),
+        ),
+        ("vae", serde_json::json!(a.vae)),
+        ("batch", serde_json::json!(a.batch)),
+    ] {
+        done[k] = v;
+    }
+    export_f16(&trainer.ema(), &weights, &done).map_err(int)?;
     eprintln!(
         "trained {} steps in {:.1} min; wrote {}",
         trainer.step,
