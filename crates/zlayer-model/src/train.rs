@@ -153,6 +153,10 @@ pub struct VaeObjective {
     /// Fine-tune only the decoder of this trained VAE (its encoder, and so its latents, stay
     /// fixed); `None` trains a fresh VAE.
     pub decoder_of: Option<std::path::PathBuf>,
+    /// With `decoder_of`: the most Gaussian noise (std, raw latent units) added to the latents
+    /// the decoder reads, drawn per image uniformly from [0, this]; 0 adds none.
+    #[serde(default)]
+    pub latent_noise: f64,
 }
 
 /// Trains a VAE in `dir` (see [`train_loop`]); `images(step)` gives (B, 3, H, W) in [−1, 1].
@@ -170,6 +174,7 @@ pub fn train_vae(
         beta,
         seed,
         decoder_of,
+        latent_noise,
     } = obj;
     let vm = VarMap::new();
     let vae = Vae::new(cfg, crate::init::seeded(&vm, seed, DType::F32, dev))
@@ -195,7 +200,10 @@ pub fn train_vae(
                 dev,
             )?;
             if decoder_of.is_some() {
-                let mse = vae.decoder_loss(&x, &eps)?;
+                let shake = (latent_noise > 0.0)
+                    .then(|| latent_shake(eps.dims4()?, latent_noise, seed, s, dev))
+                    .transpose()?;
+                let mse = vae.decoder_loss(&x, &eps, shake.as_ref())?;
                 let v = mse.to_scalar::<f32>()?;
                 return Ok((mse, vec![("mse".into(), v), ("kl".into(), 0.0)]));
             }
@@ -211,6 +219,23 @@ pub fn train_vae(
         on_step,
     )?;
     Ok((vm, vae, tr))
+}
+
+/// Step `step`'s latent perturbation: image i gets Gaussian noise of std `u_i·max`, u_i
+/// uniform in [0, 1), so the decoder sees clean and shaken latents alike.
+fn latent_shake(
+    (b, c, h, w): (usize, usize, usize, usize),
+    max: f64,
+    seed: u64,
+    step: usize,
+    dev: &Device,
+) -> Result<Tensor> {
+    // Streams apart from the posterior noise's (seed + step).
+    let stream = (seed ^ 0x5348_414b_4520_4e4f).wrapping_add(step as u64);
+    let mut rng = zlayer_scene::rng::Rng::new(stream);
+    let levels: Vec<f32> = (0..b).map(|_| rng.f32() * max as f32).collect();
+    let levels = Tensor::from_vec(levels, (b, 1, 1, 1), dev)?;
+    noise((b, c, h, w), stream.rotate_left(17), dev)?.broadcast_mul(&levels)
 }
 
 /// PSNR in dB of reconstructions (from the posterior mean) of images in [−1, 1].
@@ -261,4 +286,46 @@ pub fn load_weights(path: &Path, dev: &Device) -> std::result::Result<VarBuilder
     let t = candle_core::safetensors::load(path, dev)
         .map_err(|e| format!("{}: {e}", path.display()))?;
     Ok(VarBuilder::from_tensors(t, DType::F32, dev))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn latent_shake_draws_a_level_per_image_up_to_the_maximum() -> Result<()> {
+        let dev = Device::Cpu;
+        let shape = (64, 8, 16, 16);
+        let a = latent_shake(shape, 0.5, 7, 3, &dev)?;
+        assert_eq!(a.dims4()?, shape);
+        // A fixed function of (seed, step), so a resumed run shakes as the first did.
+        let again = latent_shake(shape, 0.5, 7, 3, &dev)?;
+        assert_eq!(
+            a.flatten_all()?.to_vec1::<f32>()?,
+            again.flatten_all()?.to_vec1::<f32>()?
+        );
+        let next = latent_shake(shape, 0.5, 7, 4, &dev)?;
+        assert_ne!(
+            a.flatten_all()?.to_vec1::<f32>()?,
+            next.flatten_all()?.to_vec1::<f32>()?
+        );
+        // Each image's std estimates its own level: in [0, 0.5), spread over that range.
+        let stds: Vec<f32> = a
+            .sqr()?
+            .flatten_from(1)?
+            .mean(1)?
+            .sqrt()?
+            .to_vec1::<f32>()?;
+        assert!(stds.iter().all(|&s| s < 0.5 * 1.1), "{stds:?}");
+        let (lo, hi) = stds
+            .iter()
+            .fold((1f32, 0f32), |(l, h), &s| (l.min(s), h.max(s)));
+        assert!(
+            lo < 0.1 && hi > 0.4,
+            "levels {lo}..{hi} should span [0, 0.5)"
+        );
+        let mean = stds.iter().sum::<f32>() / stds.len() as f32;
+        assert!((mean - 0.25).abs() < 0.06, "mean level {mean}");
+        Ok(())
+    }
 }

@@ -245,7 +245,7 @@ impl Vae {
     /// with the noise `eps` given (so a step is reproducible). Returns (total, mse, kl).
     pub fn loss(&self, x: &Tensor, eps: &Tensor, beta: f64) -> Result<(Tensor, Tensor, Tensor)> {
         let (mean, logvar) = self.posterior(x)?;
-        let mse = self.reconstruction(x, &mean, &logvar, eps)?;
+        let mse = self.reconstruction(x, &mean, &logvar, eps, None)?;
         // KL(N(μ, σ²) ‖ N(0, 1)) = ½ (μ² + σ² − 1 − log σ²), averaged per element.
         let kl = ((mean.sqr()? + logvar.exp()?)?.affine(1.0, -1.0)? - &logvar)?
             .mean_all()?
@@ -254,23 +254,29 @@ impl Vae {
         Ok((total, mse, kl))
     }
 
-    /// Reconstruction MSE of the posterior sample `mean + exp(logvar / 2)·eps`.
+    /// Reconstruction MSE of the posterior sample `mean + exp(logvar / 2)·eps`, plus `shake`.
     fn reconstruction(
         &self,
         x: &Tensor,
         mean: &Tensor,
         logvar: &Tensor,
         eps: &Tensor,
+        shake: Option<&Tensor>,
     ) -> Result<Tensor> {
-        let z = (mean + (logvar * 0.5)?.exp()?.mul(eps)?)?;
+        let mut z = (mean + (logvar * 0.5)?.exp()?.mul(eps)?)?;
+        if let Some(s) = shake {
+            z = (z + s)?;
+        }
         (self.decode(&z)? - x)?.sqr()?.mean_all()
     }
 
     /// [`Self::loss`]'s reconstruction term with the encoder held fixed: no gradient reaches
-    /// it, so the latents a base model was trained on stay what they were.
-    pub fn decoder_loss(&self, x: &Tensor, eps: &Tensor) -> Result<Tensor> {
+    /// it, so the latents a base model was trained on stay what they were. `shake` (raw
+    /// latent units), added to the sample, teaches the decoder to read latents that a
+    /// generator drew slightly off as the clean image they are near.
+    pub fn decoder_loss(&self, x: &Tensor, eps: &Tensor, shake: Option<&Tensor>) -> Result<Tensor> {
         let (mean, logvar) = self.posterior(x)?;
-        self.reconstruction(x, &mean.detach(), &logvar.detach(), eps)
+        self.reconstruction(x, &mean.detach(), &logvar.detach(), eps, shake)
     }
 }
 
@@ -353,9 +359,29 @@ mod tests {
         let vae = Vae::new(&cfg, crate::init::seeded(&vm, 3, DType::F32, &dev))?;
         let x = Tensor::rand(0f32, 1.0, (2, 3, 16, 16), &dev)?.affine(2.0, -1.0)?;
         let eps = crate::sampling::noise((2, 8, 4, 4), 1, &dev)?;
-        let dec = vae.decoder_loss(&x, &eps)?;
+        let dec = vae.decoder_loss(&x, &eps, None)?;
         let (_, mse, _) = vae.loss(&x, &eps, 1e-3)?;
         assert_eq!(dec.to_scalar::<f32>()?, mse.to_scalar::<f32>()?);
+        // A shake is added to the sample the decoder reads: zeros change nothing, and any
+        // shake gives the loss of decoding the shifted sample by hand.
+        let zeros = eps.zeros_like()?;
+        let still = vae.decoder_loss(&x, &eps, Some(&zeros))?;
+        assert_eq!(still.to_scalar::<f32>()?, dec.to_scalar::<f32>()?);
+        let shake = crate::sampling::noise((2, 8, 4, 4), 2, &dev)?.affine(0.3, 0.0)?;
+        let shaken = vae
+            .decoder_loss(&x, &eps, Some(&shake))?
+            .to_scalar::<f32>()?;
+        let (mean, logvar) = vae.posterior(&x)?;
+        let z = ((mean + (logvar * 0.5)?.exp()?.mul(&eps)?)? + &shake)?;
+        let by_hand = (vae.decode(&z)? - &x)?
+            .sqr()?
+            .mean_all()?
+            .to_scalar::<f32>()?;
+        assert!(
+            (shaken - by_hand).abs() <= 1e-6 * by_hand,
+            "{shaken} vs {by_hand}"
+        );
+        assert_ne!(shaken, dec.to_scalar::<f32>()?);
         let missing = crate::optim::params_without_gradient(&vm, &dec.backward()?);
         let encoder: Vec<String> = {
             let data = vm.data().lock().expect("varmap lock");

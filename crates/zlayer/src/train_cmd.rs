@@ -151,6 +151,12 @@ pub struct VaeArgs {
     /// keep working with the new decoder.
     #[arg(long)]
     decoder_of: Option<PathBuf>,
+    /// With --decoder-of: the most noise added to the latents the decoder reads, as a std in
+    /// the base model's normalised latent units (each image draws its own level from 0 to
+    /// this). A generator's latents are slightly off; a decoder trained on shaken latents reads
+    /// them as the clean image they are near, instead of as speckle.
+    #[arg(long, default_value_t = 0.0)]
+    latent_noise: f64,
 }
 
 /// A progress bar on a terminal; in a log file (`nohup`), a line every 25 steps instead.
@@ -363,6 +369,14 @@ fn vae(a: VaeArgs) -> Result<(), Failure> {
     }
     std::fs::create_dir_all(&a.out)
         .map_err(|e| Failure::User(format!("{}: {e}", a.out.display())))?;
+    if !(a.latent_noise.is_finite() && a.latent_noise >= 0.0)
+        || (a.latent_noise > 0.0 && a.decoder_of.is_none())
+    {
+        return Err(Failure::User(format!(
+            "--latent-noise {} must be 0 or more, and needs --decoder-of (the noise is measured in that VAE's normalised latent units)",
+            a.latent_noise
+        )));
+    }
     let dev = Device::Cpu;
     let cfg = VaeConfig::tiny();
     let from = a
@@ -382,6 +396,12 @@ fn vae(a: VaeArgs) -> Result<(), Failure> {
             beta: a.beta,
             seed: a.seed,
             decoder_of: a.decoder_of.clone(),
+            // Normalised latents are (z − shift)·scale.
+            latent_noise: a.latent_noise
+                / from
+                    .as_ref()
+                    .and_then(|m| m["latent_scale"].as_f64())
+                    .unwrap_or(1.0),
         },
         &dev,
         |step| images(seed, (step * batch) as u64, batch, size, &dev),
@@ -434,6 +454,7 @@ fn vae(a: VaeArgs) -> Result<(), Failure> {
         "steps": trainer.step,
         "loop": lc,
         "decoder_of": a.decoder_of,
+        "latent_noise": a.latent_noise,
     });
     export_f16(&ema, &weights, &meta).map_err(Failure::Internal)?;
     eprintln!(

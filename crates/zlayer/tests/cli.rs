@@ -438,6 +438,8 @@ fn train_and_generate_end_to_end_smoke() {
         "2",
         "--decoder-of",
         vae_path.to_str().unwrap(),
+        "--latent-noise",
+        "0.5",
     ]);
     assert_eq!(run.status.code(), Some(0), "{}", text(&run.stderr));
     let again: serde_json::Value =
@@ -445,6 +447,22 @@ fn train_and_generate_end_to_end_smoke() {
     for k in ["latent_shift", "latent_scale"] {
         assert_eq!(again[k], meta[k], "{k}");
     }
+    assert_eq!(again["latent_noise"].as_f64(), Some(0.5));
+    let unanchored = zlayer(&[
+        "train",
+        "vae",
+        "--out",
+        dir.join("unanchored").to_str().unwrap(),
+        "--latent-noise",
+        "0.5",
+    ]);
+    assert_eq!(unanchored.status.code(), Some(2));
+    assert!(
+        text(&unanchored.stderr)
+            .contains("--latent-noise 0.5 must be 0 or more, and needs --decoder-of"),
+        "{}",
+        text(&unanchored.stderr)
+    );
     let missing = dir.join("nowhere").join("vae.safetensors");
     let bad = zlayer(&[
         "train",
