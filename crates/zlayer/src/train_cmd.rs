@@ -261,33 +261,23 @@ pub fn scenes(seed: u64, first: u64, n: usize, size: u32, splits: &[Split]) -> V
         .collect()
 }
 
-/// The JSON beside the VAE whose decoder is to be fine-tuned, checked against `cfg`.
-fn original_vae(path: &Path, cfg: &VaeConfig) -> Result<serde_json::Value, Failure> {
-    let json = path.with_extension("json");
-    let meta: serde_json::Value = std::fs::read_to_string(&json)
-        .ok()
-        .and_then(|t| serde_json::from_str(&t).ok())
-        .ok_or_else(|| {
-            Failure::User(format!(
-                "--decoder-of {}: no readable {} beside it (a VAE from `zlayer train vae`)",
-                path.display(),
-                json.display()
-            ))
-        })?;
-    let c = &meta["config"];
-    let same = c["latent"].as_u64() == Some(cfg.latent as u64)
-        && c["channels"] == serde_json::json!(cfg.channels)
-        && meta["latent_scale"].is_number()
-        && meta["latent_shift"].is_number();
-    if !same {
+/// The latent (shift, scale) of the VAE whose decoder is to be fine-tuned, after checking that
+/// it is a VAE of shape `cfg`.
+fn original_vae(path: &Path, cfg: &VaeConfig) -> Result<(f64, f64), Failure> {
+    let b = zlayer_model::bundle::load_vae(path, &Device::Cpu).map_err(|e| {
+        Failure::User(format!(
+            "--decoder-of {}: no readable VAE there ({e}); give one from `zlayer train vae`",
+            path.display()
+        ))
+    })?;
+    if b.cfg != *cfg {
         return Err(Failure::User(format!(
-            "--decoder-of {}: its config {c} is not the tiny VAE's ({} latent channels, channels {:?})",
+            "--decoder-of {}: its config {:?} is not the tiny VAE's {cfg:?}",
             path.display(),
-            cfg.latent,
-            cfg.channels
+            b.cfg
         )));
     }
-    Ok(meta)
+    Ok((b.shift, b.scale))
 }
 
 /// Candidate chunks of `batch` scenes a filtered base batch may draw before it settles.
@@ -367,8 +357,6 @@ fn vae(a: VaeArgs) -> Result<(), Failure> {
             a.size
         )));
     }
-    std::fs::create_dir_all(&a.out)
-        .map_err(|e| Failure::User(format!("{}: {e}", a.out.display())))?;
     if !(a.latent_noise.is_finite() && a.latent_noise >= 0.0)
         || (a.latent_noise > 0.0 && a.decoder_of.is_none())
     {
@@ -377,6 +365,8 @@ fn vae(a: VaeArgs) -> Result<(), Failure> {
             a.latent_noise
         )));
     }
+    std::fs::create_dir_all(&a.out)
+        .map_err(|e| Failure::User(format!("{}: {e}", a.out.display())))?;
     let dev = Device::Cpu;
     let cfg = VaeConfig::tiny();
     let from = a
@@ -397,11 +387,7 @@ fn vae(a: VaeArgs) -> Result<(), Failure> {
             seed: a.seed,
             decoder_of: a.decoder_of.clone(),
             // Normalised latents are (z − shift)·scale.
-            latent_noise: a.latent_noise
-                / from
-                    .as_ref()
-                    .and_then(|m| m["latent_scale"].as_f64())
-                    .unwrap_or(1.0),
+            latent_noise: a.latent_noise / from.map_or(1.0, |(_, scale)| scale),
         },
         &dev,
         |step| images(seed, (step * batch) as u64, batch, size, &dev),
@@ -436,12 +422,9 @@ fn vae(a: VaeArgs) -> Result<(), Failure> {
     let held = images(seed + 1_000_000, 0, a.heldout.max(1), size, &dev)
         .map_err(|e| Failure::Internal(e.to_string()))?;
     let p = psnr(&model, &held).map_err(|e| Failure::Internal(e.to_string()))?;
-    let (shift, scale) = match &from {
+    let (shift, scale) = match from {
         // The encoder is the original's, so are its latents' statistics, exactly.
-        Some(m) => (
-            m["latent_shift"].as_f64().unwrap_or(0.0),
-            m["latent_scale"].as_f64().unwrap_or(1.0),
-        ),
+        Some(stats) => stats,
         None => latent_stats(&model, &held).map_err(|e| Failure::Internal(e.to_string()))?,
     };
     let meta = serde_json::json!({
