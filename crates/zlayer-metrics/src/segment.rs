@@ -8,8 +8,10 @@
 //! - **opaque k**: `p ≈ s·c_k + t·(1, 1, 1)`, with shade `s ∈ [0.3, 1.6]` (patterns, shading)
 //!   and white `t ∈ [0, 0.35]` (highlights, lit faces). Dark colours get no white term: black
 //!   plus white would explain every grey background;
-//! - **glass i over k**: `p ≈ a·c_i + b·c_k` with `a, b ≥ 0` and `a / (a + b) ∈ [0.2, 0.85]`,
-//!   for every glass instance i and any other candidate or the background estimate k;
+//! - **glass i over k**: `p ≈ a·c_i + b·c_k` with `a ≥ 0.09`, `b ≥ 0` and
+//!   `a / (a + b) ∈ [0.2, 0.85]`, for every glass instance i and any other candidate or the
+//!   background estimate k. A mix has two free weights, so it must fit better than a single
+//!   colour by a margin to win;
 //! - **background**: the colours of the nearest pixels outside every box, left and right on
 //!   the same row and up and down the same column (backgrounds vary slowly, or repeat, as
 //!   checks do). The background wins near-ties.
@@ -31,6 +33,16 @@ pub struct Target {
 
 /// Residual above which no model explains a pixel.
 pub const REJECT: f32 = 0.2;
+
+/// The least of its own colour a glass pixel shows: the faintest glass (α 0.3) at the darkest
+/// shade the opaque model allows (0.3). Without this floor, a trace of glass colour over a
+/// scaled-down black or background explains every near-black pixel better than black does.
+pub const GLASS_MIN: f32 = 0.09;
+
+/// How much better than a single colour a glass mix must fit to win: its two free weights fit
+/// noise that one weight cannot. Chosen on softened renders (docs/metrics.md) as the margin
+/// with the best share of visible colours found less the share of absent ones found.
+pub const GLASS_MARGIN: f32 = 0.02;
 
 type V3 = [f32; 3];
 
@@ -152,10 +164,10 @@ fn label(
                     .map(|&k| colours[k])
                     .chain(bgs.iter().copied());
                 for c in behind {
-                    let (a, b, r) = fit2(p, colours[i], c, (0.0, 2.0), (0.0, 2.0));
+                    let (a, b, r) = fit2(p, colours[i], c, (GLASS_MIN, 2.0), (0.0, 2.0));
                     let share = a / (a + b).max(1e-6);
                     if (0.2..=0.85).contains(&share) {
-                        consider(r, Some(i));
+                        consider(r + GLASS_MARGIN, Some(i));
                     }
                 }
             }

@@ -73,6 +73,16 @@ impl Row {
     fn all(&self) -> bool {
         self.found.iter().all(|&f| f)
     }
+
+    /// The prompted colours the segmenter did not find.
+    fn missing(&self) -> Vec<&'static str> {
+        self.colours
+            .iter()
+            .zip(&self.found)
+            .filter(|(_, f)| !**f)
+            .map(|(c, _)| *c)
+            .collect()
+    }
 }
 
 /// The prompt's distinct colours, and every vocabulary colour as the segmenter's candidates
@@ -192,17 +202,18 @@ pub fn run(a: EvalPromptsArgs) -> Result<(), Failure> {
     let json =
         serde_json::to_string_pretty(&serde_json::json!({"summary": summary, "prompts": rows}))
             .expect("plain data serialises");
-    let mut csv = String::from("index,split,novel,prompt,colours,found,all_found\n");
+    let mut csv = String::from("index,split,novel,prompt,colours,found,all_found,missing\n");
     for r in &rows {
         csv.push_str(&format!(
-            "{},{},{},\"{}\",{},{},{}\n",
+            "{},{},{},\"{}\",{},{},{},{}\n",
             r.index,
             r.split,
             r.novel.map_or("".into(), |n| n.to_string()),
             r.prompt,
             r.colours.join(" "),
             r.found.iter().filter(|&&f| f).count(),
-            r.all()
+            r.all(),
+            r.missing().join(" ")
         ));
     }
     for (name, text) in [

@@ -597,6 +597,26 @@ fn train_and_generate_end_to_end_smoke() {
     }
     let csv = std::fs::read_to_string(scored.join("per_prompt.csv")).unwrap();
     assert_eq!(csv.lines().count(), 5, "{csv}");
+    // The last column names the prompted colours not found, as summary.json has them.
+    for (line, p) in csv
+        .lines()
+        .skip(1)
+        .zip(summary["prompts"].as_array().unwrap())
+    {
+        let missing: Vec<&str> = p["colours"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .zip(p["found"].as_array().unwrap())
+            .filter(|(_, f)| !f.as_bool().unwrap())
+            .map(|(c, _)| c.as_str().unwrap())
+            .collect();
+        assert_eq!(
+            line.rsplit(',').next().unwrap(),
+            missing.join(" "),
+            "{line}"
+        );
+    }
 
     let run = zlayer(&[
         "generate",
