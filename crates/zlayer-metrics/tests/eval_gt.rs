@@ -34,9 +34,9 @@ fn ground_truth_against_itself_orders_pairs_correctly() {
     assert_eq!(s.scenes, 120);
     assert!(s.pairs > 100, "{}", s.pairs);
     // Measured: 589 of 592 observable pairs; the segmenter, not the metric, misses them. Two
-    // are glass over a colour that the mix nearly matches (blue glass over purple), which the
-    // glass margin now gives to the colour: the price of robustness to noisy images
-    // (docs/metrics.md, "Softened images"; 591 before it).
+    // are glass over a colour that the mix nearly matches (such as blue glass over purple),
+    // which the glass margin now gives to the colour: the price of robustness to noisy
+    // images (docs/metrics.md, "Softened images"; 591 before it).
     assert!(s.order_accuracy.unwrap() >= 0.99, "{:?}", s.order_accuracy);
     assert!(s.occ_f1.unwrap() >= 0.995 && s.whdr.unwrap() <= 0.5);
     // Edge pixels and amodal-vs-visible boxes bound these below 1 (docs/metrics.md).
