@@ -61,6 +61,28 @@ fn draw(init: Init, shape: &Shape, rng: &mut Rng, dtype: DType, dev: &Device) ->
     Tensor::from_vec(data, shape.clone(), dev)?.to_dtype(dtype)
 }
 
+/// An f32 tensor of `shape` drawn from N(0, `std`²), seeded by (`seed`, `name`) as
+/// [`seeded`]'s variables are: random inputs and perturbations that repeat run after run.
+pub fn normal(
+    shape: impl Into<Shape>,
+    std: f64,
+    seed: u64,
+    name: &str,
+    dev: &Device,
+) -> Result<Tensor> {
+    let init = Init::Randn {
+        mean: 0.0,
+        stdev: std,
+    };
+    draw(
+        init,
+        &shape.into(),
+        &mut stream(seed, name),
+        DType::F32,
+        dev,
+    )
+}
+
 impl SimpleBackend for Seeded {
     fn get(&self, s: Shape, name: &str, h: Init, dtype: DType, dev: &Device) -> Result<Tensor> {
         let mut data = self.vm.data().lock().expect("var map lock");

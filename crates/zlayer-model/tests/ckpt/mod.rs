@@ -2,10 +2,14 @@
 //! that load them.
 
 use candle_core::{DType, Device, Tensor};
-use candle_nn::VarBuilder;
 use zlayer_model::checkpoint::Tensors;
 use zlayer_model::config::Config;
 use zlayer_model::dit::Flux;
+use zlayer_model::init::{normal, seeded};
+
+/// The seed of every random checkpoint here, so that a test's figures repeat run after run;
+/// the perturbations added to an initialisation use `SEED + 1`, not to repeat its draws.
+pub const SEED: u64 = 2024;
 
 /// The parity fixture's transformer (meta.json).
 pub fn fixture_config() -> Config {
@@ -28,12 +32,12 @@ pub fn fixture_config() -> Config {
 /// A random BFL checkpoint at `cfg`: the model's own initialisation.
 pub fn random_bfl(cfg: &Config) -> Tensors {
     let vm = candle_nn::VarMap::new();
-    Flux::new(cfg, VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu)).unwrap();
+    Flux::new(cfg, seeded(&vm, SEED, DType::F32, &Device::Cpu)).unwrap();
     let data = vm.data().lock().unwrap();
     data.iter()
         .map(|(k, v)| {
             // Biases start at zero; give every tensor values so that every path counts.
-            let r = Tensor::randn(0f32, 0.1, v.shape(), &Device::Cpu).unwrap();
+            let r = normal(v.shape(), 0.1, SEED + 1, k, &Device::Cpu).unwrap();
             (k.clone(), (v.as_tensor() + r).unwrap())
         })
         .collect()
@@ -185,32 +189,22 @@ pub fn random_branch(
         let (out, inp) = w.dims2().unwrap();
         lora.push((
             format!("{m}.lora_A"),
-            Tensor::randn(0f32, 0.1, (4, inp), &dev).unwrap(),
+            normal((4, inp), 0.1, SEED, &format!("{m}.lora_A"), &dev).unwrap(),
         ));
         lora.push((
             format!("{m}.lora_B"),
-            Tensor::randn(0f32, 0.1, (out, 4), &dev).unwrap(),
+            normal((out, 4), 0.1, SEED, &format!("{m}.lora_B"), &dev).unwrap(),
         ));
     }
     let vm = candle_nn::VarMap::new();
-    let mut with_branch = Flux::new(cfg, VarBuilder::from_varmap(&vm, DType::F32, &dev)).unwrap();
-    with_branch
-        .attach_layout(
-            double,
-            single,
-            4,
-            VarBuilder::from_varmap(&vm, DType::F32, &dev),
-        )
+    let vb = || seeded(&vm, SEED, DType::F32, &dev);
+    let mut with_branch = Flux::new(cfg, vb()).unwrap();
+    with_branch.attach_layout(double, single, 4, vb()).unwrap();
+    zlayer_model::layout::LayoutNet::new(cfg.vec_in_dim, cfg.hidden_size, vb().pp("layout_net"))
         .unwrap();
-    zlayer_model::layout::LayoutNet::new(
-        cfg.vec_in_dim,
-        cfg.hidden_size,
-        VarBuilder::from_varmap(&vm, DType::F32, &dev).pp("layout_net"),
-    )
-    .unwrap();
     let mut layout: Vec<(String, Tensor)> = Vec::new();
     for (k, v) in vm.data().lock().unwrap().iter() {
-        let r = (v.as_tensor() + Tensor::randn(0f32, 0.1, v.shape(), &dev).unwrap()).unwrap();
+        let r = (v.as_tensor() + normal(v.shape(), 0.1, SEED + 1, k, &dev).unwrap()).unwrap();
         let k = k
             .replace("double_blocks.", "transformer_blocks.")
             .replace("single_blocks.", "single_transformer_blocks.");
