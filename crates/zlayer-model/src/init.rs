@@ -25,12 +25,17 @@ struct Seeded {
     seed: u64,
 }
 
-/// FNV-1a of the name, mixed with the seed: each variable its own stream.
-fn stream(seed: u64, name: &str) -> Rng {
+/// FNV-1a of `name`, mixed with `seed`: each variable its own stream, whatever the order it
+/// is asked for in (a `VarMap` iterates in no fixed order).
+pub fn name_seed(seed: u64, name: &str) -> u64 {
     let h = name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
         (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3)
     });
-    Rng::new(seed ^ h.rotate_left(17))
+    seed ^ h.rotate_left(17)
+}
+
+fn stream(seed: u64, name: &str) -> Rng {
+    Rng::new(name_seed(seed, name))
 }
 
 /// A tensor of `shape` drawn as `init` prescribes.
@@ -59,28 +64,6 @@ fn draw(init: Init, shape: &Shape, rng: &mut Rng, dtype: DType, dev: &Device) ->
         }
     };
     Tensor::from_vec(data, shape.clone(), dev)?.to_dtype(dtype)
-}
-
-/// An f32 tensor of `shape` drawn from N(0, `std`²), seeded by (`seed`, `name`) as
-/// [`seeded`]'s variables are: random inputs and perturbations that repeat run after run.
-pub fn normal(
-    shape: impl Into<Shape>,
-    std: f64,
-    seed: u64,
-    name: &str,
-    dev: &Device,
-) -> Result<Tensor> {
-    let init = Init::Randn {
-        mean: 0.0,
-        stdev: std,
-    };
-    draw(
-        init,
-        &shape.into(),
-        &mut stream(seed, name),
-        DType::F32,
-        dev,
-    )
 }
 
 impl SimpleBackend for Seeded {

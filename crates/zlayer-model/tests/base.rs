@@ -1,9 +1,10 @@
 //! The base model: flow loss, deterministic sampling, prompt errors.
 
 use candle_core::{DType, Device, Tensor};
-use candle_nn::{VarBuilder, VarMap};
+use candle_nn::VarMap;
 use zlayer_model::Config;
 use zlayer_model::base::{BaseModel, LossOptions, SampleOptions};
+use zlayer_model::init::seeded;
 use zlayer_model::text::{TextConfig, Tokenizer};
 
 fn model(dev: &Device) -> candle_core::Result<BaseModel> {
@@ -35,12 +36,7 @@ fn model(dev: &Device) -> candle_core::Result<BaseModel> {
         pooled: 32,
     };
     let vm = VarMap::new();
-    BaseModel::new(
-        &dit,
-        &text,
-        tok,
-        VarBuilder::from_varmap(&vm, DType::F32, dev),
-    )
+    BaseModel::new(&dit, &text, tok, seeded(&vm, 0, DType::F32, dev))
 }
 
 #[test]

@@ -3,6 +3,7 @@
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use zlayer_model::branch::{BranchMaps, LayoutInput};
+use zlayer_model::init::seeded;
 use zlayer_model::layout::{LayoutNet, Packing, align_loss};
 use zlayer_model::regional::Regional;
 use zlayer_model::sampling::noise;
@@ -91,9 +92,9 @@ fn batch(dev: &Device) -> Batch {
 /// A random frozen base and a trainable branch on double block 1 and single block 0.
 fn model(dev: &Device) -> (VarMap, VarMap, Flux, LayoutNet) {
     let base = VarMap::new();
-    let mut flux = Flux::new(&config(), VarBuilder::from_varmap(&base, DType::F32, dev)).unwrap();
+    let mut flux = Flux::new(&config(), seeded(&base, 0, DType::F32, dev)).unwrap();
     let branch = VarMap::new();
-    let vb = VarBuilder::from_varmap(&branch, DType::F32, dev);
+    let vb = seeded(&branch, 0, DType::F32, dev);
     flux.attach_layout(&[1], &[0], 4, vb.clone()).unwrap();
     let net = LayoutNet::new(16, 32, vb.pp("layout_net")).unwrap();
     (base, branch, flux, net)
@@ -294,7 +295,7 @@ fn a_base_loaded_from_a_file_stays_frozen_while_the_branch_trains() {
     let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[&path], DType::F32, &dev).unwrap() };
     let mut flux = Flux::new(&config(), vb).unwrap();
     let branch = VarMap::new();
-    let bvb = VarBuilder::from_varmap(&branch, DType::F32, &dev);
+    let bvb = seeded(&branch, 0, DType::F32, &dev);
     flux.attach_layout(&[1], &[0], 4, bvb.clone()).unwrap();
     let net = LayoutNet::new(16, 32, bvb.pp("layout_net")).unwrap();
     let b = batch(&dev);

@@ -14,6 +14,7 @@ use zlayer_model::branch::{BranchMaps, LayoutInput};
 use zlayer_model::checkpoint::{self, KeyLayout, Tensors};
 use zlayer_model::config::Config;
 use zlayer_model::dit::{Flux, FluxInput};
+use zlayer_model::sampling::noise;
 
 fn flux(t: Tensors, cfg: &Config) -> Flux {
     Flux::new(cfg, VarBuilder::from_tensors(t, DType::F32, &Device::Cpu)).unwrap()
@@ -150,13 +151,13 @@ fn one_checkpoint_gives_one_output_from_the_bfl_diffusers_and_sharded_files() {
         .collect();
     candle_core::safetensors::save(&prefixed, dir.join("prefixed.safetensors")).unwrap();
 
-    let x = Tensor::randn(0f32, 1.0, (2, 36, 16), &dev).unwrap();
+    let x = noise((2, 36, 16), 1, &dev).unwrap();
     let img_ids = grid_ids().repeat((2, 1, 1)).unwrap();
-    let txt = Tensor::randn(0f32, 1.0, (2, 5, 24), &dev).unwrap();
+    let txt = noise((2, 5, 24), 2, &dev).unwrap();
     let txt_ids = Tensor::zeros((2, 5, 3), DType::F32, &dev).unwrap();
     let (t, y) = (
         Tensor::new(&[0.3f32, 0.8], &dev).unwrap(),
-        Tensor::randn(0f32, 1.0, (2, 16), &dev).unwrap(),
+        noise((2, 16), 3, &dev).unwrap(),
     );
     let g = Tensor::new(&[3.5f32, 3.5], &dev).unwrap();
     let out = |w: Tensors| {
@@ -379,9 +380,9 @@ fn the_three_published_occlusionformer_forms_load_to_one_model() {
         (0, vec![7, 8, 9, 13, 14, 15, 20], [0f32, 2.0, 2.0]),
     ];
     let packing = zlayer_model::layout::Packing::new(&boxes, 1, &img_ids).unwrap();
-    let pooled = Tensor::randn(0f32, 1.0, (2, 16), &dev).unwrap();
+    let pooled = noise((2, 16), 4, &dev).unwrap();
     let masks = Tensor::rand(0f32, 1.0, (2, 36), &dev).unwrap();
-    let tokens = Tensor::randn(0f32, 1.0, (2, 32), &dev).unwrap();
+    let tokens = noise((2, 32), 5, &dev).unwrap();
     let occluders = vec![vec![1], vec![]];
     let input = LayoutInput {
         packing: &packing,
@@ -395,22 +396,13 @@ fn the_three_published_occlusionformer_forms_load_to_one_model() {
         attention_maps: false,
     };
     let io: HashMap<String, Tensor> = [
-        (
-            "latents",
-            Tensor::randn(0f32, 1.0, (1, 36, 16), &dev).unwrap(),
-        ),
+        ("latents", noise((1, 36, 16), 6, &dev).unwrap()),
         ("img_ids", img_ids.squeeze(0).unwrap()),
-        (
-            "encoder_hidden_states",
-            Tensor::randn(0f32, 1.0, (1, 5, 24), &dev).unwrap(),
-        ),
+        ("encoder_hidden_states", noise((1, 5, 24), 7, &dev).unwrap()),
         ("txt_ids", Tensor::zeros((5, 3), DType::F32, &dev).unwrap()),
         ("timestep", Tensor::new(&[0.6f32], &dev).unwrap()),
         ("guidance", Tensor::new(&[3.5f32], &dev).unwrap()),
-        (
-            "pooled_projections",
-            Tensor::randn(0f32, 1.0, (1, 16), &dev).unwrap(),
-        ),
+        ("pooled_projections", noise((1, 16), 8, &dev).unwrap()),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))

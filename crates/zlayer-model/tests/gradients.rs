@@ -2,7 +2,9 @@
 //! cut gradients (DESIGN.md §6). Also: a short overfit proves the model can learn at all.
 
 use candle_core::{DType, Device, Tensor, Var};
-use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarBuilder, VarMap};
+use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarMap};
+use zlayer_model::init::seeded;
+use zlayer_model::sampling::noise;
 use zlayer_model::{Config, Flux, FluxInput};
 
 struct Batch {
@@ -24,14 +26,14 @@ fn batch(cfg: &Config, dev: &Device) -> candle_core::Result<Batch> {
         .collect();
     let img_ids = Tensor::from_vec(ids, (1, li, 3), dev)?.repeat((b, 1, 1))?;
     Ok(Batch {
-        img: Tensor::randn(0f32, 1.0, (b, li, cfg.in_channels), dev)?,
+        img: noise((b, li, cfg.in_channels), 1, dev)?,
         img_ids,
-        txt: Tensor::randn(0f32, 1.0, (b, lt, cfg.context_in_dim), dev)?,
+        txt: noise((b, lt, cfg.context_in_dim), 2, dev)?,
         txt_ids: Tensor::zeros((b, lt, 3), DType::F32, dev)?,
         t: Tensor::new(&[0.3f32, 0.8], dev)?,
-        y: Tensor::randn(0f32, 1.0, (b, cfg.vec_in_dim), dev)?,
+        y: noise((b, cfg.vec_in_dim), 3, dev)?,
         g: Tensor::new(&[3.5f32, 3.5], dev)?,
-        target: Tensor::randn(0f32, 1.0, (b, li, cfg.in_channels), dev)?,
+        target: noise((b, li, cfg.in_channels), 4, dev)?,
     })
 }
 
@@ -57,7 +59,7 @@ fn every_parameter_receives_a_gradient() -> candle_core::Result<()> {
         ..Config::tiny()
     };
     let vm = VarMap::new();
-    let model = Flux::new(&cfg, VarBuilder::from_varmap(&vm, DType::F32, &dev))?;
+    let model = Flux::new(&cfg, seeded(&vm, 0, DType::F32, &dev))?;
     let x = batch(&cfg, &dev)?;
     let grads = loss(&model, &x)?.backward()?;
     assert!(
@@ -83,7 +85,7 @@ fn thirty_steps_on_one_batch_halve_the_loss() -> candle_core::Result<()> {
         ..Config::tiny()
     };
     let vm = VarMap::new();
-    let model = Flux::new(&cfg, VarBuilder::from_varmap(&vm, DType::F32, &dev))?;
+    let model = Flux::new(&cfg, seeded(&vm, 0, DType::F32, &dev))?;
     let x = batch(&cfg, &dev)?;
     let vars: Vec<Var> = vm.all_vars();
     let mut opt = AdamW::new(

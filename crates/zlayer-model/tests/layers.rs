@@ -2,6 +2,7 @@
 
 use candle_core::{D, Device, Tensor};
 use zlayer_model::layers::{apply_rope, layer_norm, rms_norm, rope, timestep_embedding};
+use zlayer_model::sampling::noise;
 
 fn vec4(t: &Tensor) -> Vec<f32> {
     t.flatten_all().unwrap().to_vec1::<f32>().unwrap()
@@ -13,7 +14,7 @@ fn rope_rotates_each_pair_by_position_times_frequency() -> candle_core::Result<(
     let axes = [2, 2, 4]; // head dim 8: 1 + 1 + 2 frequency pairs
     let ids = Tensor::new(&[[[0f32, 3.0, 5.0], [1.0, 2.0, 7.0]]], &dev)?; // (1, 2, 3)
     let (cos, sin) = rope(&ids, &axes, 10_000.0)?;
-    let x = Tensor::randn(0f32, 1.0, (1, 1, 2, 8), &dev)?;
+    let x = noise((1, 1, 2, 8), 1, &dev)?;
     let y = vec4(&apply_rope(&x, &cos, &sin)?);
     let xv = vec4(&x);
     for l in 0..2 {

@@ -5,6 +5,7 @@ mod common;
 use candle_core::{DType, Device, Tensor, Var};
 use common::max_diff;
 use zlayer_model::base::BaseModel;
+use zlayer_model::init::seeded;
 use zlayer_model::layers::{masked_attention, rope, split_qkv};
 use zlayer_model::layout::{BOX_EMBED, Packing, box_points, compose, fourier};
 use zlayer_model::sampling::noise;
@@ -249,7 +250,7 @@ fn gradients_reach_tokens_layers_and_densities_through_packing_and_composition()
 
 #[test]
 fn lora_starts_as_the_identity_and_only_its_factors_learn() {
-    use candle_nn::{VarBuilder, VarMap};
+    use candle_nn::VarMap;
     use zlayer_model::layers::LoraLinear;
     let dev = Device::Cpu;
     // The frozen base: plain tensors, as loaded from a checkpoint.
@@ -257,7 +258,7 @@ fn lora_starts_as_the_identity_and_only_its_factors_learn() {
     let bias = noise(6, 2, &dev).unwrap();
     let base = candle_nn::Linear::new(w.clone(), Some(bias.clone()));
     let vm = VarMap::new();
-    let lora = LoraLinear::new(base, 4, VarBuilder::from_varmap(&vm, DType::F32, &dev)).unwrap();
+    let lora = LoraLinear::new(base, 4, seeded(&vm, 0, DType::F32, &dev)).unwrap();
     let x = noise((3, 5), 3, &dev).unwrap();
     let plain = lora.forward_lora(&x, false).unwrap();
     assert_eq!(
@@ -312,11 +313,11 @@ fn lora_starts_as_the_identity_and_only_its_factors_learn() {
 
 #[test]
 fn the_alignment_head_learns_through_every_parameter_and_its_loss_is_cross_entropy() {
-    use candle_nn::{VarBuilder, VarMap};
+    use candle_nn::VarMap;
     use zlayer_model::layout::{ZHead, align_loss};
     let dev = Device::Cpu;
     let vm = VarMap::new();
-    let head = ZHead::new(8, VarBuilder::from_varmap(&vm, DType::F32, &dev)).unwrap();
+    let head = ZHead::new(8, seeded(&vm, 0, DType::F32, &dev)).unwrap();
     let (n, h, w) = (3, 4, 5);
     let e = noise((n, 8), 1, &dev).unwrap();
     let canvases = noise((n, h * w, 8), 2, &dev).unwrap();

@@ -5,6 +5,7 @@ use candle_core::{DType, Device};
 use candle_nn::{VarBuilder, VarMap};
 use zlayer_model::Config;
 use zlayer_model::base::{BaseModel, SampleOptions};
+use zlayer_model::init::seeded;
 use zlayer_model::layout_model::{LayoutModel, SceneLayout, Variant};
 use zlayer_model::optim::{AdamWConfig, Trainer};
 use zlayer_model::sampling::noise;
@@ -37,13 +38,7 @@ fn base(dev: &Device, dir: &std::path::Path) -> BaseModel {
         ..Config::tiny()
     };
     let vm = VarMap::new();
-    BaseModel::new(
-        &dit,
-        &text,
-        tok.clone(),
-        VarBuilder::from_varmap(&vm, DType::F32, dev),
-    )
-    .unwrap();
+    BaseModel::new(&dit, &text, tok.clone(), seeded(&vm, 0, DType::F32, dev)).unwrap();
     // Frozen, as a trained base is: reloaded from a file as plain tensors.
     let path = dir.join("base.safetensors");
     vm.save(&path).unwrap();
@@ -64,7 +59,7 @@ fn the_alignment_loss_falls_and_a_zero_grounding_ratio_samples_like_the_base() {
         &[0],
         4,
         Variant::Occlusionformer,
-        VarBuilder::from_varmap(&branch, DType::F32, &dev),
+        seeded(&branch, 0, DType::F32, &dev),
     )
     .unwrap();
     let scene = zlayer_scene::load_str(SCENE).unwrap().scene;

@@ -1,7 +1,8 @@
 //! A checkpoint round-trips exactly: resuming gives the same next losses, bit for bit.
 
 use candle_core::{DType, Device, Tensor};
-use candle_nn::{VarBuilder, VarMap};
+use candle_nn::VarMap;
+use zlayer_model::init::seeded;
 use zlayer_model::optim::{AdamWConfig, Trainer, lr_at};
 use zlayer_model::sampling::noise;
 use zlayer_model::{Config, Flux, FluxInput};
@@ -17,7 +18,7 @@ fn setup(dev: &Device) -> candle_core::Result<(VarMap, Flux)> {
         ..Config::tiny()
     };
     let vm = VarMap::new();
-    let model = Flux::new(&cfg, VarBuilder::from_varmap(&vm, DType::F32, dev))?;
+    let model = Flux::new(&cfg, seeded(&vm, 0, DType::F32, dev))?;
     Ok((vm, model))
 }
 

@@ -5,11 +5,16 @@ use candle_core::{DType, Device, Tensor};
 use zlayer_model::checkpoint::Tensors;
 use zlayer_model::config::Config;
 use zlayer_model::dit::Flux;
-use zlayer_model::init::{normal, seeded};
+use zlayer_model::init::{name_seed, seeded};
+use zlayer_model::sampling::noise;
 
-/// The seed of every random checkpoint here, so that a test's figures repeat run after run;
-/// the perturbations added to an initialisation use `SEED + 1`, not to repeat its draws.
+/// The seed of every random checkpoint here, so that a test's figures repeat run after run.
 pub const SEED: u64 = 2024;
+
+/// N(0, `std`²) values for the tensor `name`, seeded apart from its initialisation's draws.
+pub fn perturbation(shape: impl Into<candle_core::Shape>, std: f64, name: &str) -> Tensor {
+    (noise(shape, name_seed(SEED + 1, name), &Device::Cpu).unwrap() * std).unwrap()
+}
 
 /// The parity fixture's transformer (meta.json).
 pub fn fixture_config() -> Config {
@@ -37,7 +42,7 @@ pub fn random_bfl(cfg: &Config) -> Tensors {
     data.iter()
         .map(|(k, v)| {
             // Biases start at zero; give every tensor values so that every path counts.
-            let r = normal(v.shape(), 0.1, SEED + 1, k, &Device::Cpu).unwrap();
+            let r = perturbation(v.shape(), 0.1, k);
             (k.clone(), (v.as_tensor() + r).unwrap())
         })
         .collect()
@@ -189,11 +194,11 @@ pub fn random_branch(
         let (out, inp) = w.dims2().unwrap();
         lora.push((
             format!("{m}.lora_A"),
-            normal((4, inp), 0.1, SEED, &format!("{m}.lora_A"), &dev).unwrap(),
+            perturbation((4, inp), 0.1, &format!("{m}.lora_A")),
         ));
         lora.push((
             format!("{m}.lora_B"),
-            normal((out, 4), 0.1, SEED, &format!("{m}.lora_B"), &dev).unwrap(),
+            perturbation((out, 4), 0.1, &format!("{m}.lora_B")),
         ));
     }
     let vm = candle_nn::VarMap::new();
@@ -204,7 +209,7 @@ pub fn random_branch(
         .unwrap();
     let mut layout: Vec<(String, Tensor)> = Vec::new();
     for (k, v) in vm.data().lock().unwrap().iter() {
-        let r = (v.as_tensor() + normal(v.shape(), 0.1, SEED + 1, k, &dev).unwrap()).unwrap();
+        let r = (v.as_tensor() + perturbation(v.shape(), 0.1, k)).unwrap();
         let k = k
             .replace("double_blocks.", "transformer_blocks.")
             .replace("single_blocks.", "single_transformer_blocks.");
