@@ -193,7 +193,7 @@ pub fn train_vae(
         |s| {
             let x = images(s)?;
             let (b, _, h, w) = x.dims4()?;
-            let f = VaeConfig::FACTOR;
+            let f = cfg.factor();
             let eps = noise(
                 (b, cfg.latent, h / f, w / f),
                 seed.wrapping_add(s as u64),

@@ -1,4 +1,4 @@
-//! A small convolutional KL autoencoder: 4× downsampling to `latent` channels.
+//! A small convolutional KL autoencoder: 2^(stages − 1)× downsampling to `latent` channels.
 //!
 //! Upsampling is nearest-neighbour by 2 followed by a convolution, because candle's
 //! transposed convolution has no backward (DESIGN.md §6). Group norm is written with plain
@@ -9,33 +9,85 @@
 use candle_core::{D, Result, Tensor};
 use candle_nn::{Conv2dConfig, Module, VarBuilder};
 
-/// VAE shape: three stages at full, half and quarter resolution.
+/// VAE shape: resolution stages, each after the first at half the side of the one before.
+///
+/// The bundled `tiny` VAE has three stages (4×); `tiny8` has four (8×, FLUX's geometry).
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct VaeConfig {
     /// Image channels.
     pub image_channels: usize,
-    /// Channels of the full-, half- and quarter-resolution stages: few at full resolution,
-    /// where convolutions cost the most.
-    pub channels: [usize; 3],
+    /// Channels of each stage, full resolution first: few at full resolution, where
+    /// convolutions cost the most. At least two stages.
+    pub channels: Vec<usize>,
     /// Latent channels.
     pub latent: usize,
     /// Groups of the group norms (divides every stage's channels).
     pub groups: usize,
+    /// Residual blocks per stage below full resolution, in encoder and decoder alike. Files
+    /// written before this field existed have one.
+    #[serde(default = "one_block")]
+    pub blocks: usize,
+}
+
+fn one_block() -> usize {
+    1
 }
 
 impl VaeConfig {
-    /// The CPU preset: RGB, stages of 16/32/64 channels, 8 latent channels.
+    /// The bundled CPU preset: RGB, stages of 16/32/64 channels (4×), 8 latent channels.
     pub fn tiny() -> Self {
         Self {
             image_channels: 3,
-            channels: [16, 32, 64],
+            channels: vec![16, 32, 64],
             latent: 8,
             groups: 8,
+            blocks: 1,
         }
     }
 
-    /// Spatial reduction.
-    pub const FACTOR: usize = 4;
+    /// FLUX's VAE geometry at CPU size: 8× downsampling to 16 latent channels, stages of
+    /// 32/64/128/128 channels with two residual blocks each.
+    pub fn tiny8() -> Self {
+        Self {
+            image_channels: 3,
+            channels: vec![32, 64, 128, 128],
+            latent: 16,
+            groups: 8,
+            blocks: 2,
+        }
+    }
+
+    /// Spatial reduction: 2 per stage after the first.
+    pub fn factor(&self) -> usize {
+        1 << (self.channels.len().max(1) - 1)
+    }
+
+    /// Checks the shape, naming what is wrong.
+    pub fn check(&self) -> std::result::Result<(), String> {
+        if self.channels.len() < 2 || self.channels.len() > 6 {
+            return Err(format!(
+                "a VAE needs 2 to 6 stages (4× needs 3, 8× needs 4), got {}",
+                self.channels.len()
+            ));
+        }
+        if let Some(c) = self
+            .channels
+            .iter()
+            .find(|&&c| self.groups == 0 || c == 0 || c % self.groups != 0)
+        {
+            return Err(format!(
+                "stage channels {c} are not divisible by {} norm groups",
+                self.groups
+            ));
+        }
+        if self.latent == 0 || self.image_channels == 0 || self.blocks == 0 {
+            return Err(format!(
+                "latent ({}), image channels ({}) and blocks per stage ({}) must be positive",
+                self.latent, self.image_channels, self.blocks
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// A `k × k` convolution with padding k/2 (keys `weight`, `bias`), initialised like candle's.
@@ -164,16 +216,44 @@ impl Module for ResBlock {
     }
 }
 
+/// A downsampling or upsampling step and the residual blocks after it.
+#[derive(Debug, Clone)]
+struct Stage {
+    conv: Conv,
+    blocks: Vec<ResBlock>,
+}
+
+impl Stage {
+    /// `conv` then `n` blocks; the first block keeps the key `block` of the one-block files.
+    fn new(conv: Conv, c: usize, n: usize, groups: usize, vb: &VarBuilder) -> Result<Self> {
+        let blocks = (0..n)
+            .map(|k| match k {
+                0 => ResBlock::new(c, groups, vb.pp("block")),
+                _ => ResBlock::new(c, groups, vb.pp(format!("block{k}"))),
+            })
+            .collect::<Result<_>>()?;
+        Ok(Self { conv, blocks })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let mut h = self.conv.forward(x)?;
+        for b in &self.blocks {
+            h = b.forward(&h)?;
+        }
+        Ok(h)
+    }
+}
+
 /// Encoder and decoder.
 #[derive(Debug, Clone)]
 pub struct Vae {
     enc_in: Conv,
-    enc: Vec<(Conv, ResBlock)>,
+    enc: Vec<Stage>,
     enc_norm: GroupNorm,
     enc_out: Conv,
     dec_in: Conv,
     dec_mid: ResBlock,
-    dec: Vec<(Conv, ResBlock)>,
+    dec: Vec<Stage>,
     dec_norm: GroupNorm,
     dec_out: Conv,
 }
@@ -181,45 +261,50 @@ pub struct Vae {
 impl Vae {
     /// Builds both halves (`encoder.*`, `decoder.*`).
     pub fn new(cfg: &VaeConfig, vb: VarBuilder) -> Result<Self> {
-        let [c0, c1, c2] = cfg.channels;
-        let g = cfg.groups;
+        cfg.check().map_err(candle_core::Error::msg)?;
+        let ch = &cfg.channels;
+        let (g, n) = (cfg.groups, cfg.blocks);
         let (e, d) = (vb.pp("encoder"), vb.pp("decoder"));
+        let last = *ch.last().expect("checked: at least two stages");
+        let enc = (0..ch.len() - 1)
+            .map(|i| {
+                let v = e.pp(format!("down.{i}"));
+                Stage::new(
+                    conv(ch[i], ch[i + 1], 3, 2, v.pp("conv"))?,
+                    ch[i + 1],
+                    n,
+                    g,
+                    &v,
+                )
+            })
+            .collect::<Result<_>>()?;
+        // The decoder mirrors the encoder: up.0 leaves the latent stage.
+        let dec = (0..ch.len() - 1)
+            .map(|i| {
+                let (from, to) = (ch[ch.len() - 1 - i], ch[ch.len() - 2 - i]);
+                let v = d.pp(format!("up.{i}"));
+                Stage::new(conv(from, to, 3, 1, v.pp("conv"))?, to, n, g, &v)
+            })
+            .collect::<Result<_>>()?;
         Ok(Self {
-            enc_in: conv(cfg.image_channels, c0, 3, 1, e.pp("conv_in"))?,
-            enc: vec![
-                (
-                    conv(c0, c1, 3, 2, e.pp("down.0.conv"))?,
-                    ResBlock::new(c1, g, e.pp("down.0.block"))?,
-                ),
-                (
-                    conv(c1, c2, 3, 2, e.pp("down.1.conv"))?,
-                    ResBlock::new(c2, g, e.pp("down.1.block"))?,
-                ),
-            ],
-            enc_norm: GroupNorm::new(c2, g, e.pp("norm_out"))?,
-            enc_out: conv(c2, 2 * cfg.latent, 3, 1, e.pp("conv_out"))?,
-            dec_in: conv(cfg.latent, c2, 3, 1, d.pp("conv_in"))?,
-            dec_mid: ResBlock::new(c2, g, d.pp("mid"))?,
-            dec: vec![
-                (
-                    conv(c2, c1, 3, 1, d.pp("up.0.conv"))?,
-                    ResBlock::new(c1, g, d.pp("up.0.block"))?,
-                ),
-                (
-                    conv(c1, c0, 3, 1, d.pp("up.1.conv"))?,
-                    ResBlock::new(c0, g, d.pp("up.1.block"))?,
-                ),
-            ],
-            dec_norm: GroupNorm::new(c0, g, d.pp("norm_out"))?,
-            dec_out: conv(c0, cfg.image_channels, 3, 1, d.pp("conv_out"))?,
+            enc_in: conv(cfg.image_channels, ch[0], 3, 1, e.pp("conv_in"))?,
+            enc,
+            enc_norm: GroupNorm::new(last, g, e.pp("norm_out"))?,
+            enc_out: conv(last, 2 * cfg.latent, 3, 1, e.pp("conv_out"))?,
+            dec_in: conv(cfg.latent, last, 3, 1, d.pp("conv_in"))?,
+            dec_mid: ResBlock::new(last, g, d.pp("mid"))?,
+            dec,
+            dec_norm: GroupNorm::new(ch[0], g, d.pp("norm_out"))?,
+            dec_out: conv(ch[0], cfg.image_channels, 3, 1, d.pp("conv_out"))?,
         })
     }
 
-    /// Posterior mean and log-variance of images (B, C, H, W) in [−1, 1]: each (B, latent, H/4, W/4).
+    /// Posterior mean and log-variance of images (B, C, H, W) in [−1, 1]: each
+    /// (B, latent, H/f, W/f) for the config's factor f.
     pub fn posterior(&self, x: &Tensor) -> Result<(Tensor, Tensor)> {
         let mut h = self.enc_in.forward(x)?;
-        for (down, block) in &self.enc {
-            h = block.forward(&down.forward(&h)?)?;
+        for stage in &self.enc {
+            h = stage.forward(&h)?;
         }
         let h = self.enc_out.forward(&self.enc_norm.forward(&h)?.silu()?)?;
         let parts = h.chunk(2, 1)?;
@@ -234,9 +319,9 @@ impl Vae {
     /// Images (B, C, H, W) from latents (B, latent, h, w).
     pub fn decode(&self, z: &Tensor) -> Result<Tensor> {
         let mut h = self.dec_mid.forward(&self.dec_in.forward(z)?)?;
-        for (up, block) in &self.dec {
+        for stage in &self.dec {
             let (_, _, hh, ww) = h.dims4()?;
-            h = block.forward(&up.forward(&h.upsample_nearest2d(2 * hh, 2 * ww)?)?)?;
+            h = stage.forward(&h.upsample_nearest2d(2 * hh, 2 * ww)?)?;
         }
         self.dec_out.forward(&self.dec_norm.forward(&h)?.silu()?)
     }
@@ -317,7 +402,7 @@ mod tests {
     fn shapes_gradients_and_a_short_overfit() -> Result<()> {
         let dev = Device::Cpu;
         let cfg = VaeConfig {
-            channels: [8, 16, 16],
+            channels: vec![8, 16, 16],
             ..VaeConfig::tiny()
         };
         let vm = VarMap::new();
@@ -349,10 +434,79 @@ mod tests {
     }
 
     #[test]
+    fn eight_times_with_two_blocks_per_stage() -> Result<()> {
+        let dev = Device::Cpu;
+        let cfg = VaeConfig {
+            channels: vec![8, 8, 16, 16],
+            latent: 4,
+            blocks: 2,
+            ..VaeConfig::tiny8()
+        };
+        assert_eq!(cfg.factor(), 8);
+        let vm = VarMap::new();
+        let vae = Vae::new(&cfg, crate::init::seeded(&vm, 1, DType::F32, &dev))?;
+        let x = crate::sampling::noise((2, 3, 32, 24), 4, &dev)?.tanh()?;
+        let z = vae.encode(&x)?;
+        assert_eq!(z.dims(), &[2, 4, 4, 3]);
+        assert_eq!(vae.decode(&z)?.dims(), &[2, 3, 32, 24]);
+        let eps = crate::sampling::noise(z.dims4()?, 2, &dev)?;
+        let grads = vae.loss(&x, &eps, 1e-3)?.0.backward()?;
+        let missing = crate::optim::params_without_gradient(&vm, &grads);
+        assert!(missing.is_empty(), "no gradient reaches {missing:?}");
+        // One block per stage keeps the key names of the files written before `blocks`.
+        let keys = vm.data().lock().expect("varmap lock").len();
+        let one = VarMap::new();
+        Vae::new(
+            &VaeConfig {
+                blocks: 1,
+                ..cfg.clone()
+            },
+            crate::init::seeded(&one, 1, DType::F32, &dev),
+        )?;
+        let data = one.data().lock().expect("varmap lock");
+        assert!(data.contains_key("encoder.down.2.block.conv2.weight"));
+        assert!(data.contains_key("decoder.up.2.block.norm1.bias"));
+        assert!(!data.keys().any(|k| k.contains("block1")));
+        // Each extra block has two norms and two convolutions, with weight and bias each.
+        assert_eq!(keys - data.len(), 2 * 3 * 8);
+        Ok(())
+    }
+
+    #[test]
+    fn a_bad_shape_is_named() {
+        let bad = |c: VaeConfig| c.check().expect_err("accepted");
+        let one_stage = bad(VaeConfig {
+            channels: vec![8],
+            ..VaeConfig::tiny()
+        });
+        assert!(one_stage.contains("2 to 6 stages"), "{one_stage}");
+        let groups = bad(VaeConfig {
+            channels: vec![8, 12],
+            ..VaeConfig::tiny()
+        });
+        assert!(
+            groups.contains("12") && groups.contains("8 norm groups"),
+            "{groups}"
+        );
+        let blocks = bad(VaeConfig {
+            blocks: 0,
+            ..VaeConfig::tiny()
+        });
+        assert!(blocks.contains("blocks per stage (0)"), "{blocks}");
+        assert!(VaeConfig::tiny().check().is_ok() && VaeConfig::tiny8().check().is_ok());
+        // Files written before `blocks` existed parse with one block per stage.
+        let old: VaeConfig = serde_json::from_str(
+            r#"{"channels": [16, 32, 64], "factor": 4, "groups": 8, "image_channels": 3, "latent": 8}"#,
+        )
+        .expect("old config");
+        assert_eq!(old, VaeConfig::tiny());
+    }
+
+    #[test]
     fn decoder_fine_tune_leaves_the_encoder_alone() -> Result<()> {
         let dev = Device::Cpu;
         let cfg = VaeConfig {
-            channels: [8, 16, 16],
+            channels: vec![8, 16, 16],
             ..VaeConfig::tiny()
         };
         let vm = VarMap::new();

@@ -223,6 +223,120 @@ impl Look {
     }
 }
 
+/// Everyday words for the world's colours and shapes ("ball" is drawn as a sphere). Only
+/// words whose meaning the drawing keeps; "grey" has no colour here and is dropped.
+const SYNONYMS: &[(&str, &str)] = &[
+    ("ball", "sphere"),
+    ("globe", "sphere"),
+    ("orb", "sphere"),
+    ("circle", "disk"),
+    ("disc", "disk"),
+    ("plate", "disk"),
+    ("box", "cube"),
+    ("block", "cube"),
+    ("dice", "cube"),
+    ("rectangle", "square"),
+    ("can", "cylinder"),
+    ("tube", "cylinder"),
+    ("pillar", "cylinder"),
+    ("donut", "ring"),
+    ("doughnut", "ring"),
+    ("rod", "stick"),
+    ("pole", "stick"),
+    ("bar", "stick"),
+    ("branch", "stick"),
+    ("plus", "cross"),
+    ("violet", "purple"),
+    ("magenta", "pink"),
+    ("gold", "yellow"),
+    ("golden", "yellow"),
+    ("teal", "cyan"),
+    ("turquoise", "cyan"),
+    ("navy", "blue"),
+    ("transparent", "glass"),
+    ("translucent", "glass"),
+    ("stripes", "striped"),
+    ("checked", "checkered"),
+    ("spotted", "dotted"),
+];
+
+/// A free-form caption fitted to the world's grammar (see [`Look::fit`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fitted {
+    /// What is drawn.
+    pub look: Look,
+    /// The caption's words that were kept (as written, lower case), in caption order.
+    pub kept: Vec<String>,
+    /// The caption has no colour word; the colour was chosen.
+    pub chose_colour: bool,
+    /// The caption has no shape word; the shape is the neutral [`Look::NEUTRAL_SHAPE`].
+    pub chose_shape: bool,
+}
+
+impl Fitted {
+    /// Whether the caption was already a caption of the grammar.
+    pub fn exact(&self, caption: &str) -> bool {
+        caption.split_whitespace().collect::<Vec<_>>().join(" ") == self.look.caption()
+    }
+}
+
+impl Look {
+    /// The shape of an object whose caption names none.
+    pub const NEUTRAL_SHAPE: Shape = Shape::Disk;
+
+    /// Fits any caption to the grammar: words of the vocabulary (or an everyday synonym, e.g.
+    /// "ball" → sphere) are kept, the last of each kind wins, and the rest are dropped. A
+    /// caption with no colour takes the first colour not in `taken` (so objects stay
+    /// distinguishable), one with no shape the neutral disk.
+    pub fn fit(caption: &str, taken: &[Colour]) -> Fitted {
+        let (mut colour, mut shape, mut pattern, mut material) = (None, None, None, None);
+        let mut kept = Vec::new();
+        for raw in caption.split(|c: char| !c.is_alphanumeric() && c != '-') {
+            let lower = raw.to_lowercase();
+            let w = SYNONYMS
+                .iter()
+                .find(|(from, _)| *from == lower)
+                .map_or(lower.as_str(), |(_, to)| to);
+            let hit = if let Some(c) = Colour::from_name(w) {
+                colour = Some(c);
+                true
+            } else if let Some(s) = Shape::from_name(w) {
+                shape = Some(s);
+                true
+            } else if let Some(p) = Pattern::from_name(w) {
+                pattern = Some(p);
+                true
+            } else if let Some(m) = Material::from_name(w) {
+                material = Some(m);
+                true
+            } else {
+                false
+            };
+            if hit {
+                kept.push(lower.clone());
+            }
+        }
+        let free = || {
+            Colour::ALL
+                .iter()
+                .copied()
+                .find(|c| !taken.contains(c))
+                .unwrap_or(Colour::ALL[taken.len() % Colour::ALL.len()])
+        };
+        Fitted {
+            look: Look {
+                colour: colour.unwrap_or_else(free),
+                shape: shape.unwrap_or(Self::NEUTRAL_SHAPE),
+                pattern: pattern.unwrap_or(Pattern::Solid),
+                material: material.unwrap_or(Material::Opaque),
+            },
+            kept,
+            chose_colour: colour.is_none(),
+            chose_shape: shape.is_none(),
+        }
+    }
+}
+
 fn names<'a>(it: impl Iterator<Item = &'a str>) -> String {
     it.collect::<Vec<_>>().join(", ")
 }
@@ -262,6 +376,49 @@ pub fn vocabulary() -> Vocabulary {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn any_caption_fits_the_grammar() {
+        let fit = |c: &str| Look::fit(c, &[]);
+        let cat = fit("black cat");
+        assert_eq!(cat.look.caption(), "black disk");
+        assert_eq!(cat.kept, ["black"]);
+        assert!(!cat.chose_colour && cat.chose_shape && !cat.exact("black cat"));
+        assert_eq!(fit("A Red Ball.").look.caption(), "red sphere");
+        assert_eq!(fit("grey cat").look.caption(), "red disk");
+        assert_eq!(
+            fit("a transparent, striped blue box").look.caption(),
+            "blue striped glass cube"
+        );
+        let taken = [Colour::Red, Colour::Orange];
+        let branch = Look::fit("branch", &taken);
+        assert_eq!(branch.look.caption(), "yellow stick");
+        assert_eq!(branch.kept, ["branch"]);
+        assert!(branch.chose_colour && !branch.chose_shape);
+        let nothing = Look::fit("", &taken);
+        assert_eq!(nothing.look.caption(), "yellow disk");
+        assert!(nothing.kept.is_empty());
+        // Every caption of the grammar fits to itself, whatever colours are taken.
+        for &colour in Colour::ALL {
+            for &shape in Shape::ALL {
+                for &pattern in Pattern::ALL {
+                    for &material in Material::ALL {
+                        let look = Look {
+                            colour,
+                            shape,
+                            pattern,
+                            material,
+                        };
+                        let f = Look::fit(&look.caption(), Colour::ALL);
+                        assert_eq!(f.look, look);
+                        assert!(f.exact(&look.caption()));
+                    }
+                }
+            }
+        }
+        // When every colour is taken, colours repeat in turn rather than fail.
+        assert_eq!(Look::fit("cat", Colour::ALL).look.colour, Colour::Red);
+    }
 
     #[test]
     fn every_look_round_trips_through_its_caption() {

@@ -21,7 +21,6 @@ use zlayer_composite::annotate::Canvas;
 use zlayer_composite::{BitDepth, atomic_write, write_png};
 use zlayer_metrics::eval::{Summary, evaluate_dirs, read_rgb, summarize};
 use zlayer_model::base::SampleOptions;
-use zlayer_model::vae::VaeConfig;
 use zlayer_synth::SynthScene;
 use zlayer_synth::store::write_png_folder;
 
@@ -233,7 +232,7 @@ impl Protocol<'_> {
     ) -> Result<Generated, Failure> {
         let int = |e: candle_core::Error| Failure::Internal(e.to_string());
         let (size, vae) = (self.m.size, &self.m.vae);
-        let g = size / VaeConfig::FACTOR;
+        let g = size / vae.cfg.factor();
         let base = sampler.map_or(&self.m.base, SceneSampler::base);
         std::fs::create_dir_all(dir).map_err(|e| user(format!("{}: {e}", dir.display())))?;
         let mut prog = Progress {

@@ -248,7 +248,7 @@ fn round_trip(
     scenes: &[SynthScene],
     dev: &Device,
 ) -> candle_core::Result<Vec<Vec<[u8; 3]>>> {
-    let g = m.size / zlayer_model::vae::VaeConfig::FACTOR;
+    let g = m.size / m.vae.cfg.factor();
     let x = crate::train_cmd::to_tensor(scenes, m.size as u32, dev)?;
     to_rgb8(&m.vae.decode_tokens(&m.vae.encode_tokens(&x)?, g, g)?)
 }

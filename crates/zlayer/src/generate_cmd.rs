@@ -8,8 +8,7 @@ use std::path::{Path, PathBuf};
 use zlayer_composite::{BitDepth, Image, Straight, write_png};
 use zlayer_model::base::{BaseModel, SampleOptions};
 use zlayer_model::bundle::{VaeBundle, load_base, load_vae};
-use zlayer_model::vae::VaeConfig;
-use zlayer_synth::vocab::Background;
+use zlayer_synth::vocab::{Background, Colour, Fitted, Look, Shape};
 
 /// Flags of `zlayer generate`.
 #[derive(Debug, Args)]
@@ -80,6 +79,14 @@ pub struct GenerateArgs {
     /// each instance cut out by its composition share (back to front), and the masks hidden.
     #[arg(long, requires = "scene")]
     ora: Option<PathBuf>,
+    /// With a scene: write the model's native size (64 or 128 px) instead of upscaling the
+    /// image, the maps and the layers to the scene's canvas.
+    #[arg(long, requires = "scene")]
+    native: bool,
+    /// With a scene: refuse captions outside the tiny model's vocabulary instead of drawing
+    /// the words it knows (e.g. "black cat" as "black disk").
+    #[arg(long, requires = "scene")]
+    strict: bool,
 }
 
 impl GenerateArgs {
@@ -127,7 +134,7 @@ pub fn run(a: GenerateArgs) -> Result<(), Failure> {
         guidance: a.guidance.unwrap_or_else(|| m.guidance()),
         seed: a.seed,
     };
-    let images = match &a.scene {
+    let (images, canvas) = match &a.scene {
         None => {
             let prompt = a.prompt.clone().unwrap_or_default();
             let ids = m
@@ -135,21 +142,25 @@ pub fn run(a: GenerateArgs) -> Result<(), Failure> {
                 .tokenizer
                 .batch(&vec![prompt.as_str(); n], m.base.max_len, &dev)
                 .map_err(|e| Failure::User(e.to_string()))?;
-            m.generate(&ids, &opts)
-                .map_err(|e| Failure::Internal(e.to_string()))?
+            let images = m
+                .generate(&ids, &opts)
+                .map_err(|e| Failure::Internal(e.to_string()))?;
+            (images, None)
         }
         Some(path) => generate_scene(m, path, &a, &opts, &dev)?,
     };
-    finish(&images, &a.output, start)
+    finish(&images, &a.output, canvas, start)
 }
 
-/// Writes the images side by side to `output` and reports time and peak memory.
+/// Writes the images side by side to `output`, each resized to `canvas` (width, height)
+/// when given, and reports time and peak memory.
 pub(crate) fn finish(
     images: &Tensor,
     output: &Path,
+    canvas: Option<(usize, usize)>,
     start: std::time::Instant,
 ) -> Result<(), Failure> {
-    let img = row(images).map_err(|e| Failure::Internal(e.to_string()))?;
+    let img = row(&at_canvas(images, canvas).map_err(|e| Failure::Internal(e.to_string()))?);
     write_png(output, &img, BitDepth::Eight).map_err(|e| Failure::User(e.to_string()))?;
     let peak = peak_rss_mb().map_or(String::new(), |mb| format!(", peak memory {mb:.0} MB"));
     eprintln!(
@@ -175,6 +186,7 @@ pub(crate) fn peak_rss_mb() -> Option<f64> {
 /// words its prompt freely ("a still life of toys").
 fn scene_prompt(
     scene: &zlayer_scene::ValidScene,
+    captions: &[String],
     tokenizer: &zlayer_model::text::Tokenizer,
     path: &Path,
 ) -> String {
@@ -185,10 +197,7 @@ fn scene_prompt(
     let levels = scene.graph().depth_levels();
     let mut order: Vec<usize> = (0..levels.len()).collect();
     order.sort_by_key(|&i| levels[i]);
-    let captions: Vec<String> = order
-        .iter()
-        .map(|&i| scene.scene().instances[i].caption.clone())
-        .collect();
+    let captions: Vec<String> = order.iter().map(|&i| captions[i].clone()).collect();
     let ordered_pair = captions.len() == 2 && scene.graph().edges().next().is_some();
     let background = Background::ALL
         .iter()
@@ -205,27 +214,32 @@ fn scene_prompt(
 }
 
 /// Images (n, 3, S, S) for a scene, drawn by the chosen variant (for a branch, on the first
-/// grounding steps only).
+/// grounding steps only), and the canvas (width, height) to write them at (`None` with
+/// `--native`).
 fn generate_scene(
     m: Model,
     path: &Path,
     a: &GenerateArgs,
     opts: &SampleOptions,
     dev: &Device,
-) -> Result<Tensor, Failure> {
+) -> Result<(Tensor, Option<(usize, usize)>), Failure> {
     let loaded = crate::scene_cmd::load(path)?;
     let scene = loaded.scene.scene();
-    let g = m.size / VaeConfig::FACTOR;
-    // Every caption in the vocabulary before anything runs, named by instance.
-    for inst in &scene.instances {
-        m.base.tokenizer.encode(&inst.caption).map_err(|e| {
-            Failure::User(format!("{}: instance {:?}: {e}", path.display(), inst.id))
-        })?;
-    }
+    let g = m.size / m.vae.cfg.factor();
+    let captions = model_captions(scene, &m.base.tokenizer, path, a.strict)?;
     let prompt = match &a.prompt {
         Some(p) => p.clone(),
-        None => scene_prompt(&loaded.scene, &m.base.tokenizer, path),
+        None => scene_prompt(&loaded.scene, &captions, &m.base.tokenizer, path),
     };
+    let canvas = (scene.width as usize, scene.height as usize);
+    let canvas = (!a.native).then_some(canvas);
+    match canvas {
+        Some((w, h)) if (w, h) != (m.size, m.size) => eprintln!(
+            "the model draws {0}×{0} px; upscaled to the scene's {w}×{h} canvas (--native writes {0}×{0})",
+            m.size
+        ),
+        _ => {}
+    }
     let sampler = SceneSampler::by_name(&a.model, &a.variant, m.base, dev)?;
     let wants_maps = a.layers.is_some() || a.ora.is_some();
     if wants_maps && (!sampler.has_maps() || sampler.ratio(a.grounding_ratio) == Some(0.0)) {
@@ -240,7 +254,10 @@ fn generate_scene(
         )));
     }
     let n = a.n as usize;
-    let layout = zlayer_model::layout_model::SceneLayout::from_scene(&loaded.scene, (g, g));
+    let mut layout = zlayer_model::layout_model::SceneLayout::from_scene(&loaded.scene, (g, g));
+    for (inst, caption) in layout.instances.iter_mut().zip(&captions) {
+        inst.caption = caption.clone();
+    }
     let int = |e: candle_core::Error| Failure::Internal(e.to_string());
     let prompts = vec![prompt.as_str(); n];
     let base = sampler.base();
@@ -268,10 +285,9 @@ fn generate_scene(
         let k = scene.instances.len();
         let rows =
             |t: &Tensor| -> candle_core::Result<Vec<Vec<f32>>> { t.narrow(0, 0, k)?.to_vec2() };
-        let first = to_rgb8(&images.narrow(0, 0, 1).map_err(int)?).map_err(int)?;
+        let first = at_canvas(&images.narrow(0, 0, 1).map_err(int)?, canvas).map_err(int)?;
         let out = crate::layers_out::InstanceLayers {
             image: &first[0],
-            size: m.size,
             grid: g,
             masks: rows(&maps.masks).map_err(int)?,
             weights: rows(&maps.weights).map_err(int)?,
@@ -287,7 +303,57 @@ fn generate_scene(
             eprintln!("wrote {}", path.display());
         }
     }
-    Ok(images)
+    Ok((images, canvas))
+}
+
+/// Each instance's caption as the tiny model draws it. With `strict`, every caption must be
+/// in its vocabulary; otherwise each is fitted to the synthetic world's grammar
+/// ([`Look::fit`]) and every change is announced, one line per instance. A caption without
+/// a colour takes one no other instance uses, so the objects stay apart.
+fn model_captions(
+    scene: &zlayer_scene::Scene,
+    tokenizer: &zlayer_model::text::Tokenizer,
+    path: &Path,
+    strict: bool,
+) -> Result<Vec<String>, Failure> {
+    let given: Vec<&str> = scene.instances.iter().map(|i| i.caption.as_str()).collect();
+    if strict {
+        for (inst, c) in scene.instances.iter().zip(&given) {
+            tokenizer.encode(c).map_err(|e| {
+                Failure::User(format!("{}: instance {:?}: {e}", path.display(), inst.id))
+            })?;
+        }
+        return Ok(given.iter().map(|c| c.to_string()).collect());
+    }
+    let mut fits: Vec<Fitted> = given.iter().map(|c| Look::fit(c, &[])).collect();
+    let mut taken: Vec<Colour> = fits
+        .iter()
+        .filter(|f| !f.chose_colour)
+        .map(|f| f.look.colour)
+        .collect();
+    for (f, c) in fits.iter_mut().zip(&given) {
+        if f.chose_colour {
+            *f = Look::fit(c, &taken);
+            taken.push(f.look.colour);
+        }
+    }
+    let (colours, shapes) = (Colour::ALL.len(), Shape::ALL.len());
+    for ((inst, c), f) in scene.instances.iter().zip(&given).zip(&fits) {
+        if f.exact(c) {
+            continue;
+        }
+        let kept = match f.kept.as_slice() {
+            [] => "no word of it is known".to_string(),
+            k => format!("kept {:?}", k.join(" ")),
+        };
+        eprintln!(
+            "{}: instance {:?}: {c:?} drawn as {:?} ({kept}; the tiny model knows {colours} colours and {shapes} shapes; --model flux-dev for open vocabulary, --strict to refuse)",
+            path.display(),
+            inst.id,
+            f.look.caption()
+        );
+    }
+    Ok(fits.iter().map(|f| f.look.caption()).collect())
 }
 
 /// The tiny model: VAE, base, and the image side they were trained at.
@@ -336,7 +402,7 @@ impl Model {
 
     /// Images (B, 3, S, S) in [−1, 1], one per row of prompt ids.
     pub fn generate(&self, ids: &Tensor, opts: &SampleOptions) -> candle_core::Result<Tensor> {
-        let g = self.size / VaeConfig::FACTOR;
+        let g = self.size / self.vae.cfg.factor();
         let tokens = self.base.sample(ids, (g, g), self.vae.cfg.latent, opts)?;
         self.vae.decode_tokens(&tokens, g, g)
     }
@@ -371,16 +437,34 @@ pub fn rgb_image(pixels: &[[u8; 3]], width: usize, height: usize) -> Image<Strai
     }
 }
 
-/// Images (n, 3, H, W) in [−1, 1] side by side.
-fn row(images: &Tensor) -> candle_core::Result<Image<Straight>> {
-    let (n, _, h, w) = images.dims4()?;
-    let rgb = to_rgb8(images)?;
-    let mut img = Image::<Straight>::new(n * w, h);
-    for (k, pixels) in rgb.iter().enumerate() {
-        for (p, px) in pixels.iter().enumerate() {
-            let c = px.map(|v| v as f32 / 255.0);
-            img.pixels[(p / w) * n * w + k * w + p % w] = Straight([c[0], c[1], c[2], 1.0]);
+/// Images (B, 3, H, W) in [−1, 1] as opaque images, resized to `canvas` (width, height)
+/// when given.
+pub fn at_canvas(
+    images: &Tensor,
+    canvas: Option<(usize, usize)>,
+) -> candle_core::Result<Vec<Image<Straight>>> {
+    let (_, _, h, w) = images.dims4()?;
+    Ok(to_rgb8(images)?
+        .iter()
+        .map(|px| {
+            let img = rgb_image(px, w, h);
+            match canvas {
+                Some((cw, ch)) if (cw, ch) != (w, h) => img.resized(cw, ch),
+                _ => img,
+            }
+        })
+        .collect())
+}
+
+/// Images of one size side by side.
+fn row(images: &[Image<Straight>]) -> Image<Straight> {
+    let (w, h) = images.first().map_or((0, 0), |i| (i.width, i.height));
+    let n = images.len();
+    let mut out = Image::<Straight>::new(n * w, h);
+    for (k, img) in images.iter().enumerate() {
+        for (p, px) in img.pixels.iter().enumerate() {
+            out.pixels[(p / w) * n * w + k * w + p % w] = *px;
         }
     }
-    Ok(img)
+    out
 }

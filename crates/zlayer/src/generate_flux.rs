@@ -170,5 +170,5 @@ pub fn run(a: &GenerateArgs, start: std::time::Instant) -> Result<(), Failure> {
     drop(model);
     let z = Tensor::cat(&latents, 0).map_err(int)?;
     let images = flux_dev::decode(&files, &z).map_err(Failure::Internal)?;
-    finish(&images, &a.output, start)
+    finish(&images, &a.output, None, start)
 }

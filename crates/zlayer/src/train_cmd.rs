@@ -18,7 +18,7 @@ use zlayer_synth::{Params, Split, SynthScene, scene_at};
 /// What to train.
 #[derive(Debug, Subcommand)]
 pub enum TrainCommand {
-    /// The image autoencoder (4× downsampling, 8 latent channels).
+    /// The image autoencoder (4× and 8 latent channels by default; --preset tiny8 for 8× and 16).
     ///
     /// Writes DIR/vae.ckpt.safetensors (resumable), DIR/vae-loss.csv, and at the end the EMA
     /// weights as DIR/vae.safetensors (f16) with DIR/vae.json (config, latent shift/scale,
@@ -91,10 +91,11 @@ pub struct BaseArgs {
 fn object_weights(
     scenes: &[SynthScene],
     size: u32,
+    factor: usize,
     weight: f32,
     dev: &Device,
 ) -> candle_core::Result<Tensor> {
-    let (s, f) = (size as usize, VaeConfig::FACTOR);
+    let (s, f) = (size as usize, factor);
     let g = s / f;
     let w: Vec<f32> = scenes
         .iter()
@@ -116,6 +117,15 @@ fn object_weights(
     Tensor::from_vec(w, (scenes.len(), g * g), dev)
 }
 
+/// The VAE shapes `zlayer train vae` can build.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum VaePreset {
+    /// 4×, stages of 16/32/64 channels, 8 latent channels, one block per stage.
+    Tiny,
+    /// 8×, stages of 32/64/128/128 channels, 16 latent channels, two blocks per stage.
+    Tiny8,
+}
+
 /// Flags of `zlayer train vae`.
 #[derive(Debug, Args)]
 pub struct VaeArgs {
@@ -128,9 +138,23 @@ pub struct VaeArgs {
     /// Images per step.
     #[arg(long, default_value_t = 16)]
     batch: usize,
-    /// Image side in pixels (a multiple of 4).
+    /// Image side in pixels (a multiple of the preset's factor: 4 for tiny, 8 for tiny8).
     #[arg(long, default_value_t = 64)]
     size: u32,
+    /// Architecture: `tiny` (4×, 8 latent channels, the bundled VAE's) or `tiny8` (8×, 16
+    /// latent channels: FLUX's VAE geometry; use with --size 128 for 16×16 latents).
+    #[arg(long, value_enum, default_value_t = VaePreset::Tiny)]
+    preset: VaePreset,
+    /// Override the preset's stage channels, full resolution first (e.g. 16,32,64,128: each
+    /// stage after the first halves the side).
+    #[arg(long, value_delimiter = ',')]
+    channels: Option<Vec<usize>>,
+    /// Override the preset's latent channels.
+    #[arg(long)]
+    latent: Option<usize>,
+    /// Override the preset's residual blocks per stage.
+    #[arg(long)]
+    blocks: Option<usize>,
     /// Peak learning rate.
     #[arg(long, default_value_t = 2e-3)]
     lr: f64,
@@ -272,7 +296,7 @@ fn original_vae(path: &Path, cfg: &VaeConfig) -> Result<(f64, f64), Failure> {
     })?;
     if b.cfg != *cfg {
         return Err(Failure::User(format!(
-            "--decoder-of {}: its config {:?} is not the tiny VAE's {cfg:?}",
+            "--decoder-of {}: its config {:?} is not the --preset's {cfg:?}",
             path.display(),
             b.cfg
         )));
@@ -351,10 +375,20 @@ pub fn loop_config(steps: usize, lr: f64) -> LoopConfig {
 }
 
 fn vae(a: VaeArgs) -> Result<(), Failure> {
-    if !a.size.is_multiple_of(4) || a.batch == 0 || a.steps == 0 {
+    let mut cfg = match a.preset {
+        VaePreset::Tiny => VaeConfig::tiny(),
+        VaePreset::Tiny8 => VaeConfig::tiny8(),
+    };
+    cfg.channels = a.channels.clone().unwrap_or(cfg.channels);
+    cfg.latent = a.latent.unwrap_or(cfg.latent);
+    cfg.blocks = a.blocks.unwrap_or(cfg.blocks);
+    cfg.check()
+        .map_err(|e| Failure::User(format!("--preset/--channels/--latent/--blocks: {e}")))?;
+    let f = cfg.factor() as u32;
+    if !a.size.is_multiple_of(f) || a.batch == 0 || a.steps == 0 {
         return Err(Failure::User(format!(
-            "--size {} must be a multiple of 4, and --batch and --steps positive",
-            a.size
+            "--size {} must be a multiple of {f} (the {:?} preset's downsampling), and --batch and --steps positive",
+            a.size, a.preset
         )));
     }
     if !(a.latent_noise.is_finite() && a.latent_noise >= 0.0)
@@ -368,7 +402,6 @@ fn vae(a: VaeArgs) -> Result<(), Failure> {
     std::fs::create_dir_all(&a.out)
         .map_err(|e| Failure::User(format!("{}: {e}", a.out.display())))?;
     let dev = Device::Cpu;
-    let cfg = VaeConfig::tiny();
     let from = a
         .decoder_of
         .as_ref()
@@ -429,7 +462,7 @@ fn vae(a: VaeArgs) -> Result<(), Failure> {
     };
     let meta = serde_json::json!({
         "kind": "vae",
-        "config": {"image_channels": cfg.image_channels, "channels": cfg.channels, "latent": cfg.latent, "groups": cfg.groups, "factor": VaeConfig::FACTOR},
+        "config": {"image_channels": cfg.image_channels, "channels": cfg.channels, "latent": cfg.latent, "groups": cfg.groups, "blocks": cfg.blocks, "factor": cfg.factor()},
         "latent_shift": shift,
         "latent_scale": scale,
         "heldout_psnr_db": p,
@@ -482,10 +515,8 @@ fn base(a: BaseArgs) -> Result<(), Failure> {
         .and_then(|t| serde_json::from_str(&t).ok())
         .unwrap_or_default();
     let size = vae_json["image_size"].as_u64().unwrap_or(64) as u32;
-    let grid = (
-        size as usize / VaeConfig::FACTOR,
-        size as usize / VaeConfig::FACTOR,
-    );
+    let factor = vae.cfg.factor();
+    let grid = (size as usize / factor, size as usize / factor);
     let tok = Tokenizer::new(synth_words());
     let text = TextConfig {
         vocab: tok.len(),
@@ -566,7 +597,7 @@ fn base(a: BaseArgs) -> Result<(), Failure> {
                 .batch(&prompts, text.max_len, &dev)
                 .map_err(candle_core::Error::wrap)?;
             let w = (a.object_weight != 1.0)
-                .then(|| object_weights(&scenes, size, a.object_weight, &dev))
+                .then(|| object_weights(&scenes, size, factor, a.object_weight, &dev))
                 .transpose()?;
             let opts = zlayer_model::base::LossOptions {
                 weights: w.as_ref(),

@@ -119,7 +119,7 @@ pub fn run(a: LayoutArgs) -> Result<(), Failure> {
     let Model {
         vae, base, size, ..
     } = Model::load(&a.model, &dev)?;
-    let g = size / zlayer_model::vae::VaeConfig::FACTOR;
+    let g = size / vae.cfg.factor();
     let grid = (g, g);
     let vm = candle_nn::VarMap::new();
     let model = LayoutModel::new(

@@ -706,13 +706,31 @@ fn train_and_generate_end_to_end_smoke() {
         ora.to_str().unwrap(),
     ]);
     assert_eq!(run.status.code(), Some(0), "{}", text(&run.stderr));
-    for k in 0..2 {
-        for name in ["mask", "weight"] {
-            let img = zlayer_composite::read_png(&maps.join(format!("{name}-{k}.png"))).unwrap();
-            assert_eq!((img.width, img.height), (32, 32));
-        }
-    }
+    // Everything lies on the scene's 512×512 canvas, and the upscaling is announced.
+    assert!(
+        text(&run.stderr)
+            .contains("the model draws 32×32 px; upscaled to the scene's 512×512 canvas"),
+        "{}",
+        text(&run.stderr)
+    );
+    let map_sizes = || -> Vec<(usize, usize)> {
+        (0..2)
+            .flat_map(|k| ["mask", "weight"].map(|n| maps.join(format!("{n}-{k}.png"))))
+            .map(|p| zlayer_composite::read_png(&p).unwrap())
+            .map(|img| (img.width, img.height))
+            .collect()
+    };
+    assert_eq!(map_sizes(), [(512, 512); 4]);
+    let img = zlayer_composite::read_png(&png).unwrap();
+    assert_eq!((img.width, img.height), (512, 512));
     let stack = zlayer_composite::ora::read_ora(&ora).unwrap();
+    assert_eq!((stack.width, stack.height), (512, 512));
+    assert!(
+        stack
+            .layers
+            .iter()
+            .all(|l| l.image.width == 512 && l.image.height == 512)
+    );
     let names: Vec<&str> = stack.layers.iter().map(|l| l.name.as_str()).collect();
     assert_eq!(
         names,
@@ -726,6 +744,24 @@ fn train_and_generate_end_to_end_smoke() {
         "bottom first: the cube behind the sphere"
     );
     assert!(!stack.layers[4].visible, "masks are hidden");
+    let native = zlayer(&[
+        "generate",
+        "examples/sphere-cube.json",
+        "-o",
+        png.to_str().unwrap(),
+        "--model",
+        model.to_str().unwrap(),
+        "--steps",
+        "2",
+        "--layers",
+        maps.to_str().unwrap(),
+        "--native",
+    ]);
+    assert_eq!(native.status.code(), Some(0), "{}", text(&native.stderr));
+    assert!(!text(&native.stderr).contains("upscaled"));
+    assert_eq!(map_sizes(), [(32, 32); 4]);
+    let img = zlayer_composite::read_png(&png).unwrap();
+    assert_eq!((img.width, img.height), (32, 32));
 
     // The training-free baseline needs no weights; a baseline without instance layers has
     // none to write, and says so before generating anything.
@@ -756,7 +792,17 @@ fn train_and_generate_end_to_end_smoke() {
     .unwrap();
     let mut args = base_args;
     args[1] = bad.to_str().unwrap();
+    // By default the words the tiny model knows are drawn ("teal" is its cyan), and the
+    // substitution is said, one line for the instance.
     let run = zlayer(&args);
+    assert_eq!(run.status.code(), Some(0), "{}", text(&run.stderr));
+    let err = text(&run.stderr);
+    assert!(
+        err.contains("instance \"u\": \"teal unicorn\" drawn as \"cyan disk\" (kept \"teal\"; the tiny model knows 11 colours and 10 shapes; --model flux-dev for open vocabulary, --strict to refuse)"),
+        "{err}"
+    );
+    // --strict keeps the refusal.
+    let run = zlayer(&[&args[..], &["--strict"]].concat());
     assert_eq!(run.status.code(), Some(2));
     let err = text(&run.stderr);
     assert!(
@@ -942,4 +988,64 @@ fn a_scene_prompt_outside_the_vocabulary_is_rebuilt_from_its_captions() {
     ]);
     assert_eq!(run.status.code(), Some(2), "{}", text(&run.stderr));
     assert!(text(&run.stderr).contains("unknown word \"still\""));
+}
+
+#[test]
+fn every_official_layout_and_example_generates_on_the_bundled_model() {
+    let dir = tmp("all-layouts");
+    let png = dir.join("out.png");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(repo().join("examples"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .filter(|p| p.file_name().unwrap() != "cycle-rejected.json")
+        .collect();
+    let official = zlayer_testkit::fixtures("occlusionformer-examples");
+    let mut n_official = 0;
+    if let Some(off) = &official {
+        for e in std::fs::read_dir(off).unwrap() {
+            let p = e.unwrap().path();
+            if p.extension().is_some_and(|e| e == "json") {
+                files.push(p);
+                n_official += 1;
+            }
+        }
+        assert_eq!(n_official, 25, "the authors published 25 layouts");
+    }
+    files.sort();
+    for path in &files {
+        let run = zlayer(&[
+            "generate",
+            path.to_str().unwrap(),
+            "-o",
+            png.to_str().unwrap(),
+            "--steps",
+            "1",
+            "--native",
+        ]);
+        let err = text(&run.stderr);
+        assert_eq!(run.status.code(), Some(0), "{}: {err}", path.display());
+        // The authors' captions are free text ("a young girl standing gracefully"): each one
+        // is announced with what the tiny model draws instead.
+        if official.as_ref().is_some_and(|o| path.starts_with(o)) {
+            assert!(err.contains("\" drawn as \""), "{}: {err}", path.display());
+        }
+        let img = zlayer_composite::read_png(&png).unwrap();
+        assert_eq!((img.width, img.height), (64, 64), "{}", path.display());
+    }
+    // At canvas size by default: the authors' layouts are 1024² (GIMP opens the layers on
+    // the layout's own pixels).
+    if let Some(off) = &official {
+        let run = zlayer(&[
+            "generate",
+            off.join("dog-cat_1.json").to_str().unwrap(),
+            "-o",
+            png.to_str().unwrap(),
+            "--steps",
+            "1",
+        ]);
+        assert_eq!(run.status.code(), Some(0), "{}", text(&run.stderr));
+        let img = zlayer_composite::read_png(&png).unwrap();
+        assert_eq!((img.width, img.height), (1024, 1024));
+    }
 }
