@@ -4,10 +4,10 @@
 //! so nothing needs downloading. Each configuration runs in a fresh process, so that its peak
 //! memory is its own.
 
-use crate::cli::Failure;
 use candle_core::{DType, Device, Tensor};
 use clap::Args;
 use std::time::Instant;
+use zlayer_app::Failure;
 use zlayer_model::branch::LayoutInput;
 use zlayer_model::config::Config;
 use zlayer_model::dit::{Flux, FluxInput};
@@ -150,10 +150,7 @@ fn measure(a: &BenchStepArgs, k: usize, dev: &Device) -> Result<Measured, Failur
         instances: k,
         secs: times[times.len() / 2],
         // The host's peak; a GPU's is not tracked.
-        peak_mb: dev
-            .is_cpu()
-            .then(crate::generate_cmd::peak_rss_mb)
-            .flatten(),
+        peak_mb: dev.is_cpu().then(zlayer_app::output::peak_rss_mb).flatten(),
     })
 }
 
@@ -166,7 +163,7 @@ pub fn run(a: BenchStepArgs) -> Result<(), Failure> {
         )));
     }
     let (depth, single) = blocks(&a.blocks)?;
-    let dev = crate::generate_flux::device(a.device.as_deref())?;
+    let dev = zlayer_app::device::device(a.device.as_deref())?;
     if let Some(k) = a.one {
         let m = measure(&a, k, &dev)?;
         println!("{}", serde_json::to_string(&m).unwrap_or_default());

@@ -1,8 +1,9 @@
 //! Command-line flags and dispatch.
 
-use clap::{Parser, Subcommand, ValueEnum};
-use std::fmt;
+use crate::args::Target;
+use clap::{Parser, Subcommand};
 use std::path::PathBuf;
+use zlayer_app::Failure;
 
 /// zlayer: compose images from parts that know who stands in front of whom.
 ///
@@ -85,7 +86,7 @@ enum Command {
   zlayer synth --n 300 --split complex --format png --out gt/complex
   zlayer eval --pred generated/ --gt gt/ --split complex --plot
   zlayer eval --suite paper --report docs    # every method, split, ablation; hours on a CPU, resumable")]
-    Eval(crate::eval_cmd::EvalArgs),
+    Eval(crate::eval::EvalArgs),
     /// Generate images from a global prompt, or from a scene with the layout branch.
     ///
     /// Words must be in the model's vocabulary; open vocabulary needs the Flux-scale model.
@@ -96,7 +97,7 @@ enum Command {
   zlayer generate examples/sphere-cube.json -o out.png --grounding-ratio 0.3
   zlayer generate --model flux-dev --weights FLUX.1-dev/ --occlusionformer bundle_weights.safetensors \\
       --clip-tokenizer clip-vit-large-patch14/tokenizer.json scene.json -o out.png   # GPU build, docs/flux-dev.md")]
-    Generate(crate::generate_cmd::GenerateArgs),
+    Generate(crate::generate::GenerateArgs),
     /// Time one FLUX.1-dev denoising step with random weights of the real width: the base
     /// against the layout branch with 1, 4, 8 and 16 instances (seconds, peak memory, ratios).
     ///
@@ -119,7 +120,7 @@ enum Command {
     EvalLayout(crate::eval_layout::EvalLayoutArgs),
     /// Train a model on SA-Z-synth, on the CPU (resumes from DIR's checkpoint).
     #[command(subcommand)]
-    Train(crate::train_cmd::TrainCommand),
+    Train(crate::train::TrainCommand),
     /// Stack PNG layers by source-over, first file at the bottom.
     ///
     /// Writes a flattened PNG, or an OpenRaster (.ora) file that GIMP and Krita open with
@@ -137,54 +138,6 @@ enum Command {
     },
 }
 
-/// Formats `convert` can write.
-#[derive(Debug, Clone, Copy, ValueEnum)]
-pub enum Target {
-    /// zlayer's native JSON.
-    Native,
-    /// The official OcclusionFormer layout JSON.
-    Occlusionformer,
-}
-
-/// A failure, with the exit code it maps to.
-#[derive(Debug)]
-pub enum Failure {
-    /// Bad input: exit code 2.
-    User(String),
-    /// Anything else: exit code 1.
-    Internal(String),
-}
-
-impl Failure {
-    /// The process exit code.
-    pub fn code(&self) -> u8 {
-        match self {
-            Failure::User(_) => 2,
-            Failure::Internal(_) => 1,
-        }
-    }
-}
-
-impl fmt::Display for Failure {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Failure::User(m) | Failure::Internal(m) => f.write_str(m),
-        }
-    }
-}
-
-/// Writes to stdout; a closed pipe (`zlayer ... | head`) ends the output quietly.
-pub fn print_stdout(text: &str) -> Result<(), Failure> {
-    use std::io::Write;
-    let mut out = std::io::stdout().lock();
-    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
-        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
-            Err(Failure::Internal(format!("cannot write to stdout: {e}")))
-        }
-        _ => Ok(()),
-    }
-}
-
 /// Runs one command.
 pub fn run(cli: Cli) -> Result<(), Failure> {
     match cli.command {
@@ -199,9 +152,9 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
             sixteen_bit,
         } => crate::compose::run(&layers, &output, sixteen_bit),
         Command::Synth(args) => crate::synth_cmd::run(args),
-        Command::Eval(args) => crate::eval_cmd::run(args),
-        Command::Train(cmd) => crate::train_cmd::run(cmd),
-        Command::Generate(args) => crate::generate_cmd::run(args),
+        Command::Eval(args) => crate::eval::run(args),
+        Command::Train(cmd) => crate::train::run(cmd),
+        Command::Generate(args) => crate::generate::run(args),
         Command::BenchStep(args) => crate::bench_step::run(args),
         Command::EvalPrompts(args) => crate::eval_prompts::run(args),
         Command::EvalLayout(args) => crate::eval_layout::run(args),

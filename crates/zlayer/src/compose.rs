@@ -1,7 +1,7 @@
 //! `zlayer compose`: stack PNG layers into a PNG or an OpenRaster file.
 
-use crate::cli::Failure;
 use std::path::{Path, PathBuf};
+use zlayer_app::Failure;
 use zlayer_composite::ora::write_ora;
 use zlayer_composite::{BitDepth, Layer, LayerStack, read_png, write_png};
 

@@ -1,16 +1,17 @@
 //! `zlayer eval-prompts`: does the base model draw what a global prompt names? For held-out
 //! prompts, the metrics segmenter looks for every prompted colour in the generated image.
 
-use crate::cli::Failure;
-use crate::generate_cmd::{Model, to_rgb8};
-use crate::synth_cmd::SplitArg;
-use crate::train_cmd::{base_batch, scenes};
+use crate::args::SplitArg;
 use candle_core::Device;
 use clap::Args;
 use indicatif::ProgressBar;
 use std::collections::HashSet;
 use std::io::Write;
 use std::path::PathBuf;
+use zlayer_app::Failure;
+use zlayer_app::data::{base_batch, scenes};
+use zlayer_app::model::Model;
+use zlayer_app::output::to_rgb8;
 use zlayer_composite::annotate::Canvas;
 use zlayer_composite::{BitDepth, atomic_write, write_png};
 use zlayer_metrics::segment::{PRESENT_INSET, colour_present, vocabulary_candidates};
@@ -231,7 +232,7 @@ pub fn run(a: EvalPromptsArgs) -> Result<(), Failure> {
         write_png(&out.join("samples.png"), &img, BitDepth::Eight)
             .map_err(|e| Failure::User(e.to_string()))?;
     }
-    crate::cli::print_stdout(&md)?;
+    crate::args::print_stdout(&md)?;
     eprintln!(
         "scored {} prompts in {:.1} s; wrote {}",
         rows.len(),
@@ -249,7 +250,7 @@ fn round_trip(
     dev: &Device,
 ) -> candle_core::Result<Vec<Vec<[u8; 3]>>> {
     let g = m.size / m.vae.cfg.factor();
-    let x = crate::train_cmd::to_tensor(scenes, m.size as u32, dev)?;
+    let x = zlayer_app::data::to_tensor(scenes, m.size as u32, dev)?;
     to_rgb8(&m.vae.decode_tokens(&m.vae.encode_tokens(&x)?, g, g)?)
 }
 

@@ -3,23 +3,18 @@
 //! The binary is thin: it parses flags, calls the library crates and prints. Exit codes:
 //! 0 success, 2 bad input (an invalid scene, a missing file, a wrong flag), 1 anything else.
 
+mod args;
 mod bench_step;
 mod cli;
 mod compose;
-mod eval_cmd;
-mod eval_flip;
+mod eval;
 mod eval_layout;
 mod eval_prompts;
-mod eval_suite;
-mod generate_cmd;
-mod generate_flux;
-mod layers_out;
+mod generate;
 mod preview;
 mod scene_cmd;
-mod scene_sampler;
 mod synth_cmd;
-mod train_cmd;
-mod train_layout;
+mod train;
 
 use clap::Parser;
 use std::process::ExitCode;

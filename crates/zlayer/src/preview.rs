@@ -5,8 +5,8 @@
 //! order is declared, magenta where it is not (those regions will be averaged). Arrows run
 //! from each occluder to what it covers. A legend below explains the colours.
 
-use crate::cli::Failure;
 use std::path::Path;
+use zlayer_app::Failure;
 use zlayer_composite::annotate::{Canvas, Rgba, level_colour};
 use zlayer_composite::{BitDepth, write_png};
 use zlayer_scene::ValidScene;
@@ -17,7 +17,7 @@ const INK: Rgba = [20, 20, 20, 255];
 
 /// Runs the command.
 pub fn run(file: &Path, output: &Path, size: u32) -> Result<(), Failure> {
-    let loaded = crate::scene_cmd::load(file)?;
+    let loaded = zlayer_app::scene_file::load(file)?;
     let canvas = draw(&loaded.scene, size)
         .ok_or_else(|| Failure::Internal("could not allocate the preview".into()))?;
     write_png(output, &canvas.to_image(), BitDepth::Eight)

@@ -1,45 +1,12 @@
 //! `validate` and `convert`, and reading a scene file with errors that name it.
 
-use crate::cli::{Failure, Target};
+use crate::args::Target;
 use std::io::Write;
 use std::path::Path;
+use zlayer_app::Failure;
+use zlayer_app::scene_file::{load, load_quiet, render};
 use zlayer_composite::atomic_write;
-use zlayer_scene::{Diagnostic, Format, Loaded, SceneError, export, load_str};
-
-/// Reads and validates a scene, printing its warnings to stderr.
-pub fn load(file: &Path) -> Result<Loaded, Failure> {
-    let loaded = load_quiet(file).map_err(|e| Failure::User(render(file, &e)))?;
-    for w in &loaded.warnings {
-        eprintln!("{}: {w}", file.display());
-    }
-    Ok(loaded)
-}
-
-fn load_quiet(file: &Path) -> Result<Loaded, SceneError> {
-    let bytes = std::fs::read(file)
-        .map_err(|e| Diagnostic::error("", format!("cannot read the file: {e}")))?;
-    let text = String::from_utf8(bytes).map_err(|e| {
-        Diagnostic::error(
-            "",
-            format!("not UTF-8 text (byte {})", e.utf8_error().valid_up_to()),
-        )
-        .hint("scene files are JSON, which is UTF-8")
-    })?;
-    load_str(&text)
-}
-
-fn render(file: &Path, e: &SceneError) -> String {
-    let n = e.errors().count();
-    let mut s: Vec<String> = e
-        .diagnostics
-        .iter()
-        .map(|d| format!("{}: {d}", file.display()))
-        .collect();
-    if n > 1 {
-        s.push(format!("{}: {n} errors", file.display()));
-    }
-    s.join("\n")
-}
+use zlayer_scene::{Format, export};
 
 /// `zlayer validate`.
 pub fn validate(file: &Path, json: bool) -> Result<(), Failure> {
@@ -48,7 +15,7 @@ pub fn validate(file: &Path, json: bool) -> Result<(), Failure> {
         let s = l.scene.scene();
         let g = l.scene.graph();
         let native = export(s, Format::Native).map_err(|e| Failure::Internal(e.to_string()))?;
-        crate::cli::print_stdout(&native)?;
+        crate::args::print_stdout(&native)?;
         eprintln!(
             "{}: valid {} scene, {}×{}, {} instances, {} depth levels, {} occlusion relations, {} unordered pairs",
             file.display(),

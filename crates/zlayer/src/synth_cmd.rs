@@ -1,36 +1,16 @@
 //! `zlayer synth`: datasets, contact sheets and the vocabulary.
 
-use crate::cli::Failure;
+use crate::args::SplitArg;
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use rayon::prelude::*;
 use std::io::Write;
 use std::path::Path;
 use std::path::PathBuf;
+use zlayer_app::Failure;
 use zlayer_composite::{BitDepth, atomic_write, write_png};
 use zlayer_synth::store::{DatasetInfo, write_png_folder, write_shard};
 use zlayer_synth::{Params, SynthScene, scene_at};
-
-/// The synthetic world's difficulty splits.
-#[derive(Debug, Clone, Copy, ValueEnum)]
-pub enum SplitArg {
-    /// 1–3 instances, little overlap.
-    Simple,
-    /// 3–5 instances, moderate overlap.
-    Regular,
-    /// 5–8 instances, heavy overlap.
-    Complex,
-}
-
-impl From<SplitArg> for zlayer_synth::Split {
-    fn from(a: SplitArg) -> Self {
-        match a {
-            SplitArg::Simple => Self::Simple,
-            SplitArg::Regular => Self::Regular,
-            SplitArg::Complex => Self::Complex,
-        }
-    }
-}
 
 /// How `synth` stores scenes.
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -131,7 +111,7 @@ fn user(e: impl std::fmt::Display) -> Failure {
 pub fn vocab() -> Result<(), Failure> {
     let v = serde_json::to_string_pretty(&zlayer_synth::vocab::vocabulary())
         .expect("plain data serialises");
-    crate::cli::print_stdout(&(v + "\n"))
+    crate::args::print_stdout(&(v + "\n"))
 }
 
 /// Draws a contact sheet of `k` scenes.

@@ -1,19 +1,19 @@
 //! `zlayer train`: training runs on SA-Z-synth, with progress, logs and exact resume.
 
-use crate::cli::Failure;
-use crate::synth_cmd::SplitArg;
+use zlayer_app::data::{base_batch, scenes, synth_words, to_tensor};
+use zlayer_app::report::{Progress, plot_loss};
+pub mod layout;
+
+use crate::args::SplitArg;
 use candle_core::{Device, Tensor};
 use clap::{Args, Subcommand};
-use indicatif::{ProgressBar, ProgressStyle};
-use rayon::prelude::*;
 use std::path::{Path, PathBuf};
-use zlayer_composite::annotate::{Series, line_chart};
-use zlayer_composite::{BitDepth, write_png};
+use zlayer_app::Failure;
 use zlayer_model::train::{
     LoopConfig, VaeObjective, export_f16, latent_stats, load_weights, psnr, train_vae,
 };
 use zlayer_model::vae::{Vae, VaeConfig};
-use zlayer_synth::{Params, Split, SynthScene, scene_at};
+use zlayer_synth::{Split, SynthScene};
 
 /// What to train.
 #[derive(Debug, Subcommand)]
@@ -34,7 +34,7 @@ pub enum TrainCommand {
     ///
     /// Writes DIR/layout.ckpt.safetensors (resumable), DIR/layout-loss.csv/.png, and at the
     /// end the EMA weights as DIR/layout.safetensors (f16) with DIR/layout.json.
-    Layout(crate::train_layout::LayoutArgs),
+    Layout(layout::LayoutArgs),
 }
 
 /// Flags of `zlayer train base`.
@@ -183,106 +183,13 @@ pub struct VaeArgs {
     latent_noise: f64,
 }
 
-/// A progress bar on a terminal; in a log file (`nohup`), a line every 25 steps instead.
-pub struct Progress {
-    bar: ProgressBar,
-    start: std::time::Instant,
-}
-
-impl Progress {
-    /// A bar for `steps` steps.
-    pub fn new(steps: usize) -> Self {
-        let bar = ProgressBar::new(steps as u64);
-        bar.set_style(
-            ProgressStyle::with_template(
-                "{elapsed_precise} [{bar:30}] {pos}/{len} {per_sec} eta {eta} {msg}",
-            )
-            .expect("valid template")
-            .progress_chars("=> "),
-        );
-        Self {
-            bar,
-            start: std::time::Instant::now(),
-        }
-    }
-
-    /// Shows step `step` with a message; without a terminal, a line whenever the count
-    /// passes a multiple of 25 (callers may advance by more than one) or ends.
-    pub fn update(&self, step: usize, msg: String) {
-        let before = self.bar.position() as usize;
-        self.bar.set_position(step as u64);
-        let len = self.bar.length().unwrap_or(0) as usize;
-        if self.bar.is_hidden() && (step / 25 > before / 25 || (step == len && before < len)) {
-            let secs = self.start.elapsed().as_secs_f64();
-            eprintln!("step {step}/{len} {msg} ({secs:.0} s)");
-        }
-        self.bar.set_message(msg);
-    }
-
-    /// Ends the bar.
-    pub fn finish(&self) {
-        self.bar.finish();
-    }
-}
-
-/// Draws `DIR/NAME-loss.csv` (step, loss, …) as `DIR/NAME-loss.png`, with a 50-step moving
-/// average over the raw curve.
-pub fn plot_loss(dir: &Path, name: &str) -> Result<(), Failure> {
-    let csv = dir.join(format!("{name}-loss.csv"));
-    let text = std::fs::read_to_string(&csv)
-        .map_err(|e| Failure::Internal(format!("{}: {e}", csv.display())))?;
-    let raw: Vec<(f64, f64)> = text
-        .lines()
-        .skip(1)
-        .filter_map(|l| {
-            let mut f = l.split(',');
-            Some((f.next()?.parse().ok()?, f.next()?.parse().ok()?))
-        })
-        .collect();
-    let window = 50.min(raw.len().max(1));
-    let smooth = raw
-        .windows(window)
-        .map(|w| {
-            (
-                w[w.len() - 1].0,
-                w.iter().map(|p| p.1).sum::<f64>() / w.len() as f64,
-            )
-        })
-        .collect();
-    let series = [
-        Series {
-            label: "loss".into(),
-            points: raw,
-        },
-        Series {
-            label: format!("mean of {window}"),
-            points: smooth,
-        },
-    ];
-    let img = line_chart(&format!("{name} training loss"), "step", &series, 720, 400)
-        .ok_or_else(|| Failure::Internal("no canvas".into()))?;
-    write_png(&dir.join(format!("{name}-loss.png")), &img, BitDepth::Eight)
-        .map_err(|e| Failure::Internal(e.to_string()))
-}
-
 /// Runs the command.
 pub fn run(cmd: TrainCommand) -> Result<(), Failure> {
     match cmd {
         TrainCommand::Vae(a) => vae(a),
         TrainCommand::Base(a) => base(a),
-        TrainCommand::Layout(a) => crate::train_layout::run(a),
+        TrainCommand::Layout(a) => layout::run(a),
     }
-}
-
-/// Scenes `first..first + n` of `seed`, cycling through `splits`, rendered in parallel.
-pub fn scenes(seed: u64, first: u64, n: usize, size: u32, splits: &[Split]) -> Vec<SynthScene> {
-    (0..n as u64)
-        .into_par_iter()
-        .map(|i| {
-            let split = splits[((first + i) % splits.len() as u64) as usize];
-            scene_at(seed, first + i, &Params::new(split, size))
-        })
-        .collect()
 }
 
 /// The latent (shift, scale) of the VAE whose decoder is to be fine-tuned, after checking that
@@ -302,58 +209,6 @@ fn original_vae(path: &Path, cfg: &VaeConfig) -> Result<(f64, f64), Failure> {
         )));
     }
     Ok((b.shift, b.scale))
-}
-
-/// Candidate chunks of `batch` scenes a filtered base batch may draw before it settles.
-const OVERDRAW: usize = 4;
-
-/// The scenes of base-training step `step`. With `min_visible` > 0 they are the first `batch`
-/// of candidates `step·batch·4 ..` whose every object shows at least that many pixels (the
-/// least hidden of the rest fill a shortfall), so that a prompt names only what its image
-/// shows; with 0, scenes `step·batch ..` as drawn.
-pub fn base_batch(
-    seed: u64,
-    step: usize,
-    batch: usize,
-    size: u32,
-    splits: &[Split],
-    min_visible: f32,
-) -> Vec<SynthScene> {
-    if min_visible <= 0.0 {
-        return scenes(seed, (step * batch) as u64, batch, size, splits);
-    }
-    let first = (step * batch * OVERDRAW) as u64;
-    let (mut kept, mut rest) = (Vec::with_capacity(batch), Vec::new());
-    for chunk in 0..OVERDRAW {
-        let drawn = scenes(seed, first + (chunk * batch) as u64, batch, size, splits);
-        for s in drawn {
-            let px = s.min_visible_px();
-            if kept.len() < batch && px >= min_visible {
-                kept.push(s);
-            } else {
-                rest.push((px, s));
-            }
-        }
-        if kept.len() == batch {
-            return kept;
-        }
-    }
-    // Stable, so equally visible candidates keep their drawing order.
-    rest.sort_by(|a, b| b.0.total_cmp(&a.0));
-    let short = batch - kept.len();
-    kept.extend(rest.into_iter().take(short).map(|(_, s)| s));
-    kept
-}
-
-/// Their images as (B, 3, S, S) in [−1, 1] (HWC u8 → CHW).
-pub fn to_tensor(scenes: &[SynthScene], size: u32, dev: &Device) -> candle_core::Result<Tensor> {
-    let data: Vec<f32> = scenes
-        .iter()
-        .flat_map(|s| {
-            (0..3).flat_map(move |c| s.image.iter().map(move |p| p[c] as f32 / 127.5 - 1.0))
-        })
-        .collect();
-    Tensor::from_vec(data, (scenes.len(), 3, size as usize, size as usize), dev)
 }
 
 /// Synthetic images (B, 3, S, S) in [−1, 1], scenes `first..first + n` of `seed`.
@@ -481,24 +336,6 @@ fn vae(a: VaeArgs) -> Result<(), Failure> {
         weights.display()
     );
     Ok(())
-}
-
-/// Every word of the synthetic world's captions and prompts.
-pub fn synth_words() -> Vec<String> {
-    let v = zlayer_synth::vocab::vocabulary();
-    let mut words: Vec<String> = Vec::new();
-    words.extend(v.colours.iter().map(|c| c.0.to_string()));
-    words.extend(v.shapes.iter().map(|s| s.to_string()));
-    words.extend(v.patterns.iter().map(|s| s.to_string()));
-    words.extend(v.materials.iter().map(|s| s.to_string()));
-    words.extend(
-        v.backgrounds
-            .iter()
-            .flat_map(|b| b.split(' '))
-            .map(str::to_string),
-    );
-    words.extend(v.prompt_words.iter().map(|s| s.to_string()));
-    words
 }
 
 fn base(a: BaseArgs) -> Result<(), Failure> {
@@ -638,41 +475,4 @@ fn base(a: BaseArgs) -> Result<(), Failure> {
         weights.display()
     );
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn filtered_batches_show_every_object_and_stay_reproducible() {
-        let splits = [Split::Simple, Split::Regular];
-        let plain = base_batch(7, 3, 8, 32, &splits, 0.0);
-        assert_eq!(
-            plain,
-            scenes(7, 24, 8, 32, &splits),
-            "0 keeps the stream as drawn"
-        );
-        let min = 10.0;
-        let kept = base_batch(7, 3, 8, 32, &splits, min);
-        assert_eq!(kept.len(), 8);
-        assert!(kept.iter().all(|s| s.min_visible_px() >= min));
-        assert_eq!(
-            kept,
-            base_batch(7, 3, 8, 32, &splits, min),
-            "a step's batch is fixed"
-        );
-        let drawn = scenes(7, 3 * 8 * OVERDRAW as u64, 8 * OVERDRAW, 32, &splits);
-        let passing: Vec<_> = drawn.iter().filter(|s| s.min_visible_px() >= min).collect();
-        assert!(
-            kept.iter().zip(&passing).all(|(k, p)| k == *p),
-            "first passing, in order"
-        );
-        // Nothing passes an impossible bar: the least hidden candidates fill the batch.
-        let best = base_batch(7, 3, 8, 32, &splits, 1e9);
-        let mut order: Vec<f32> = drawn.iter().map(SynthScene::min_visible_px).collect();
-        order.sort_by(|a, b| b.total_cmp(a));
-        let got: Vec<f32> = best.iter().map(SynthScene::min_visible_px).collect();
-        assert_eq!(got, order[..8]);
-    }
 }

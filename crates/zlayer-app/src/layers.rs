@@ -1,7 +1,7 @@
 //! `zlayer generate --layers DIR / --ora FILE`: the layout branch's per-instance maps as
 //! pictures and as an editable layer stack.
 
-use crate::cli::Failure;
+use crate::Failure;
 use std::path::Path;
 use zlayer_composite::ora::write_ora;
 use zlayer_composite::resample::bilinear;

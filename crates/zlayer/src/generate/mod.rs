@@ -1,13 +1,17 @@
 //! `zlayer generate`: images from a prompt with the tiny model.
 
-use crate::cli::Failure;
-use crate::scene_sampler::SceneSampler;
+use crate::args::ratio;
+use zlayer_app::model::Model;
+use zlayer_app::output::{at_canvas, peak_rss_mb, row};
+pub mod flux;
+
 use candle_core::{Device, Tensor};
 use clap::Args;
 use std::path::{Path, PathBuf};
-use zlayer_composite::{BitDepth, Image, Straight, write_png};
-use zlayer_model::base::{BaseModel, SampleOptions};
-use zlayer_model::bundle::{VaeBundle, load_base, load_vae};
+use zlayer_app::Failure;
+use zlayer_app::method::SceneSampler;
+use zlayer_composite::{BitDepth, write_png};
+use zlayer_model::base::SampleOptions;
 use zlayer_synth::vocab::{Background, Colour, Fitted, Look, Shape};
 
 /// Flags of `zlayer generate`.
@@ -104,21 +108,11 @@ impl GenerateArgs {
     }
 }
 
-/// A grounding ratio: a number in [0, 1].
-pub fn ratio(s: &str) -> Result<f64, String> {
-    match s.parse::<f64>() {
-        Ok(r) if (0.0..=1.0).contains(&r) => Ok(r),
-        _ => Err(format!(
-            "{s:?}: a fraction of the steps, from 0 (base model only) to 1 (every step)"
-        )),
-    }
-}
-
 /// Runs the command.
 pub fn run(a: GenerateArgs) -> Result<(), Failure> {
     let start = std::time::Instant::now();
     if a.model.as_os_str() == "flux-dev" {
-        return crate::generate_flux::run(&a, start);
+        return flux::run(&a, start);
     }
     if let Some(flag) = a.flux_only() {
         return Err(Failure::User(format!(
@@ -172,14 +166,6 @@ pub(crate) fn finish(
     Ok(())
 }
 
-/// The process's peak resident memory in MB (Linux's VmHWM; `None` elsewhere).
-pub(crate) fn peak_rss_mb() -> Option<f64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb / 1024.0)
-}
-
 /// The scene's prompt when the model knows its every word; otherwise, with a note, the
 /// training template over the captions (front-most first) and the background the prompt
 /// names (else plain). Captions carry what matters; a file written for another model often
@@ -223,7 +209,7 @@ fn generate_scene(
     opts: &SampleOptions,
     dev: &Device,
 ) -> Result<(Tensor, Option<(usize, usize)>), Failure> {
-    let loaded = crate::scene_cmd::load(path)?;
+    let loaded = zlayer_app::scene_file::load(path)?;
     let scene = loaded.scene.scene();
     let g = m.size / m.vae.cfg.factor();
     let captions = model_captions(scene, &m.base.tokenizer, path, a.strict)?;
@@ -286,7 +272,7 @@ fn generate_scene(
         let rows =
             |t: &Tensor| -> candle_core::Result<Vec<Vec<f32>>> { t.narrow(0, 0, k)?.to_vec2() };
         let first = at_canvas(&images.narrow(0, 0, 1).map_err(int)?, canvas).map_err(int)?;
-        let out = crate::layers_out::InstanceLayers {
+        let out = zlayer_app::layers::InstanceLayers {
             image: &first[0],
             grid: g,
             masks: rows(&maps.masks).map_err(int)?,
@@ -354,117 +340,4 @@ fn model_captions(
         );
     }
     Ok(fits.iter().map(|f| f.look.caption()).collect())
-}
-
-/// The tiny model: VAE, base, and the image side they were trained at.
-pub struct Model {
-    /// The autoencoder.
-    pub vae: VaeBundle,
-    /// The text-to-image model.
-    pub base: BaseModel,
-    /// Image side in pixels.
-    pub size: usize,
-    /// base.json: the configs, how the base was trained, tuned settings (null if unreadable).
-    pub meta: serde_json::Value,
-}
-
-impl Model {
-    /// Loads `DIR/vae.safetensors` and `DIR/base.safetensors` with their JSON.
-    pub fn load(dir: &Path, dev: &Device) -> Result<Self, Failure> {
-        let (vae_path, base_path) = (dir.join("vae.safetensors"), dir.join("base.safetensors"));
-        for p in [&vae_path, &base_path] {
-            if !p.is_file() {
-                return Err(Failure::User(format!(
-                    "{}: no such model file; train one with `zlayer train vae` and `zlayer train base`, or pass --model DIR",
-                    p.display()
-                )));
-            }
-        }
-        let vae = load_vae(&vae_path, dev).map_err(Failure::User)?;
-        let base = load_base(&base_path, dev).map_err(Failure::User)?;
-        let meta = std::fs::read_to_string(base_path.with_extension("json"))
-            .ok()
-            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-            .unwrap_or_default();
-        let size = meta["image_size"].as_u64().unwrap_or(64) as usize;
-        Ok(Self {
-            vae,
-            base,
-            size,
-            meta,
-        })
-    }
-
-    /// Guidance when none is asked for: base.json's tuned `guidance`, else 1 (off).
-    pub fn guidance(&self) -> f64 {
-        self.meta["guidance"].as_f64().unwrap_or(1.0)
-    }
-
-    /// Images (B, 3, S, S) in [−1, 1], one per row of prompt ids.
-    pub fn generate(&self, ids: &Tensor, opts: &SampleOptions) -> candle_core::Result<Tensor> {
-        let g = self.size / self.vae.cfg.factor();
-        let tokens = self.base.sample(ids, (g, g), self.vae.cfg.latent, opts)?;
-        self.vae.decode_tokens(&tokens, g, g)
-    }
-}
-
-/// Images (B, 3, S, S) in [−1, 1] as 8-bit RGB pixel rows, one `Vec` per image.
-pub fn to_rgb8(images: &Tensor) -> candle_core::Result<Vec<Vec<[u8; 3]>>> {
-    let (b, _, h, w) = images.dims4()?;
-    let v: Vec<f32> = images.flatten_all()?.to_vec1()?;
-    let q = |x: f32| ((x + 1.0) * 127.5).round().clamp(0.0, 255.0) as u8;
-    Ok((0..b)
-        .map(|k| {
-            (0..h * w)
-                .map(|p| [0, 1, 2].map(|c| q(v[(k * 3 + c) * h * w + p])))
-                .collect()
-        })
-        .collect())
-}
-
-/// 8-bit RGB pixels as an opaque image.
-pub fn rgb_image(pixels: &[[u8; 3]], width: usize, height: usize) -> Image<Straight> {
-    Image {
-        width,
-        height,
-        pixels: pixels
-            .iter()
-            .map(|p| {
-                let c = p.map(|v| v as f32 / 255.0);
-                Straight([c[0], c[1], c[2], 1.0])
-            })
-            .collect(),
-    }
-}
-
-/// Images (B, 3, H, W) in [−1, 1] as opaque images, resized to `canvas` (width, height)
-/// when given.
-pub fn at_canvas(
-    images: &Tensor,
-    canvas: Option<(usize, usize)>,
-) -> candle_core::Result<Vec<Image<Straight>>> {
-    let (_, _, h, w) = images.dims4()?;
-    Ok(to_rgb8(images)?
-        .iter()
-        .map(|px| {
-            let img = rgb_image(px, w, h);
-            match canvas {
-                Some((cw, ch)) if (cw, ch) != (w, h) => img.resized(cw, ch),
-                _ => img,
-            }
-        })
-        .collect())
-}
-
-/// Images of one size side by side.
-fn row(images: &[Image<Straight>]) -> Image<Straight> {
-    let (w, h) = images.first().map_or((0, 0), |i| (i.width, i.height));
-    let n = images.len();
-    let mut out = Image::<Straight>::new(n * w, h);
-    for (k, img) in images.iter().enumerate() {
-        for (p, px) in img.pixels.iter().enumerate() {
-            out.pixels[(p / w) * n * w + k * w + p % w] = *px;
-        }
-    }
-    out
 }

@@ -6,8 +6,8 @@
 //! changes; among those, the one with the largest amodal overlap. A pair counts when both
 //! real renders show its order (see `zlayer_metrics::eval::shown_pairs`).
 
-use crate::cli::Failure;
-use crate::eval_layout::name;
+use crate::Failure;
+use crate::protocol::name;
 use std::path::Path;
 use zlayer_metrics::eval::{Prediction, load_gt, pixel_owners, read_rgb, shown_pairs, targets};
 use zlayer_metrics::occlusion::front_by_ownership;
@@ -150,8 +150,8 @@ mod tests {
             .zip(&flips)
             .map(|(s, f)| f.as_ref().map_or_else(|| s.clone(), |f| f.0.clone()))
             .collect();
-        let (gt, render) = crate::eval_layout::write_truth(&held, &dir.join("a"), 64).unwrap();
-        let (fgt, frender) = crate::eval_layout::write_truth(&swapped, &dir.join("b"), 64).unwrap();
+        let (gt, render) = crate::protocol::write_truth(&held, &dir.join("a"), 64).unwrap();
+        let (fgt, frender) = crate::protocol::write_truth(&swapped, &dir.join("b"), 64).unwrap();
         let s = score(&gt, &fgt, &render, &frender, &pairs).unwrap();
         assert!(s.pairs >= 8, "{s:?}");
         assert_eq!((s.flipped, s.both_right), (s.pairs, s.pairs));

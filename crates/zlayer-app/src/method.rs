@@ -1,7 +1,7 @@
 //! What draws a scene: a trained layout branch (any variant) or LaRender on the base model,
 //! chosen by name, shared by `generate` and `eval-layout`.
 
-use crate::cli::Failure;
+use crate::Failure;
 use candle_core::{Device, Tensor};
 use std::path::{Path, PathBuf};
 use zlayer_model::base::{BaseModel, SampleOptions};

@@ -2,11 +2,12 @@
 //! checkpoint (docs/flux-dev.md). Memory is estimated from the files' headers and checked
 //! against the device before anything loads.
 
-use crate::cli::Failure;
-use crate::generate_cmd::{GenerateArgs, finish};
-use candle_core::{Device, Tensor};
+use super::{GenerateArgs, finish};
+use candle_core::Tensor;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::Path;
+use zlayer_app::Failure;
+use zlayer_app::device::device;
 use zlayer_model::checkpoint::OcclusionFormer;
 use zlayer_model::flux_dev::{
     self, Conditioning, Files, MAX_INSTANCES, Options, Transformer, available, estimate, gib,
@@ -15,21 +16,6 @@ use zlayer_model::layout_model::SceneLayout;
 
 /// Pixels per token side: the VAE's 8 times FLUX's 2×2 patches.
 const TOKEN_PX: usize = 16;
-
-pub(crate) fn device(name: Option<&str>) -> Result<Device, Failure> {
-    match name {
-        Some("cpu") => Ok(Device::Cpu),
-        Some("cuda") | None if cfg!(feature = "cuda") => Device::new_cuda(0)
-            .map_err(|e| Failure::User(format!("--device cuda: no usable GPU ({e})"))),
-        Some("cuda") => Err(Failure::User(
-            "--device cuda: this zlayer was built without CUDA; rebuild with `cargo build --release --features cuda` (DESIGN.md §6) or use --device cpu".into(),
-        )),
-        None => Ok(Device::Cpu),
-        Some(other) => Err(Failure::User(format!(
-            "--device {other:?}: expected cuda or cpu"
-        ))),
-    }
-}
 
 /// The scene's layout on the token grid, its prompt and its canvas.
 struct SceneInput {
@@ -46,7 +32,7 @@ fn scene_input(a: &GenerateArgs, path: Option<&Path>) -> Result<SceneInput, Fail
             size: (1024, 1024),
         });
     };
-    let loaded = crate::scene_cmd::load(path)?;
+    let loaded = zlayer_app::scene_file::load(path)?;
     let s = loaded.scene.scene();
     let (w, h) = (s.width as usize, s.height as usize);
     if !w.is_multiple_of(TOKEN_PX) || !h.is_multiple_of(TOKEN_PX) {

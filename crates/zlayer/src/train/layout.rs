@@ -1,16 +1,18 @@
 //! `zlayer train layout`: stage 2, the layout branch on a frozen base (DESIGN.md §4.3).
 
-use crate::cli::Failure;
-use crate::generate_cmd::Model;
-use crate::synth_cmd::SplitArg;
-use crate::train_cmd::{Progress, loop_config, plot_loss, scenes, to_tensor};
+use super::loop_config;
+use crate::args::SplitArg;
+use crate::args::parse_variant;
 use candle_core::{DType, Device};
 use clap::Args;
 use std::path::PathBuf;
-use zlayer_model::layout_model::{LayoutModel, SceneLayout, Variant};
+use zlayer_app::Failure;
+use zlayer_app::data::{scenes, synth_layout, to_tensor};
+use zlayer_app::model::Model;
+use zlayer_app::report::{Progress, plot_loss};
+use zlayer_model::layout_model::{LayoutModel, Variant};
 use zlayer_model::train::{export_f16, train_loop};
-use zlayer_scene::{Format, Imported, TokenGrid, validate};
-use zlayer_synth::{Split, SynthScene};
+use zlayer_synth::Split;
 
 /// Flags of `zlayer train layout`.
 #[derive(Debug, Args)]
@@ -51,59 +53,6 @@ pub struct LayoutArgs {
     /// (static-sigma, no-align, visible-masks, attn-map-loss). See docs/layout.md.
     #[arg(long, default_value = "occlusionformer", value_parser = parse_variant)]
     variant: Variant,
-}
-
-/// A trainable variant by name.
-pub fn parse_variant(s: &str) -> Result<Variant, String> {
-    if let Some(v) = Variant::ALL.into_iter().find(|v| v.name() == s) {
-        return Ok(v);
-    }
-    let names: Vec<&str> = Variant::ALL.iter().map(|v| v.name()).collect();
-    if s == "larender" {
-        return Err(format!(
-            "larender is training-free: use it with `zlayer generate --variant larender` or `zlayer eval-layout --larender`; trainable: {}",
-            names.join(", ")
-        ));
-    }
-    Err(format!(
-        "unknown variant {s:?}; use one of {}",
-        names.join(", ")
-    ))
-}
-
-/// A synthetic scene on the token grid, with its amodal (or, for `visible`, visible) masks
-/// as alignment targets: a token is inside when its cell is at least half covered.
-pub fn synth_layout(
-    s: &SynthScene,
-    grid: (usize, usize),
-    visible: bool,
-) -> Result<SceneLayout, String> {
-    let loaded = validate(Imported {
-        scene: s.scene.clone(),
-        format: Format::Native,
-        warnings: Vec::new(),
-    })
-    .map_err(|e| e.to_string())?;
-    let mut layout = SceneLayout::from_scene(&loaded.scene, grid);
-    let size = s.spec.params.size as usize;
-    let g = TokenGrid::new(grid.1, grid.0);
-    let (cw, ch) = (size / grid.1, size / grid.0);
-    let targets = if visible { &s.visible } else { &s.amodal };
-    for (inst, amodal) in layout.instances.iter_mut().zip(targets) {
-        let mut m = vec![0f32; g.len()];
-        for (t, v) in m.iter_mut().enumerate() {
-            let (tx, ty) = (t % grid.1, t / grid.1);
-            let mut sum = 0u32;
-            for y in ty * ch..(ty + 1) * ch {
-                for x in tx * cw..(tx + 1) * cw {
-                    sum += amodal[y * size + x] as u32;
-                }
-            }
-            *v = (sum as f32 / (255 * cw * ch) as f32 >= 0.5) as u8 as f32;
-        }
-        inst.amodal = Some(m);
-    }
-    Ok(layout)
 }
 
 /// Runs the command.

@@ -6,19 +6,19 @@
 //! and a finished method is not generated again; `results.md` is rewritten from everything
 //! present at the end of every run.
 
-use crate::cli::Failure;
-use crate::eval_flip::{FlipScore, flip};
-use crate::eval_layout::{
-    Generated, Protocol, Row, generated, name, score, write_grid, write_truth,
-};
-use crate::generate_cmd::Model;
-use crate::scene_sampler::{SceneSampler, variant_weights};
-use crate::synth_cmd::SplitArg;
-use crate::train_cmd::scenes;
+use crate::args::SplitArg;
 use candle_core::Device;
 use clap::{Args, ValueEnum};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use zlayer_app::Failure;
+use zlayer_app::data::scenes;
+use zlayer_app::flip::{FlipScore, flip};
+use zlayer_app::method::{SceneSampler, variant_weights};
+use zlayer_app::model::Model;
+use zlayer_app::protocol::{
+    Generated, Protocol, Row, generated, name, score, write_grid, write_truth,
+};
 use zlayer_composite::atomic_write;
 use zlayer_synth::Split;
 
@@ -229,7 +229,7 @@ pub fn run(a: &SuiteArgs, out: &Path) -> Result<(), Failure> {
         }
         eprintln!("wrote {}", t.join("results.md").display());
     }
-    crate::cli::print_stdout(&md)
+    crate::args::print_stdout(&md)
 }
 
 /// The order-flip test on the focus split's scenes; `dir` holds their images per method.
@@ -258,7 +258,7 @@ fn flip_test(
         ("swapped".to_string(), flip_render),
     ];
     // The real renders scored as predictions: the test's ceiling.
-    let truth = crate::eval_flip::score(&dir.join("gt"), &flip_gt, &rows[0].1, &rows[1].1, &pairs)?;
+    let truth = zlayer_app::flip::score(&dir.join("gt"), &flip_gt, &rows[0].1, &rows[1].1, &pairs)?;
     let mut scores = vec![("real renders (ceiling)".to_string(), Ok(truth))];
     for method in methods {
         let Some(sampler) = sampler_for(a, p, method) else {
@@ -282,7 +282,7 @@ fn flip_test(
             continue;
         }
         let s =
-            crate::eval_flip::score(&dir.join("gt"), &flip_gt, &dir.join(method), &pred, &pairs)?;
+            zlayer_app::flip::score(&dir.join("gt"), &flip_gt, &dir.join(method), &pred, &pairs)?;
         scores.push((method.clone(), Ok(s)));
         rows.push((method.clone(), dir.join(method)));
         rows.push((format!("{method}, swapped"), pred));

@@ -1,12 +1,14 @@
 //! `zlayer eval`: score generated images of synthetic scenes against their ground truth.
 
-use crate::cli::Failure;
+use zlayer_app::report::write_report;
+pub mod suite;
+
 use clap::Args;
-use std::io::Write;
 use std::path::{Path, PathBuf};
+use zlayer_app::Failure;
 use zlayer_composite::annotate::{Canvas, Series, level_colour, line_chart};
-use zlayer_composite::{BitDepth, atomic_write, write_png};
-use zlayer_metrics::eval::{SceneResult, Summary, csv, evaluate_dirs, markdown, summarize};
+use zlayer_composite::{BitDepth, write_png};
+use zlayer_metrics::eval::{Summary, evaluate_dirs, summarize};
 
 /// Flags of `zlayer eval`.
 #[derive(Debug, Args)]
@@ -30,9 +32,9 @@ pub struct EvalArgs {
     /// Generate and score a whole benchmark instead of one folder: `paper` runs every method
     /// on held-out scenes of every split and writes results.md (hours on a CPU; resumable).
     #[arg(long, value_enum, conflicts_with_all = ["pred", "gt", "split", "plot"])]
-    suite: Option<crate::eval_suite::Suite>,
+    suite: Option<suite::Suite>,
     #[command(flatten)]
-    suite_args: crate::eval_suite::SuiteArgs,
+    suite_args: suite::SuiteArgs,
 }
 
 fn user(e: impl std::fmt::Display) -> Failure {
@@ -43,7 +45,7 @@ fn user(e: impl std::fmt::Display) -> Failure {
 pub fn run(a: EvalArgs) -> Result<(), Failure> {
     if a.suite.is_some() {
         let out = a.out.clone().unwrap_or_else(|| "paper-eval".into());
-        return crate::eval_suite::run(&a.suite_args, &out);
+        return suite::run(&a.suite_args, &out);
     }
     let (Some(mut pred), Some(mut gt)) = (a.pred.clone(), a.gt.clone()) else {
         return Err(user("give --pred and --gt, or --suite"));
@@ -77,7 +79,7 @@ pub fn run(a: EvalArgs) -> Result<(), Failure> {
         plot(&summary, &out.join("metrics.png"))?;
         plot_curve(&summary, &out.join("halo.png"))?;
     }
-    crate::cli::print_stdout(&md)?;
+    crate::args::print_stdout(&md)?;
     eprintln!(
         "evaluated {} scenes in {:.2} s; wrote {}",
         summary.scenes,
@@ -85,28 +87,6 @@ pub fn run(a: EvalArgs) -> Result<(), Failure> {
         out.display()
     );
     Ok(())
-}
-
-/// Writes summary.json, summary.md and per_scene.csv to `out`; returns the Markdown.
-pub fn write_report(
-    out: &Path,
-    summary: &Summary,
-    results: &[SceneResult],
-    title: &str,
-) -> Result<String, Failure> {
-    std::fs::create_dir_all(out).map_err(|e| user(format!("{}: {e}", out.display())))?;
-    let md = markdown(summary, title);
-    let json =
-        serde_json::to_string_pretty(&serde_json::json!({"summary": summary, "scenes": results}))
-            .expect("plain data serialises");
-    for (name, text) in [
-        ("summary.json", json.as_str()),
-        ("summary.md", md.as_str()),
-        ("per_scene.csv", csv(results).as_str()),
-    ] {
-        atomic_write(&out.join(name), |f| f.write_all(text.as_bytes())).map_err(user)?;
-    }
-    Ok(md)
 }
 
 /// A horizontal bar chart of the summary's [0, 1] metrics.

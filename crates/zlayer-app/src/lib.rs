@@ -1,0 +1,29 @@
+//! What zlayer's front ends (the `zlayer` command, the server) share, so that each front end
+//! is flag or request parsing plus one call here.
+//!
+//! - [`error`]: errors by layer ([`Failure`]: the user's, exit 2; internal, exit 1).
+//! - [`scene_file`]: reading a scene file with diagnostics that name it.
+//! - [`model`]: a tiny model folder (VAE, base, metadata).
+//! - [`method`]: what draws a scene (a trained branch of any variant, or LaRender).
+//! - [`output`], [`layers`]: tensors as pictures at the canvas size; instance maps and
+//!   OpenRaster layer stacks.
+//! - [`data`]: the synthetic world as scenes, batches, tensors and layouts.
+//! - [`protocol`], [`flip`]: the paired evaluation of methods on held-out scenes, and the
+//!   order-flip test.
+//! - [`report`]: progress bars, loss curves, evaluation reports.
+//! - [`device`]: where the Flux-scale model runs.
+#![warn(missing_docs)]
+
+pub mod data;
+pub mod device;
+pub mod error;
+pub mod flip;
+pub mod layers;
+pub mod method;
+pub mod model;
+pub mod output;
+pub mod protocol;
+pub mod report;
+pub mod scene_file;
+
+pub use error::{Failure, internal, user};

@@ -1,0 +1,42 @@
+//! Reading a scene file, with errors that name the file, the JSON path and the instance.
+
+use crate::Failure;
+use std::path::Path;
+use zlayer_scene::{Diagnostic, Loaded, SceneError, load_str};
+
+/// Reads and validates a scene, printing its warnings to stderr.
+pub fn load(file: &Path) -> Result<Loaded, Failure> {
+    let loaded = load_quiet(file).map_err(|e| Failure::User(render(file, &e)))?;
+    for w in &loaded.warnings {
+        eprintln!("{}: {w}", file.display());
+    }
+    Ok(loaded)
+}
+
+/// Reads and validates a scene; warnings stay in the result.
+pub fn load_quiet(file: &Path) -> Result<Loaded, SceneError> {
+    let bytes = std::fs::read(file)
+        .map_err(|e| Diagnostic::error("", format!("cannot read the file: {e}")))?;
+    let text = String::from_utf8(bytes).map_err(|e| {
+        Diagnostic::error(
+            "",
+            format!("not UTF-8 text (byte {})", e.utf8_error().valid_up_to()),
+        )
+        .hint("scene files are JSON, which is UTF-8")
+    })?;
+    load_str(&text)
+}
+
+/// Every diagnostic of `e`, one line each, prefixed with the file.
+pub fn render(file: &Path, e: &SceneError) -> String {
+    let n = e.errors().count();
+    let mut s: Vec<String> = e
+        .diagnostics
+        .iter()
+        .map(|d| format!("{}: {d}", file.display()))
+        .collect();
+    if n > 1 {
+        s.push(format!("{}: {n} errors", file.display()));
+    }
+    s.join("\n")
+}

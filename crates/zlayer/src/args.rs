@@ -1,0 +1,75 @@
+//! Flag types and value parsers that several commands share. A command imports these and the
+//! application crate, never another command.
+
+use clap::ValueEnum;
+use zlayer_model::layout_model::Variant;
+
+/// The synthetic world's difficulty splits.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum SplitArg {
+    /// 1–3 instances, little overlap.
+    Simple,
+    /// 3–5 instances, moderate overlap.
+    Regular,
+    /// 5–8 instances, heavy overlap.
+    Complex,
+}
+
+impl From<SplitArg> for zlayer_synth::Split {
+    fn from(a: SplitArg) -> Self {
+        match a {
+            SplitArg::Simple => Self::Simple,
+            SplitArg::Regular => Self::Regular,
+            SplitArg::Complex => Self::Complex,
+        }
+    }
+}
+
+/// A grounding ratio: a number in [0, 1].
+pub fn ratio(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(r) if (0.0..=1.0).contains(&r) => Ok(r),
+        _ => Err(format!(
+            "{s:?}: a fraction of the steps, from 0 (base model only) to 1 (every step)"
+        )),
+    }
+}
+
+/// A trainable variant by name.
+pub fn parse_variant(s: &str) -> Result<Variant, String> {
+    if let Some(v) = Variant::ALL.into_iter().find(|v| v.name() == s) {
+        return Ok(v);
+    }
+    let names: Vec<&str> = Variant::ALL.iter().map(|v| v.name()).collect();
+    if s == "larender" {
+        return Err(format!(
+            "larender is training-free: use it with `zlayer generate --variant larender` or `zlayer eval-layout --larender`; trainable: {}",
+            names.join(", ")
+        ));
+    }
+    Err(format!(
+        "unknown variant {s:?}; use one of {}",
+        names.join(", ")
+    ))
+}
+
+/// Formats `convert` can write.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum Target {
+    /// zlayer's native JSON.
+    Native,
+    /// The official OcclusionFormer layout JSON.
+    Occlusionformer,
+}
+
+/// Writes to stdout; a closed pipe (`zlayer ... | head`) ends the output quietly.
+pub fn print_stdout(text: &str) -> Result<(), zlayer_app::Failure> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(zlayer_app::Failure::Internal(
+            format!("cannot write to stdout: {e}"),
+        )),
+        _ => Ok(()),
+    }
+}
