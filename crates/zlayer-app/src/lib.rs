@@ -3,7 +3,7 @@
 //!
 //! - [`error`]: errors by layer ([`Failure`]: the user's, exit 2; internal, exit 1).
 //! - [`scene_file`]: reading a scene file with diagnostics that name it.
-//! - [`model`]: a tiny model folder (VAE, base, metadata).
+//! - [`model`], [`bundled`]: a tiny model (built in, or a folder): VAE, base, typed metadata.
 //! - [`method`]: what draws a scene (a trained branch of any variant, or LaRender).
 //! - [`output`], [`layers`]: tensors as pictures at the canvas size; instance maps and
 //!   OpenRaster layer stacks.
@@ -14,6 +14,7 @@
 //! - [`device`]: where the Flux-scale model runs.
 #![warn(missing_docs)]
 
+pub mod bundled;
 pub mod data;
 pub mod device;
 pub mod error;

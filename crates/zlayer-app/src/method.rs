@@ -2,10 +2,11 @@
 //! chosen by name, shared by `generate` and `eval-layout`.
 
 use crate::Failure;
+use crate::model::ModelDir;
 use candle_core::{Device, Tensor};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use zlayer_model::base::{BaseModel, SampleOptions};
-use zlayer_model::bundle::load_layout;
+use zlayer_model::bundle::{Source, load_layout};
 use zlayer_model::larender::{Copies, OPACITY};
 use zlayer_model::layout_model::{InstanceMaps, LayoutModel, SceneLayout};
 
@@ -17,24 +18,11 @@ pub enum SceneSampler {
     LaRender(BaseModel),
 }
 
-/// Where a named variant's weights live in a model folder: the bundled method at the top,
-/// baselines and ablations under `variants/NAME/`.
-pub fn variant_weights(model: &Path, variant: &str) -> PathBuf {
-    if variant == "occlusionformer" {
-        model.join("layout.safetensors")
-    } else {
-        model
-            .join("variants")
-            .join(variant)
-            .join("layout.safetensors")
-    }
-}
-
 impl SceneSampler {
     /// The variant `name` of the model folder `model` on `base`: `larender`, or a trained
     /// branch found by [`variant_weights`].
     pub fn by_name(
-        model: &Path,
+        model: &ModelDir,
         name: &str,
         base: BaseModel,
         dev: &Device,
@@ -42,21 +30,26 @@ impl SceneSampler {
         if name == "larender" {
             return Ok(Self::LaRender(base));
         }
-        let weights = variant_weights(model, name);
-        if !weights.is_file() {
+        let Some(src) = model.layout(name) else {
+            let place = model
+                .layout_path(name)
+                .map_or("the bundled model".into(), |p| p.display().to_string());
             return Err(Failure::User(format!(
-                "{}: no trained `{name}` branch; train one with `zlayer train layout --model {} --variant {name} --out DIR` and copy DIR/layout.* there (larender needs no training)",
-                weights.display(),
-                model.display()
+                "{place}: no trained `{name}` branch; train one with `zlayer train layout --model {} --variant {name} --out DIR` and copy DIR/layout.* there (larender needs no training)",
+                model.name()
             )));
-        }
-        Self::from_file(&weights, base, dev)
+        };
+        Self::from_source(&src, base, dev)
     }
 
     /// A trained branch from its file.
     pub fn from_file(weights: &Path, base: BaseModel, dev: &Device) -> Result<Self, Failure> {
+        Self::from_source(&Source::File(weights.to_path_buf()), base, dev)
+    }
+
+    fn from_source(src: &Source, base: BaseModel, dev: &Device) -> Result<Self, Failure> {
         Ok(Self::Branch(
-            load_layout(weights, base, dev).map_err(Failure::User)?,
+            load_layout(src, base, dev).map_err(Failure::User)?,
         ))
     }
 

@@ -1,10 +1,125 @@
-//! A tiny model folder: the VAE, the base and their metadata.
+//! A tiny model: where it lives (built in, or a folder), the VAE, the base and their typed
+//! metadata.
 
 use crate::Failure;
 use candle_core::{Device, Tensor};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use zlayer_model::base::{BaseModel, SampleOptions};
-use zlayer_model::bundle::{VaeBundle, load_base, load_vae};
+use zlayer_model::bundle::{Source, VaeBundle, load_base, load_vae};
+
+/// Where a tiny model lives.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ModelDir {
+    /// `models/tiny`, built into the binary ([`crate::bundled`]).
+    Bundled,
+    /// A folder with `vae.*` and `base.*`, the branch `layout.*` and `variants/NAME/layout.*`.
+    Dir(PathBuf),
+}
+
+impl ModelDir {
+    /// The `--model` word: `bundled`, or a folder.
+    pub const BUNDLED: &'static str = "bundled";
+
+    /// Parses a `--model` value.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        Ok(if s == Self::BUNDLED {
+            Self::Bundled
+        } else {
+            Self::Dir(PathBuf::from(s))
+        })
+    }
+
+    /// Its name in messages and metadata: `bundled`, or the folder.
+    pub fn name(&self) -> String {
+        match self {
+            Self::Bundled => Self::BUNDLED.into(),
+            Self::Dir(d) => d.display().to_string(),
+        }
+    }
+
+    /// Whether it is the folder `name` (e.g. `flux-dev`, which is not a tiny model).
+    pub fn is_named(&self, name: &str) -> bool {
+        matches!(self, Self::Dir(d) if d.as_os_str() == name)
+    }
+
+    fn file(dir: &Path, stem: &str) -> PathBuf {
+        dir.join(format!("{stem}.safetensors"))
+    }
+
+    /// The VAE file; a folder's must exist.
+    pub fn vae(&self) -> Result<Source, Failure> {
+        self.required("vae", crate::bundled::VAE)
+    }
+
+    /// The base file; a folder's must exist.
+    pub fn base(&self) -> Result<Source, Failure> {
+        self.required("base", crate::bundled::BASE)
+    }
+
+    fn required(&self, stem: &str, bundled: Source) -> Result<Source, Failure> {
+        let Self::Dir(dir) = self else {
+            return Ok(bundled);
+        };
+        let path = Self::file(dir, stem);
+        if !path.is_file() {
+            return Err(Failure::User(format!(
+                "{}: no such model file; train one with `zlayer train vae` and `zlayer train base`, or pass --model DIR (or leave --model out for the bundled model)",
+                path.display()
+            )));
+        }
+        Ok(Source::File(path))
+    }
+
+    /// Where a named variant's trained branch is: `occlusionformer` at the top,
+    /// baselines and ablations under `variants/NAME/`. `None` when there is none.
+    pub fn layout(&self, variant: &str) -> Option<Source> {
+        match self.layout_path(variant) {
+            None => crate::bundled::layout(variant),
+            Some(path) => path.is_file().then_some(Source::File(path)),
+        }
+    }
+
+    /// The file a variant's branch is read from in a folder (for messages); `None` for the
+    /// bundled model.
+    pub fn layout_path(&self, variant: &str) -> Option<PathBuf> {
+        let Self::Dir(dir) = self else {
+            return None;
+        };
+        Some(if variant == "occlusionformer" {
+            Self::file(dir, "layout")
+        } else {
+            Self::file(&dir.join("variants").join(variant), "layout")
+        })
+    }
+}
+
+impl serde::Serialize for ModelDir {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.name())
+    }
+}
+
+/// What `base.json` says of a base model that zlayer acts on. Every field is required but
+/// for the ones a run added later, whose absence has one meaning (said at each).
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct BaseMeta {
+    /// Image side in pixels it was trained at.
+    pub image_size: usize,
+    /// Optimisation steps.
+    pub steps: usize,
+    /// Scenes per step.
+    pub batch: usize,
+    /// Data seed.
+    pub seed: u64,
+    /// Split names it was trained on, e.g. `["simple", "regular"]`.
+    pub splits: Vec<String>,
+    /// Its scenes' minimum visible pixels per object; files from before the filter
+    /// existed trained on every scene (0).
+    #[serde(default)]
+    pub min_visible: f32,
+    /// Tuned classifier-free guidance; a base without one samples unguided (1).
+    pub guidance: Option<f64>,
+}
 
 /// The tiny model: VAE, base, and the image side they were trained at.
 pub struct Model {
@@ -14,40 +129,29 @@ pub struct Model {
     pub base: BaseModel,
     /// Image side in pixels.
     pub size: usize,
-    /// base.json: the configs, how the base was trained, tuned settings (null if unreadable).
-    pub meta: serde_json::Value,
+    /// base.json, typed.
+    pub meta: BaseMeta,
 }
 
 impl Model {
-    /// Loads `DIR/vae.safetensors` and `DIR/base.safetensors` with their JSON.
-    pub fn load(dir: &Path, dev: &Device) -> Result<Self, Failure> {
-        let (vae_path, base_path) = (dir.join("vae.safetensors"), dir.join("base.safetensors"));
-        for p in [&vae_path, &base_path] {
-            if !p.is_file() {
-                return Err(Failure::User(format!(
-                    "{}: no such model file; train one with `zlayer train vae` and `zlayer train base`, or pass --model DIR",
-                    p.display()
-                )));
-            }
-        }
-        let vae = load_vae(&vae_path, dev).map_err(Failure::User)?;
-        let base = load_base(&base_path, dev).map_err(Failure::User)?;
-        let meta = std::fs::read_to_string(base_path.with_extension("json"))
-            .ok()
-            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-            .unwrap_or_default();
-        let size = meta["image_size"].as_u64().unwrap_or(64) as usize;
+    /// Loads the VAE and the base of `dir`.
+    pub fn load(dir: &ModelDir, dev: &Device) -> Result<Self, Failure> {
+        let (vae_src, base_src) = (dir.vae()?, dir.base()?);
+        let vae = load_vae(&vae_src, dev).map_err(Failure::User)?;
+        let base = load_base(&base_src, dev).map_err(Failure::User)?;
+        let meta: BaseMeta = serde_json::from_value(base_src.json().map_err(Failure::User)?)
+            .map_err(|e| Failure::User(format!("{}: {e}", base_src.json_name())))?;
         Ok(Self {
             vae,
             base,
-            size,
+            size: meta.image_size,
             meta,
         })
     }
 
     /// Guidance when none is asked for: base.json's tuned `guidance`, else 1 (off).
     pub fn guidance(&self) -> f64 {
-        self.meta["guidance"].as_f64().unwrap_or(1.0)
+        self.meta.guidance.unwrap_or(1.0)
     }
 
     /// Images (B, 3, S, S) in [−1, 1], one per row of prompt ids.

@@ -6,7 +6,8 @@ use crate::config::Config;
 use crate::text::{TextConfig, Tokenizer};
 use crate::train::load_weights;
 use crate::vae::{Vae, VaeConfig};
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
 use std::path::Path;
 
 /// A trained VAE with its latent normalisation.
@@ -49,6 +50,63 @@ impl VaeBundle {
     }
 }
 
+/// A model file: its weights and the JSON beside them, from disk or built into the binary.
+#[derive(Debug, Clone)]
+pub enum Source {
+    /// `<stem>.safetensors` on disk, with `<stem>.json` beside it.
+    File(std::path::PathBuf),
+    /// Bytes built into the binary (`include_bytes!`), so an installed or copied binary
+    /// carries its default model.
+    Embedded {
+        /// What messages call it, e.g. "bundled models/tiny/base.safetensors".
+        name: &'static str,
+        /// The safetensors bytes.
+        weights: &'static [u8],
+        /// The JSON description.
+        json: &'static str,
+    },
+}
+
+impl Source {
+    /// Its name in messages.
+    pub fn name(&self) -> String {
+        match self {
+            Source::File(p) => p.display().to_string(),
+            Source::Embedded { name, .. } => name.to_string(),
+        }
+    }
+
+    /// Its JSON description's name in messages.
+    pub fn json_name(&self) -> String {
+        match self {
+            Source::File(p) => p.with_extension("json").display().to_string(),
+            Source::Embedded { name, .. } => format!("{name} (JSON)"),
+        }
+    }
+
+    /// The JSON description, parsed.
+    pub fn json(&self) -> Result<serde_json::Value, String> {
+        match self {
+            Source::File(p) => read_json(&p.with_extension("json")),
+            Source::Embedded { name, json, .. } => {
+                serde_json::from_str(json).map_err(|e| format!("{name} (JSON): {e}"))
+            }
+        }
+    }
+
+    /// The weights as f32 on `dev`.
+    pub fn weights(&self, dev: &Device) -> Result<VarBuilder<'static>, String> {
+        match self {
+            Source::File(p) => load_weights(p, dev),
+            Source::Embedded { name, weights, .. } => {
+                let t = candle_core::safetensors::load_buffer(weights, dev)
+                    .map_err(|e| format!("{name}: {e}"))?;
+                Ok(VarBuilder::from_tensors(t, DType::F32, dev))
+            }
+        }
+    }
+}
+
 /// A JSON file; errors name the file.
 pub(crate) fn read_json(path: &Path) -> Result<serde_json::Value, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
@@ -58,61 +116,57 @@ pub(crate) fn read_json(path: &Path) -> Result<serde_json::Value, String> {
 fn field<T: serde::de::DeserializeOwned>(
     v: &serde_json::Value,
     key: &str,
-    path: &Path,
+    src: &Source,
 ) -> Result<T, String> {
     serde_json::from_value(
         v.get(key)
             .cloned()
-            .ok_or_else(|| format!("{}: missing {key:?}", path.display()))?,
+            .ok_or_else(|| format!("{}: missing {key:?}", src.json_name()))?,
     )
-    .map_err(|e| format!("{}: {key}: {e}", path.display()))
+    .map_err(|e| format!("{}: {key}: {e}", src.json_name()))
 }
 
-/// Loads `<stem>.safetensors` and `<stem>.json` of a VAE.
-pub fn load_vae(weights: &Path, dev: &Device) -> Result<VaeBundle, String> {
-    let json = weights.with_extension("json");
-    let meta = read_json(&json)?;
-    let cfg: VaeConfig = field(&meta, "config", &json)?;
-    let vae = Vae::new(&cfg, load_weights(weights, dev)?)
-        .map_err(|e| format!("{}: {e}", weights.display()))?;
+/// Loads a VAE (`vae.safetensors` and `vae.json`).
+pub fn load_vae(src: &Source, dev: &Device) -> Result<VaeBundle, String> {
+    let meta = src.json()?;
+    let cfg: VaeConfig = field(&meta, "config", src)?;
+    let vae = Vae::new(&cfg, src.weights(dev)?).map_err(|e| format!("{}: {e}", src.name()))?;
     Ok(VaeBundle {
         vae,
-        shift: field(&meta, "latent_shift", &json)?,
-        scale: field(&meta, "latent_scale", &json)?,
+        shift: field(&meta, "latent_shift", src)?,
+        scale: field(&meta, "latent_scale", src)?,
         cfg,
     })
 }
 
-/// Loads `<stem>.safetensors` and `<stem>.json` of a base model (configs and vocabulary).
-pub fn load_base(weights: &Path, dev: &Device) -> Result<BaseModel, String> {
-    let json = weights.with_extension("json");
-    let meta = read_json(&json)?;
-    let dit: Config = field(&meta, "dit", &json)?;
-    let text: TextConfig = field(&meta, "text", &json)?;
-    let words: Vec<String> = field(&meta, "vocabulary", &json)?;
+/// Loads a base model (`base.safetensors` and `base.json`: configs and vocabulary).
+pub fn load_base(src: &Source, dev: &Device) -> Result<BaseModel, String> {
+    let meta = src.json()?;
+    let dit: Config = field(&meta, "dit", src)?;
+    let text: TextConfig = field(&meta, "text", src)?;
+    let words: Vec<String> = field(&meta, "vocabulary", src)?;
     BaseModel::new(
         &dit,
         &text,
         Tokenizer::new(words.iter().skip(1)),
-        load_weights(weights, dev)?,
+        src.weights(dev)?,
     )
-    .map_err(|e| format!("{}: {e}", weights.display()))
+    .map_err(|e| format!("{}: {e}", src.name()))
 }
 
-/// The layout branch of `weights` (`layout.safetensors` + `layout.json`, from
+/// The layout branch in `src` (`layout.safetensors` + `layout.json`, from
 /// `zlayer train layout`) on `base`.
 pub fn load_layout(
-    weights: &Path,
+    src: &Source,
     base: BaseModel,
     dev: &Device,
 ) -> Result<crate::layout_model::LayoutModel, String> {
-    let json = weights.with_extension("json");
-    let meta = read_json(&json)?;
-    let double: Vec<usize> = field(&meta, "double", &json)?;
-    let single: Vec<usize> = field(&meta, "single", &json)?;
-    let rank: usize = field(&meta, "rank", &json)?;
+    let meta = src.json()?;
+    let double: Vec<usize> = field(&meta, "double", src)?;
+    let single: Vec<usize> = field(&meta, "single", src)?;
+    let rank: usize = field(&meta, "rank", src)?;
     let variant = match meta.get("variant") {
-        Some(_) => field(&meta, "variant", &json)?,
+        Some(_) => field(&meta, "variant", src)?,
         None => crate::layout_model::Variant::Occlusionformer,
     };
     let mut model = crate::layout_model::LayoutModel::new(
@@ -121,11 +175,11 @@ pub fn load_layout(
         &single,
         rank,
         variant,
-        load_weights(weights, dev)?,
+        src.weights(dev)?,
     )
-    .map_err(|e| format!("{}: {e}", weights.display()))?;
+    .map_err(|e| format!("{}: {e}", src.name()))?;
     if meta.get("grounding_ratio").is_some() {
-        model.grounding_ratio = field(&meta, "grounding_ratio", &json)?;
+        model.grounding_ratio = field(&meta, "grounding_ratio", src)?;
     }
     Ok(model)
 }

@@ -12,6 +12,7 @@ use zlayer_app::Failure;
 use zlayer_app::data::scenes;
 use zlayer_app::method::SceneSampler;
 use zlayer_app::model::Model;
+use zlayer_app::model::ModelDir;
 use zlayer_app::protocol::{Protocol, Row, name, score, write_grid, write_truth};
 
 use candle_core::Device;
@@ -30,9 +31,10 @@ pub struct EvalLayoutArgs {
         value_delimiter = ','
     )]
     layouts: Vec<PathBuf>,
-    /// Model folder with the vae and base the branches were trained on.
-    #[arg(long, default_value = "models/tiny")]
-    model: PathBuf,
+    /// Model folder with the vae and base the branches were trained on, or `bundled` (the
+    /// built-in models/tiny).
+    #[arg(long, default_value = ModelDir::BUNDLED, value_parser = ModelDir::parse)]
+    model: ModelDir,
     /// Output folder: gt/, one folder per variant, summary.md, summary.json, grid.png.
     #[arg(long)]
     out: PathBuf,

@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use zlayer_app::Failure;
 use zlayer_app::data::{base_batch, scenes};
 use zlayer_app::model::Model;
+use zlayer_app::model::{BaseMeta, ModelDir};
 use zlayer_app::output::to_rgb8;
 use zlayer_composite::annotate::Canvas;
 use zlayer_composite::{BitDepth, atomic_write, write_png};
@@ -22,9 +23,10 @@ use zlayer_synth::{Split, SynthScene};
 /// Flags of `zlayer eval-prompts`.
 #[derive(Debug, Args)]
 pub struct EvalPromptsArgs {
-    /// Model folder with vae.safetensors and base.safetensors (and their .json).
-    #[arg(long, default_value = "models/tiny")]
-    model: PathBuf,
+    /// Model folder with vae.safetensors and base.safetensors (and their .json), or
+    /// `bundled` (the built-in models/tiny).
+    #[arg(long, default_value = ModelDir::BUNDLED, value_parser = ModelDir::parse)]
+    model: ModelDir,
     /// Held-out prompts to score.
     #[arg(long, default_value_t = 200)]
     n: usize,
@@ -105,16 +107,14 @@ fn colours_of(s: &SynthScene) -> (Vec<usize>, Vec<([u8; 3], bool)>) {
 }
 
 /// The prompts the model was trained on, when its JSON says how it was trained.
-fn training_prompts(meta: &serde_json::Value, size: u32) -> Option<HashSet<String>> {
-    let steps = meta["steps"].as_u64()?;
-    let batch = meta["batch"].as_u64()?;
-    let seed = meta["seed"].as_u64()?;
-    let splits: Vec<Split> = meta["splits"]
-        .as_array()?
+fn training_prompts(meta: &BaseMeta, size: u32) -> Option<HashSet<String>> {
+    let (steps, batch, seed) = (meta.steps as u64, meta.batch as u64, meta.seed);
+    let splits: Vec<Split> = meta
+        .splits
         .iter()
-        .filter_map(|s| Split::from_name(s.as_str()?))
-        .collect();
-    let min_visible = meta["min_visible"].as_f64().unwrap_or(0.0) as f32;
+        .map(|s| Split::from_name(s))
+        .collect::<Option<_>>()?;
+    let min_visible = meta.min_visible;
     let mut set = HashSet::new();
     if min_visible > 0.0 {
         for step in 0..steps as usize {
@@ -193,10 +193,10 @@ pub fn run(a: EvalPromptsArgs) -> Result<(), Failure> {
         bar.set_position(rows.len() as u64);
     }
     bar.finish_and_clear();
-    let out = a
-        .out
-        .clone()
-        .unwrap_or_else(|| a.model.join("eval-prompts"));
+    let out = a.out.clone().unwrap_or_else(|| match &a.model {
+        ModelDir::Dir(d) => d.join("eval-prompts"),
+        ModelDir::Bundled => PathBuf::from("eval-prompts"),
+    });
     std::fs::create_dir_all(&out).map_err(|e| Failure::User(format!("{}: {e}", out.display())))?;
     let summary = summarize(&rows, &a, guidance);
     let md = markdown(&summary);

@@ -14,8 +14,9 @@ use std::path::{Path, PathBuf};
 use zlayer_app::Failure;
 use zlayer_app::data::scenes;
 use zlayer_app::flip::{FlipScore, flip};
-use zlayer_app::method::{SceneSampler, variant_weights};
+use zlayer_app::method::SceneSampler;
 use zlayer_app::model::Model;
+use zlayer_app::model::ModelDir;
 use zlayer_app::protocol::{
     Generated, Protocol, Row, generated, name, score, write_grid, write_truth,
 };
@@ -55,9 +56,10 @@ const ABLATIONS: [(&str, &str); 4] = [
 /// Flags of `zlayer eval --suite paper`.
 #[derive(Debug, Args)]
 pub struct SuiteArgs {
-    /// With --suite: model folder (vae, base, the bundled branch, variants/NAME/).
-    #[arg(long, default_value = "models/tiny")]
-    model: PathBuf,
+    /// With --suite: model folder (vae, base, the bundled branch, variants/NAME/), or
+    /// `bundled` (the built-in models/tiny).
+    #[arg(long, default_value = ModelDir::BUNDLED, value_parser = ModelDir::parse)]
+    model: ModelDir,
     /// With --suite: held-out scenes per split.
     #[arg(long, default_value_t = 300)]
     n: usize,
@@ -313,16 +315,13 @@ fn sampler_for(a: &SuiteArgs, p: &Protocol, method: &str) -> Option<Option<Scene
 }
 
 /// How a method was trained, from its model file's JSON.
-fn budget(model: &Path, method: &str) -> String {
+fn budget(model: &ModelDir, method: &str) -> String {
     match method {
         "base" => return "none (base only)".into(),
         "larender" => return "training-free".into(),
         _ => {}
     }
-    let json = variant_weights(model, method).with_extension("json");
-    let v: Option<serde_json::Value> = std::fs::read_to_string(&json)
-        .ok()
-        .and_then(|t| serde_json::from_str(&t).ok());
+    let v = model.layout(method).and_then(|src| src.json().ok());
     match v {
         Some(v) => format!(
             "{} × {} {} scenes, {:.0} min",

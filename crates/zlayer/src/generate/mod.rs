@@ -2,6 +2,7 @@
 
 use crate::args::ratio;
 use zlayer_app::model::Model;
+use zlayer_app::model::ModelDir;
 use zlayer_app::output::{at_canvas, peak_rss_mb, row};
 pub mod flux;
 
@@ -31,10 +32,11 @@ pub struct GenerateArgs {
     /// Output PNG (a row of --n samples).
     #[arg(short, long)]
     pub(crate) output: PathBuf,
-    /// Model folder with vae.safetensors and base.safetensors (and their .json), or
-    /// `flux-dev` for FLUX.1-dev weights given with --weights (docs/flux-dev.md).
-    #[arg(long, default_value = "models/tiny")]
-    pub(crate) model: PathBuf,
+    /// Model folder with vae.safetensors and base.safetensors (and their .json); `bundled`,
+    /// the built-in models/tiny, which goes wherever the binary goes; or `flux-dev` for
+    /// FLUX.1-dev weights given with --weights (docs/flux-dev.md).
+    #[arg(long, default_value = ModelDir::BUNDLED, value_parser = ModelDir::parse)]
+    pub(crate) model: ModelDir,
     /// Seed of the noise.
     #[arg(long, default_value_t = 0)]
     pub(crate) seed: u64,
@@ -111,13 +113,13 @@ impl GenerateArgs {
 /// Runs the command.
 pub fn run(a: GenerateArgs) -> Result<(), Failure> {
     let start = std::time::Instant::now();
-    if a.model.as_os_str() == "flux-dev" {
+    if a.model.is_named("flux-dev") {
         return flux::run(&a, start);
     }
     if let Some(flag) = a.flux_only() {
         return Err(Failure::User(format!(
-            "{flag} is for --model flux-dev; the tiny model in {} needs none",
-            a.model.display()
+            "{flag} is for --model flux-dev; the tiny model {} needs none",
+            a.model.name()
         )));
     }
     let dev = Device::Cpu;

@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use zlayer_app::Failure;
 use zlayer_app::data::{scenes, synth_layout, to_tensor};
 use zlayer_app::model::Model;
+use zlayer_app::model::ModelDir;
 use zlayer_app::report::{Progress, plot_loss};
 use zlayer_model::layout_model::{LayoutModel, Variant};
 use zlayer_model::train::{export_f16, train_loop};
@@ -17,9 +18,10 @@ use zlayer_synth::Split;
 /// Flags of `zlayer train layout`.
 #[derive(Debug, Args)]
 pub struct LayoutArgs {
-    /// Model folder with the trained vae and base (their weights stay frozen).
-    #[arg(long, default_value = "models/tiny")]
-    model: PathBuf,
+    /// Model folder with the trained vae and base (their weights stay frozen), or `bundled`
+    /// (the built-in models/tiny).
+    #[arg(long, default_value = ModelDir::BUNDLED, value_parser = ModelDir::parse)]
+    model: ModelDir,
     /// Run folder (created; an existing checkpoint there is resumed).
     #[arg(long)]
     out: PathBuf,

@@ -195,7 +195,8 @@ pub fn run(cmd: TrainCommand) -> Result<(), Failure> {
 /// The latent (shift, scale) of the VAE whose decoder is to be fine-tuned, after checking that
 /// it is a VAE of shape `cfg`.
 fn original_vae(path: &Path, cfg: &VaeConfig) -> Result<(f64, f64), Failure> {
-    let b = zlayer_model::bundle::load_vae(path, &Device::Cpu).map_err(|e| {
+    let src = zlayer_model::bundle::Source::File(path.to_path_buf());
+    let b = zlayer_model::bundle::load_vae(&src, &Device::Cpu).map_err(|e| {
         Failure::User(format!(
             "--decoder-of {}: no readable VAE there ({e}); give one from `zlayer train vae`",
             path.display()
@@ -346,12 +347,15 @@ fn base(a: BaseArgs) -> Result<(), Failure> {
     std::fs::create_dir_all(&a.out)
         .map_err(|e| Failure::User(format!("{}: {e}", a.out.display())))?;
     let dev = Device::Cpu;
-    let vae = zlayer_model::bundle::load_vae(&a.vae, &dev).map_err(Failure::User)?;
-    let vae_json: serde_json::Value = std::fs::read_to_string(a.vae.with_extension("json"))
-        .ok()
-        .and_then(|t| serde_json::from_str(&t).ok())
-        .unwrap_or_default();
-    let size = vae_json["image_size"].as_u64().unwrap_or(64) as u32;
+    let src = zlayer_model::bundle::Source::File(a.vae.clone());
+    let vae = zlayer_model::bundle::load_vae(&src, &dev).map_err(Failure::User)?;
+    let size: u32 = src
+        .json()
+        .and_then(|v| {
+            serde_json::from_value(v["image_size"].clone())
+                .map_err(|e| format!("{}: image_size: {e}", src.json_name()))
+        })
+        .map_err(Failure::User)?;
     let factor = vae.cfg.factor();
     let grid = (size as usize / factor, size as usize / factor);
     let tok = Tokenizer::new(synth_words());
