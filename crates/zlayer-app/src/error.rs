@@ -32,6 +32,16 @@ impl fmt::Display for Failure {
 
 impl std::error::Error for Failure {}
 
+impl Failure {
+    /// The same failure, its message prefixed with the file it concerns.
+    pub fn in_file(self, path: &std::path::Path) -> Self {
+        match self {
+            Failure::User(m) => Failure::User(format!("{}: {m}", path.display())),
+            Failure::Internal(m) => Failure::Internal(format!("{}: {m}", path.display())),
+        }
+    }
+}
+
 /// A user error from anything printable.
 pub fn user(e: impl fmt::Display) -> Failure {
     Failure::User(e.to_string())

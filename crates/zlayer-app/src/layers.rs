@@ -8,9 +8,9 @@ use zlayer_composite::resample::bilinear;
 use zlayer_composite::{BitDepth, Image, Layer, LayerStack, Straight, write_png};
 
 /// One generated image and its instances' maps on the token grid.
-pub struct InstanceLayers<'a> {
+pub struct InstanceLayers {
     /// The image, at the size the layers are written (the scene's canvas, or the native size).
-    pub image: &'a Image<Straight>,
+    pub image: Image<Straight>,
     /// Token grid side.
     pub grid: usize,
     /// Per instance: the alignment head's mask probability on the grid.
@@ -23,7 +23,7 @@ pub struct InstanceLayers<'a> {
     pub draw_order: Vec<usize>,
 }
 
-impl InstanceLayers<'_> {
+impl InstanceLayers {
     /// Each instance's share of the composed residual: w_i / Σ_j w_j (0 where no weight).
     fn shares(&self) -> Vec<Vec<f32>> {
         let l = self.grid * self.grid;

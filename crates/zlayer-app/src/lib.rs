@@ -5,6 +5,8 @@
 //! - [`scene_file`]: reading a scene file with diagnostics that name it.
 //! - [`model`], [`bundled`]: a tiny model (built in, or a folder): VAE, base, typed metadata.
 //! - [`method`]: what draws a scene (a trained branch of any variant, or LaRender).
+//! - [`pipeline`]: the one generation pipeline (a prompt or a scene in; images, maps,
+//!   layers and notes out).
 //! - [`output`], [`layers`]: tensors as pictures at the canvas size; instance maps and
 //!   OpenRaster layer stacks.
 //! - [`data`]: the synthetic world as scenes, batches, tensors and layouts.
@@ -23,6 +25,7 @@ pub mod layers;
 pub mod method;
 pub mod model;
 pub mod output;
+pub mod pipeline;
 pub mod protocol;
 pub mod report;
 pub mod scene_file;

@@ -1,5 +1,6 @@
-//! What draws a scene: a trained layout branch (any variant) or LaRender on the base model,
-//! chosen by name, shared by `generate` and `eval-layout`.
+//! What draws a scene: the [`Method`] names it (the base alone, training-free LaRender, or a
+//! trained layout branch of any variant), and a [`SceneSampler`] runs it. Shared by
+//! `generate`, `eval-layout`, the paper suite and the server.
 
 use crate::Failure;
 use crate::model::ModelDir;
@@ -8,7 +9,87 @@ use std::path::Path;
 use zlayer_model::base::{BaseModel, SampleOptions};
 use zlayer_model::bundle::{Source, load_layout};
 use zlayer_model::larender::{Copies, OPACITY};
-use zlayer_model::layout_model::{InstanceMaps, LayoutModel, SceneLayout};
+use zlayer_model::layout_model::{InstanceMaps, LayoutModel, SceneLayout, Variant};
+
+/// A method that draws a scene.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    /// The base model alone, prompted with the scene's prompt: no boxes, no order.
+    Base,
+    /// LaRender, training-free, on the base (DESIGN.md §4.2).
+    LaRender,
+    /// A trained layout branch: OcclusionFormer, a baseline or an ablation.
+    Branch(Variant),
+}
+
+impl Method {
+    /// The paper's main table, weakest first.
+    pub const MAIN: [Method; 5] = [
+        Method::Base,
+        Method::LaRender,
+        Method::Branch(Variant::Global),
+        Method::Branch(Variant::GlobalRank),
+        Method::Branch(Variant::Occlusionformer),
+    ];
+
+    /// The ablations, each with what it changes.
+    pub const ABLATIONS: [(Method, &'static str); 4] = [
+        (
+            Method::Branch(Variant::StaticSigma),
+            "one learned density vector for every instance and time",
+        ),
+        (Method::Branch(Variant::NoAlign), "no alignment loss"),
+        (
+            Method::Branch(Variant::VisibleMasks),
+            "alignment on visible masks, not amodal",
+        ),
+        (
+            Method::Branch(Variant::AttnMapLoss),
+            "attention-map loss instead of the queried alignment",
+        ),
+    ];
+
+    /// Its name on the command line, in folders and in tables.
+    pub fn name(self) -> &'static str {
+        match self {
+            Method::Base => "base",
+            Method::LaRender => "larender",
+            Method::Branch(v) => v.name(),
+        }
+    }
+
+    /// Whether it is one of the ablations (not in the main table).
+    pub fn is_ablation(self) -> bool {
+        !Self::MAIN.contains(&self)
+    }
+
+    /// Every method, main table first.
+    pub fn all() -> impl Iterator<Item = Method> {
+        Self::MAIN
+            .into_iter()
+            .chain(Self::ABLATIONS.into_iter().map(|a| a.0))
+    }
+
+    /// Parses a name; the error lists every method.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        Self::all().find(|m| m.name() == s).ok_or_else(|| {
+            let names: Vec<&str> = Self::all().map(Method::name).collect();
+            format!("unknown method {s:?}: use {}", names.join(", "))
+        })
+    }
+}
+
+impl std::fmt::Display for Method {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl serde::Serialize for Method {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
+    }
+}
 
 /// A scene sampler.
 pub enum SceneSampler {
@@ -19,17 +100,20 @@ pub enum SceneSampler {
 }
 
 impl SceneSampler {
-    /// The variant `name` of the model folder `model` on `base`: `larender`, or a trained
-    /// branch found by [`variant_weights`].
-    pub fn by_name(
+    /// What draws `method` with the model `model` on `base`: `None` for the base alone,
+    /// LaRender, or the trained branch that [`ModelDir::layout`] finds.
+    pub fn for_method(
         model: &ModelDir,
-        name: &str,
+        method: Method,
         base: BaseModel,
         dev: &Device,
-    ) -> Result<Self, Failure> {
-        if name == "larender" {
-            return Ok(Self::LaRender(base));
-        }
+    ) -> Result<Option<Self>, Failure> {
+        let variant = match method {
+            Method::Base => return Ok(None),
+            Method::LaRender => return Ok(Some(Self::LaRender(base))),
+            Method::Branch(v) => v,
+        };
+        let name = variant.name();
         let Some(src) = model.layout(name) else {
             let place = model
                 .layout_path(name)
@@ -39,7 +123,7 @@ impl SceneSampler {
                 model.name()
             )));
         };
-        Self::from_source(&src, base, dev)
+        Self::from_source(&src, base, dev).map(Some)
     }
 
     /// A trained branch from its file.

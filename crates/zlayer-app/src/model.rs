@@ -2,9 +2,9 @@
 //! metadata.
 
 use crate::Failure;
-use candle_core::{Device, Tensor};
+use candle_core::Device;
 use std::path::{Path, PathBuf};
-use zlayer_model::base::{BaseModel, SampleOptions};
+use zlayer_model::base::BaseModel;
 use zlayer_model::bundle::{Source, VaeBundle, load_base, load_vae};
 
 /// Where a tiny model lives.
@@ -152,12 +152,5 @@ impl Model {
     /// Guidance when none is asked for: base.json's tuned `guidance`, else 1 (off).
     pub fn guidance(&self) -> f64 {
         self.meta.guidance.unwrap_or(1.0)
-    }
-
-    /// Images (B, 3, S, S) in [−1, 1], one per row of prompt ids.
-    pub fn generate(&self, ids: &Tensor, opts: &SampleOptions) -> candle_core::Result<Tensor> {
-        let g = self.size / self.vae.cfg.factor();
-        let tokens = self.base.sample(ids, (g, g), self.vae.cfg.latent, opts)?;
-        self.vae.decode_tokens(&tokens, g, g)
     }
 }

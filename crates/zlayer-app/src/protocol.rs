@@ -5,6 +5,7 @@ use crate::data::synth_layout;
 use crate::method::SceneSampler;
 use crate::model::Model;
 use crate::output::{rgb_image, to_rgb8};
+use crate::pipeline::draw;
 use crate::report::{Progress as Bar, write_report};
 use crate::{Failure, user};
 use candle_core::Device;
@@ -106,7 +107,6 @@ impl Protocol<'_> {
         let int = |e: candle_core::Error| Failure::Internal(e.to_string());
         let (size, vae) = (self.m.size, &self.m.vae);
         let g = size / vae.cfg.factor();
-        let base = sampler.map_or(&self.m.base, SceneSampler::base);
         std::fs::create_dir_all(dir).map_err(|e| user(format!("{}: {e}", dir.display())))?;
         let mut prog = Progress {
             method: sampler.map_or("base", SceneSampler::name).into(),
@@ -169,27 +169,18 @@ impl Protocol<'_> {
                 seed: self.seed ^ c as u64,
             };
             let prompts: Vec<&str> = chunk.iter().map(|s| s.scene.prompt.as_str()).collect();
-            let ids = base
-                .tokenizer
-                .batch(&prompts, base.max_len, self.dev)
-                .map_err(user)?;
-            let tokens = match sampler {
-                None => base
-                    .sample(&ids, (g, g), vae.cfg.latent, &opts)
-                    .map_err(int)?,
-                Some(s) => {
-                    let layouts = chunk
-                        .iter()
-                        .map(|s| synth_layout(s, (g, g), false))
-                        .collect::<Result<Vec<_>, _>>()
-                        .map_err(Failure::Internal)?;
-                    let spec = ((g, g), vae.cfg.latent);
-                    s.sample(&ids, &prompts, &layouts, spec, &opts, self.ratio)
-                        .map_err(int)?
-                        .0
-                }
+            let layouts = match sampler {
+                None => Vec::new(),
+                Some(_) => chunk
+                    .iter()
+                    .map(|s| synth_layout(s, (g, g), false))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(Failure::Internal)?,
             };
-            let imgs = to_rgb8(&vae.decode_tokens(&tokens, g, g).map_err(int)?).map_err(int)?;
+            let (images, _) = draw(
+                self.m, self.dev, sampler, &prompts, &layouts, &opts, self.ratio,
+            )?;
+            let imgs = to_rgb8(&images).map_err(int)?;
             for (k, img) in imgs.iter().enumerate() {
                 let path = dir.join(format!("{}.png", name(c * self.batch + k)));
                 write_png(&path, &rgb_image(img, size, size), BitDepth::Eight).map_err(user)?;

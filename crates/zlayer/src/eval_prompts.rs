@@ -13,6 +13,7 @@ use zlayer_app::data::{base_batch, scenes};
 use zlayer_app::model::Model;
 use zlayer_app::model::{BaseMeta, ModelDir};
 use zlayer_app::output::to_rgb8;
+use zlayer_app::pipeline::draw;
 use zlayer_composite::annotate::Canvas;
 use zlayer_composite::{BitDepth, atomic_write, write_png};
 use zlayer_metrics::segment::{PRESENT_INSET, colour_present, vocabulary_candidates};
@@ -158,17 +159,13 @@ pub fn run(a: EvalPromptsArgs) -> Result<(), Failure> {
     let mut images = Vec::with_capacity(a.n);
     for (c, chunk) in held.chunks(a.batch).enumerate() {
         let prompts: Vec<&str> = chunk.iter().map(|s| s.scene.prompt.as_str()).collect();
-        let ids = m
-            .base
-            .tokenizer
-            .batch(&prompts, m.base.max_len, &dev)
-            .map_err(|e| Failure::User(e.to_string()))?;
         let opts = SampleOptions {
             steps: a.steps,
             guidance,
             seed: a.noise_seed.wrapping_add(c as u64),
         };
-        let out = to_rgb8(&m.generate(&ids, &opts).map_err(int)?).map_err(int)?;
+        let (drawn, _) = draw(&m, &dev, None, &prompts, &[], &opts, None)?;
+        let out = to_rgb8(&drawn).map_err(int)?;
         let trip = round_trip(&m, chunk, &dev).map_err(int)?;
         for ((s, img), back) in chunk.iter().zip(out).zip(trip) {
             let (named, all) = colours_of(s);

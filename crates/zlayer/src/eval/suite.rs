@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use zlayer_app::Failure;
 use zlayer_app::data::scenes;
 use zlayer_app::flip::{FlipScore, flip};
-use zlayer_app::method::SceneSampler;
+use zlayer_app::method::{Method, SceneSampler};
 use zlayer_app::model::Model;
 use zlayer_app::model::ModelDir;
 use zlayer_app::protocol::{
@@ -29,29 +29,6 @@ pub enum Suite {
     /// OcclusionFormer's main and ablation tables and the order-flip test (docs/results.md).
     Paper,
 }
-
-/// The main table's methods, weakest first.
-const MAIN: [&str; 5] = [
-    "base",
-    "larender",
-    "global",
-    "global-rank",
-    "occlusionformer",
-];
-
-/// The ablations, each with what it changes.
-const ABLATIONS: [(&str, &str); 4] = [
-    (
-        "static-sigma",
-        "one learned density vector for every instance and time",
-    ),
-    ("no-align", "no alignment loss"),
-    ("visible-masks", "alignment on visible masks, not amodal"),
-    (
-        "attn-map-loss",
-        "attention-map loss instead of the queried alignment",
-    ),
-];
 
 /// Flags of `zlayer eval --suite paper`.
 #[derive(Debug, Args)]
@@ -74,9 +51,10 @@ pub struct SuiteArgs {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "base,larender,global,global-rank,occlusionformer,static-sigma,no-align,visible-masks,attn-map-loss"
+        default_value = "base,larender,global,global-rank,occlusionformer,static-sigma,no-align,visible-masks,attn-map-loss",
+        value_parser = Method::parse
     )]
-    methods: Vec<String>,
+    methods: Vec<Method>,
     /// With --suite: the methods of the order-flip test (empty: none).
     #[arg(long, value_delimiter = ',', default_value = "base,occlusionformer")]
     flip: Vec<String>,
@@ -129,15 +107,12 @@ pub fn run(a: &SuiteArgs, out: &Path) -> Result<(), Failure> {
         return Err(user("--n, --batch and --steps must be positive"));
     }
     // `--flip ''` turns the test off.
-    let flips: Vec<String> = a.flip.iter().filter(|m| !m.is_empty()).cloned().collect();
-    let known = |m: &String| MAIN.contains(&m.as_str()) || ABLATIONS.iter().any(|a| a.0 == m);
-    if let Some(m) = a.methods.iter().chain(&flips).find(|m| !known(m)) {
-        return Err(user(format!(
-            "unknown method {m:?}: use {} or {}",
-            MAIN.join(", "),
-            ABLATIONS.map(|a| a.0).join(", ")
-        )));
-    }
+    let flips: Vec<Method> = a
+        .flip
+        .iter()
+        .filter(|m| !m.is_empty())
+        .map(|m| Method::parse(m).map_err(|e| user(format!("--flip: {e}"))))
+        .collect::<Result<_, _>>()?;
     if let Some(m) = flips.iter().find(|m| !a.methods.contains(m)) {
         return Err(user(format!(
             "--flip {m}: also list it in --methods (the test compares with its images of the focus split)"
@@ -171,27 +146,26 @@ pub fn run(a: &SuiteArgs, out: &Path) -> Result<(), Failure> {
         let truth = score(&evals, "real renders", &render, &gt, 0.0, None)?;
         let mut cells = Vec::new();
         let mut rows = vec![("real renders".to_string(), render.clone())];
-        for method in &a.methods {
-            let ablation = !MAIN.contains(&method.as_str());
-            if ablation && split != focus {
+        for &method in &a.methods {
+            if method.is_ablation() && split != focus {
                 continue;
             }
             let Some(sampler) = sampler_for(a, &p, method) else {
-                cells.push((method.clone(), Err("not trained".into())));
+                cells.push((method.to_string(), Err("not trained".into())));
                 continue;
             };
-            let pred = dir.join(method);
+            let pred = dir.join(method.name());
             let secs = match p.generate(sampler.as_ref(), &held, &pred)? {
                 Generated::All(s) => s,
                 Generated::Partial(k) => {
-                    cells.push((method.clone(), Err(format!("{k} of {} generated", a.n))));
+                    cells.push((method.to_string(), Err(format!("{k} of {} generated", a.n))));
                     continue;
                 }
             };
             let ratio = sampler.as_ref().and_then(|s| s.ratio(None));
-            let row = score(&evals, method, &pred, &gt, secs, ratio)?;
-            cells.push((method.clone(), Ok(row)));
-            rows.push((method.clone(), pred));
+            let row = score(&evals, method.name(), &pred, &gt, secs, ratio)?;
+            cells.push((method.to_string(), Ok(row)));
+            rows.push((method.to_string(), pred));
         }
         let names: Vec<String> = (0..6.min(a.n)).map(name).collect();
         let rows: Vec<(String, &Path)> =
@@ -237,7 +211,7 @@ pub fn run(a: &SuiteArgs, out: &Path) -> Result<(), Failure> {
 /// The order-flip test on the focus split's scenes; `dir` holds their images per method.
 fn flip_test(
     a: &SuiteArgs,
-    methods: &[String],
+    methods: &[Method],
     p: &Protocol,
     held: &[zlayer_synth::SynthScene],
     out: &Path,
@@ -262,32 +236,32 @@ fn flip_test(
     // The real renders scored as predictions: the test's ceiling.
     let truth = zlayer_app::flip::score(&dir.join("gt"), &flip_gt, &rows[0].1, &rows[1].1, &pairs)?;
     let mut scores = vec![("real renders (ceiling)".to_string(), Ok(truth))];
-    for method in methods {
+    for &method in methods {
+        let name = method.name();
         let Some(sampler) = sampler_for(a, p, method) else {
-            scores.push((method.clone(), Err("not trained".into())));
+            scores.push((name.to_string(), Err("not trained".into())));
             continue;
         };
-        let pred = fdir.join(method);
-        let orig = generated(&dir.join(method));
+        let pred = fdir.join(name);
+        let orig = generated(&dir.join(name));
         if let Generated::Partial(k) = p.generate(sampler.as_ref(), &scenes, &pred)? {
             scores.push((
-                method.clone(),
+                name.to_string(),
                 Err(format!("{k} of {} generated", scenes.len())),
             ));
             continue;
         }
         if orig < scenes.len() {
             scores.push((
-                method.clone(),
+                name.to_string(),
                 Err(format!("{orig} of {} generated", scenes.len())),
             ));
             continue;
         }
-        let s =
-            zlayer_app::flip::score(&dir.join("gt"), &flip_gt, &dir.join(method), &pred, &pairs)?;
-        scores.push((method.clone(), Ok(s)));
-        rows.push((method.clone(), dir.join(method)));
-        rows.push((format!("{method}, swapped"), pred));
+        let s = zlayer_app::flip::score(&dir.join("gt"), &flip_gt, &dir.join(name), &pred, &pairs)?;
+        scores.push((name.to_string(), Ok(s)));
+        rows.push((name.to_string(), dir.join(name)));
+        rows.push((format!("{name}, swapped"), pred));
     }
     let shown: Vec<String> = (0..held.len())
         .filter(|&k| pairs[k].is_some())
@@ -301,12 +275,9 @@ fn flip_test(
 
 /// The method's sampler, `Some(None)` for the base alone; `None` (with a notice) when it has
 /// no trained weights.
-fn sampler_for(a: &SuiteArgs, p: &Protocol, method: &str) -> Option<Option<SceneSampler>> {
-    if method == "base" {
-        return Some(None);
-    }
-    match SceneSampler::by_name(&a.model, method, p.m.base.clone(), p.dev) {
-        Ok(s) => Some(Some(s)),
+fn sampler_for(a: &SuiteArgs, p: &Protocol, method: Method) -> Option<Option<SceneSampler>> {
+    match SceneSampler::for_method(&a.model, method, p.m.base.clone(), p.dev) {
+        Ok(s) => Some(s),
         Err(e) => {
             eprintln!("skipping {method}: {e}");
             None
@@ -393,10 +364,10 @@ fn report(a: &SuiteArgs, res: &Results, focus: Split) -> String {
          are wall-clock on a shared 2-core machine, so they vary with its load).\n\n## Main table\n\n",
         a.n, a.seed, a.steps
     );
-    let main: Vec<&str> = MAIN
-        .iter()
-        .copied()
-        .filter(|m| a.methods.iter().any(|x| x == m))
+    let main: Vec<&str> = Method::MAIN
+        .into_iter()
+        .filter(|m| a.methods.contains(m))
+        .map(Method::name)
         .collect();
     let mains: Vec<_> = res
         .splits
@@ -462,10 +433,10 @@ fn report(a: &SuiteArgs, res: &Results, focus: Split) -> String {
         );
         let mut ab = vec![("occlusionformer", "the full model")];
         ab.extend(
-            ABLATIONS
-                .iter()
-                .copied()
-                .filter(|(m, _)| a.methods.iter().any(|x| x == m)),
+            Method::ABLATIONS
+                .into_iter()
+                .filter(|(m, _)| a.methods.contains(m))
+                .map(|(m, what)| (m.name(), what)),
         );
         for (m, what) in ab {
             match (cells.iter().find(|(x, _)| x == m).map(|c| &c.1), full) {

@@ -1,19 +1,18 @@
 //! `zlayer generate`: images from a prompt with the tiny model.
 
 use crate::args::ratio;
-use zlayer_app::model::Model;
+use zlayer_app::method::Method;
 use zlayer_app::model::ModelDir;
 use zlayer_app::output::{at_canvas, peak_rss_mb, row};
+use zlayer_app::pipeline::{Pipeline, SceneRequest};
 pub mod flux;
 
 use candle_core::{Device, Tensor};
 use clap::Args;
 use std::path::{Path, PathBuf};
 use zlayer_app::Failure;
-use zlayer_app::method::SceneSampler;
 use zlayer_composite::{BitDepth, write_png};
 use zlayer_model::base::SampleOptions;
-use zlayer_synth::vocab::{Background, Colour, Fitted, Look, Shape};
 
 /// Flags of `zlayer generate`.
 #[derive(Debug, Args)]
@@ -74,8 +73,8 @@ pub struct GenerateArgs {
     /// With a scene, the method that draws it: occlusionformer (the bundled branch), a
     /// baseline or ablation trained into MODEL/variants/NAME (global, global-rank, …), or
     /// larender (training-free).
-    #[arg(long, default_value = "occlusionformer", requires = "scene")]
-    variant: String,
+    #[arg(long, default_value = "occlusionformer", requires = "scene", value_parser = Method::parse)]
+    variant: Method,
     /// With a scene: write each instance's predicted amodal mask (alignment head,
     /// `mask-K.png`) and its share of the Z-order composition (`weight-K.png`) here, for the
     /// first sample, at the last grounded step.
@@ -122,30 +121,66 @@ pub fn run(a: GenerateArgs) -> Result<(), Failure> {
             a.model.name()
         )));
     }
-    let dev = Device::Cpu;
-    let m = Model::load(&a.model, &dev)?;
-    let n = a.n as usize;
+    let pipeline = Pipeline::load(&a.model, Device::Cpu)?;
     let opts = SampleOptions {
         steps: a.steps.unwrap_or(20),
-        guidance: a.guidance.unwrap_or_else(|| m.guidance()),
+        guidance: a.guidance.unwrap_or_else(|| pipeline.model.guidance()),
         seed: a.seed,
     };
     let (images, canvas) = match &a.scene {
         None => {
             let prompt = a.prompt.clone().unwrap_or_default();
-            let ids = m
-                .base
-                .tokenizer
-                .batch(&vec![prompt.as_str(); n], m.base.max_len, &dev)
-                .map_err(|e| Failure::User(e.to_string()))?;
-            let images = m
-                .generate(&ids, &opts)
-                .map_err(|e| Failure::Internal(e.to_string()))?;
-            (images, None)
+            (pipeline.prompt(&prompt, a.n as usize, &opts)?, None)
         }
-        Some(path) => generate_scene(m, path, &a, &opts, &dev)?,
+        Some(path) => generate_scene(&pipeline, path, &a, opts)?,
     };
     finish(&images, &a.output, canvas, start)
+}
+
+/// Images (n, 3, S, S) for a scene, drawn by the chosen method through the one pipeline,
+/// and the canvas (width, height) to write them at (`None` with `--native`); writes the
+/// instance maps and layers that were asked for.
+fn generate_scene(
+    pipeline: &Pipeline,
+    path: &Path,
+    a: &GenerateArgs,
+    opts: SampleOptions,
+) -> Result<(Tensor, Option<(usize, usize)>), Failure> {
+    let loaded = zlayer_app::scene_file::load(path)?;
+    let scene = loaded.scene.scene();
+    let canvas = (!a.native).then_some((scene.width as usize, scene.height as usize));
+    let size = pipeline.model.size;
+    if let Some((w, h)) = canvas.filter(|&c| c != (size, size)) {
+        eprintln!(
+            "the model draws {size}×{size} px; upscaled to the scene's {w}×{h} canvas (--native writes {size}×{size})"
+        );
+    }
+    let req = SceneRequest {
+        scene: &loaded.scene,
+        method: a.variant,
+        prompt: a.prompt.clone(),
+        n: a.n as usize,
+        opts,
+        grounding_ratio: a.grounding_ratio,
+        strict: a.strict,
+        maps: a.layers.is_some() || a.ora.is_some(),
+    };
+    let out = pipeline.scene(&req).map_err(|e| e.in_file(path))?;
+    for note in &out.notes {
+        eprintln!("{}: {note}", path.display());
+    }
+    if req.maps {
+        let layers = out.layers(&loaded.scene, canvas)?;
+        if let Some(dir) = &a.layers {
+            let files = layers.write_dir(dir)?;
+            eprintln!("wrote {} instance maps to {}", files.len(), dir.display());
+        }
+        if let Some(path) = &a.ora {
+            layers.write_ora(path)?;
+            eprintln!("wrote {}", path.display());
+        }
+    }
+    Ok((out.images, canvas))
 }
 
 /// Writes the images side by side to `output`, each resized to `canvas` (width, height)
@@ -166,180 +201,4 @@ pub(crate) fn finish(
         output.display()
     );
     Ok(())
-}
-
-/// The scene's prompt when the model knows its every word; otherwise, with a note, the
-/// training template over the captions (front-most first) and the background the prompt
-/// names (else plain). Captions carry what matters; a file written for another model often
-/// words its prompt freely ("a still life of toys").
-fn scene_prompt(
-    scene: &zlayer_scene::ValidScene,
-    captions: &[String],
-    tokenizer: &zlayer_model::text::Tokenizer,
-    path: &Path,
-) -> String {
-    let given = &scene.scene().prompt;
-    let Err(why) = tokenizer.encode(given) else {
-        return given.clone();
-    };
-    let levels = scene.graph().depth_levels();
-    let mut order: Vec<usize> = (0..levels.len()).collect();
-    order.sort_by_key(|&i| levels[i]);
-    let captions: Vec<String> = order.iter().map(|&i| captions[i].clone()).collect();
-    let ordered_pair = captions.len() == 2 && scene.graph().edges().next().is_some();
-    let background = Background::ALL
-        .iter()
-        .copied()
-        .find(|b| given.contains(&format!("{} background", b.name())))
-        .unwrap_or(Background::Plain);
-    let prompt = zlayer_synth::sample::prompt(&captions, ordered_pair, background);
-    eprintln!(
-        "{}: the prompt's word {:?} is not in the tiny model's vocabulary; prompting with {prompt:?}, built from the captions",
-        path.display(),
-        why.word
-    );
-    prompt
-}
-
-/// Images (n, 3, S, S) for a scene, drawn by the chosen variant (for a branch, on the first
-/// grounding steps only), and the canvas (width, height) to write them at (`None` with
-/// `--native`).
-fn generate_scene(
-    m: Model,
-    path: &Path,
-    a: &GenerateArgs,
-    opts: &SampleOptions,
-    dev: &Device,
-) -> Result<(Tensor, Option<(usize, usize)>), Failure> {
-    let loaded = zlayer_app::scene_file::load(path)?;
-    let scene = loaded.scene.scene();
-    let g = m.size / m.vae.cfg.factor();
-    let captions = model_captions(scene, &m.base.tokenizer, path, a.strict)?;
-    let prompt = match &a.prompt {
-        Some(p) => p.clone(),
-        None => scene_prompt(&loaded.scene, &captions, &m.base.tokenizer, path),
-    };
-    let canvas = (scene.width as usize, scene.height as usize);
-    let canvas = (!a.native).then_some(canvas);
-    match canvas {
-        Some((w, h)) if (w, h) != (m.size, m.size) => eprintln!(
-            "the model draws {0}×{0} px; upscaled to the scene's {w}×{h} canvas (--native writes {0}×{0})",
-            m.size
-        ),
-        _ => {}
-    }
-    let sampler = SceneSampler::by_name(&a.model, &a.variant, m.base, dev)?;
-    let wants_maps = a.layers.is_some() || a.ora.is_some();
-    if wants_maps && (!sampler.has_maps() || sampler.ratio(a.grounding_ratio) == Some(0.0)) {
-        return Err(Failure::User(format!(
-            "--layers/--ora need instance layers: the {} variant has none{}; use --variant occlusionformer",
-            sampler.name(),
-            if sampler.has_maps() {
-                " at --grounding-ratio 0"
-            } else {
-                ""
-            }
-        )));
-    }
-    let n = a.n as usize;
-    let mut layout = zlayer_model::layout_model::SceneLayout::from_scene(&loaded.scene, (g, g));
-    for (inst, caption) in layout.instances.iter_mut().zip(&captions) {
-        inst.caption = caption.clone();
-    }
-    let int = |e: candle_core::Error| Failure::Internal(e.to_string());
-    let prompts = vec![prompt.as_str(); n];
-    let base = sampler.base();
-    let ids = base
-        .tokenizer
-        .batch(&prompts, base.max_len, dev)
-        .map_err(|e| Failure::User(e.to_string()))?;
-    let (tokens, maps) = sampler
-        .sample(
-            &ids,
-            &prompts,
-            &vec![layout; n],
-            ((g, g), m.vae.cfg.latent),
-            opts,
-            a.grounding_ratio,
-        )
-        .map_err(|e| Failure::User(e.to_string()))?;
-    let images = m.vae.decode_tokens(&tokens, g, g).map_err(int)?;
-    if wants_maps {
-        let Some(maps) = maps else {
-            return Err(Failure::Internal(
-                "the branch returned no instance maps".into(),
-            ));
-        };
-        let k = scene.instances.len();
-        let rows =
-            |t: &Tensor| -> candle_core::Result<Vec<Vec<f32>>> { t.narrow(0, 0, k)?.to_vec2() };
-        let first = at_canvas(&images.narrow(0, 0, 1).map_err(int)?, canvas).map_err(int)?;
-        let out = zlayer_app::layers::InstanceLayers {
-            image: &first[0],
-            grid: g,
-            masks: rows(&maps.masks).map_err(int)?,
-            weights: rows(&maps.weights).map_err(int)?,
-            captions: scene.instances.iter().map(|i| i.caption.clone()).collect(),
-            draw_order: loaded.scene.graph().draw_order(),
-        };
-        if let Some(dir) = &a.layers {
-            let files = out.write_dir(dir)?;
-            eprintln!("wrote {} instance maps to {}", files.len(), dir.display());
-        }
-        if let Some(path) = &a.ora {
-            out.write_ora(path)?;
-            eprintln!("wrote {}", path.display());
-        }
-    }
-    Ok((images, canvas))
-}
-
-/// Each instance's caption as the tiny model draws it. With `strict`, every caption must be
-/// in its vocabulary; otherwise each is fitted to the synthetic world's grammar
-/// ([`Look::fit`]) and every change is announced, one line per instance. A caption without
-/// a colour takes one no other instance uses, so the objects stay apart.
-fn model_captions(
-    scene: &zlayer_scene::Scene,
-    tokenizer: &zlayer_model::text::Tokenizer,
-    path: &Path,
-    strict: bool,
-) -> Result<Vec<String>, Failure> {
-    let given: Vec<&str> = scene.instances.iter().map(|i| i.caption.as_str()).collect();
-    if strict {
-        for (inst, c) in scene.instances.iter().zip(&given) {
-            tokenizer.encode(c).map_err(|e| {
-                Failure::User(format!("{}: instance {:?}: {e}", path.display(), inst.id))
-            })?;
-        }
-        return Ok(given.iter().map(|c| c.to_string()).collect());
-    }
-    let mut fits: Vec<Fitted> = given.iter().map(|c| Look::fit(c, &[])).collect();
-    let mut taken: Vec<Colour> = fits
-        .iter()
-        .filter(|f| !f.chose_colour)
-        .map(|f| f.look.colour)
-        .collect();
-    for (f, c) in fits.iter_mut().zip(&given) {
-        if f.chose_colour {
-            *f = Look::fit(c, &taken);
-            taken.push(f.look.colour);
-        }
-    }
-    let (colours, shapes) = (Colour::ALL.len(), Shape::ALL.len());
-    for ((inst, c), f) in scene.instances.iter().zip(&given).zip(&fits) {
-        if f.exact(c) {
-            continue;
-        }
-        let kept = match f.kept.as_slice() {
-            [] => "no word of it is known".to_string(),
-            k => format!("kept {:?}", k.join(" ")),
-        };
-        eprintln!(
-            "{}: instance {:?}: {c:?} drawn as {:?} ({kept}; the tiny model knows {colours} colours and {shapes} shapes; --model flux-dev for open vocabulary, --strict to refuse)",
-            path.display(),
-            inst.id,
-            f.look.caption()
-        );
-    }
-    Ok(fits.iter().map(|f| f.look.caption()).collect())
 }
