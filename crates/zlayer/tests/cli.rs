@@ -1049,3 +1049,59 @@ fn every_official_layout_and_example_generates_on_the_bundled_model() {
         assert_eq!((img.width, img.height), (1024, 1024));
     }
 }
+
+#[test]
+fn the_bundled_model_works_outside_the_repository() {
+    // A copied or installed binary, run from anywhere: the default model is built in.
+    let dir = tmp("elsewhere");
+    let scene = repo().join("examples/sphere-cube.json");
+    let from_here = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_zlayer"))
+            .args(args)
+            .current_dir(&dir)
+            .output()
+            .expect("runs")
+    };
+    let run = from_here(&[
+        "generate",
+        scene.to_str().unwrap(),
+        "-o",
+        "out.png",
+        "--steps",
+        "2",
+        "--native",
+    ]);
+    assert_eq!(run.status.code(), Some(0), "{}", text(&run.stderr));
+    let built_in = std::fs::read(dir.join("out.png")).unwrap();
+    // The same bytes as the folder it was built from.
+    let run = from_here(&[
+        "generate",
+        scene.to_str().unwrap(),
+        "-o",
+        "folder.png",
+        "--steps",
+        "2",
+        "--native",
+        "--model",
+        repo().join("models/tiny").to_str().unwrap(),
+    ]);
+    assert_eq!(run.status.code(), Some(0), "{}", text(&run.stderr));
+    assert_eq!(built_in, std::fs::read(dir.join("folder.png")).unwrap());
+    // A folder that is not a model still says what is missing and how to fix it.
+    let run = from_here(&[
+        "generate",
+        "--prompt",
+        "a red disk",
+        "-o",
+        "x.png",
+        "--model",
+        "nowhere",
+    ]);
+    assert_eq!(run.status.code(), Some(2));
+    let err = text(&run.stderr);
+    assert!(
+        err.contains("nowhere/vae.safetensors: no such model file")
+            && err.contains("leave --model out"),
+        "{err}"
+    );
+}
