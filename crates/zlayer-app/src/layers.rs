@@ -78,9 +78,23 @@ impl InstanceLayers {
         Ok(written)
     }
 
+    /// Writes [`Self::stack`] as an OpenRaster file.
+    pub fn write_ora(&self, path: &Path) -> Result<(), Failure> {
+        write_ora(path, &self.stack(), BitDepth::Eight).map_err(|e| Failure::User(e.to_string()))
+    }
+
+    /// `mask-K.png` / `weight-K.png` of [`Self::write_dir`], by name, as images.
+    pub fn map_image(&self, name: &str, k: usize) -> Option<Image<Straight>> {
+        match name {
+            "mask" => self.masks.get(k).map(|m| self.grey(m)),
+            "weight" => self.shares().get(k).map(|w| self.grey(w)),
+            _ => None,
+        }
+    }
+
     /// An OpenRaster stack: the image at the bottom; per instance, back to front, the image
     /// cut out by its composition share; the alignment masks as hidden layers on top.
-    pub fn write_ora(&self, path: &Path) -> Result<(), Failure> {
+    pub fn stack(&self) -> LayerStack {
         let image = |alpha: Option<&[f32]>| {
             let mut img = self.image.clone();
             if let Some(alpha) = alpha {
@@ -107,11 +121,10 @@ impl InstanceLayers {
             l.visible = false;
             layers.push(l);
         }
-        let stack = LayerStack {
+        LayerStack {
             width: self.image.width,
             height: self.image.height,
             layers,
-        };
-        write_ora(path, &stack, BitDepth::Eight).map_err(|e| Failure::User(e.to_string()))
+        }
     }
 }

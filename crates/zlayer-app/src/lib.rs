@@ -9,6 +9,7 @@
 //!   layers and notes out).
 //! - [`output`], [`layers`]: tensors as pictures at the canvas size; instance maps and
 //!   OpenRaster layer stacks.
+//! - [`preview`]: the picture of a declared scene (boxes by depth, arrows, hatched overlaps).
 //! - [`data`]: the synthetic world as scenes, batches, tensors and layouts.
 //! - [`protocol`], [`flip`]: the paired evaluation of methods on held-out scenes, and the
 //!   order-flip test.
@@ -26,6 +27,7 @@ pub mod method;
 pub mod model;
 pub mod output;
 pub mod pipeline;
+pub mod preview;
 pub mod protocol;
 pub mod report;
 pub mod scene_file;

@@ -118,6 +118,15 @@ enum Command {
     #[command(after_help = "Example:
   zlayer eval-layout --layout runs/occ/layout.safetensors,runs/global/layout.safetensors --split complex --n 300 --out eval/complex")]
     EvalLayout(crate::eval_layout::EvalLayoutArgs),
+    /// Serve the web layout editor and the HTTP API (validate, preview, convert, generate jobs).
+    ///
+    /// Opens on http://127.0.0.1:7878/ with the bundled model. Generation runs as jobs on a
+    /// bounded queue, with progress over server-sent events; the API is described at
+    /// /openapi.json (docs/server.md).
+    #[command(after_help = "Examples:
+  zlayer serve                                   # http://127.0.0.1:7878/
+  zlayer serve --addr 0.0.0.0:8080 --token SECRET --workers 2 --queue 16")]
+    Serve(crate::serve::ServeArgs),
     /// Train a model on SA-Z-synth, on the CPU (resumes from DIR's checkpoint).
     #[command(subcommand)]
     Train(crate::train::TrainCommand),
@@ -155,6 +164,7 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
         Command::Eval(args) => crate::eval::run(args),
         Command::Train(cmd) => crate::train::run(cmd),
         Command::Generate(args) => crate::generate::run(args),
+        Command::Serve(args) => crate::serve::run(args),
         Command::BenchStep(args) => crate::bench_step::run(args),
         Command::EvalPrompts(args) => crate::eval_prompts::run(args),
         Command::EvalLayout(args) => crate::eval_layout::run(args),

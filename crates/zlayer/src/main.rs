@@ -13,6 +13,7 @@ mod eval_prompts;
 mod generate;
 mod preview;
 mod scene_cmd;
+mod serve;
 mod synth_cmd;
 mod train;
 
