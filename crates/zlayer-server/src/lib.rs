@@ -155,9 +155,9 @@ pub fn serve(cfg: Config) -> Result<(), String> {
         let listener = tokio::net::TcpListener::bind(cfg.addr)
             .await
             .map_err(|e| format!("--addr {}: {e}", cfg.addr))?;
+        let addr = listener.local_addr().unwrap_or(cfg.addr);
         eprintln!(
-            "zlayer serve: the editor on http://{}/ (API: /openapi.json), model {}",
-            cfg.addr,
+            "zlayer serve: the editor on http://{addr}/ (API: /openapi.json), model {}; Ctrl-C stops",
             cfg.model.name()
         );
         let app = router(state.clone(), cfg.max_body);

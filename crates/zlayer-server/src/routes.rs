@@ -21,6 +21,9 @@ use zlayer_scene::{Format, Loaded, export, load_str};
 pub const MAX_SAMPLES: usize = 8;
 /// Euler steps per job at most.
 pub const MAX_STEPS: usize = 100;
+/// Output pixels per job at most (samples × canvas area): 16 M, a few hundred MB while the
+/// images are resampled. Larger canvases can ask for the model's native size.
+pub const MAX_OUTPUT_PIXELS: u64 = 1 << 24;
 
 /// An answer other than success: a status, a JSON body, and for 429 a `Retry-After`.
 pub struct ApiError {
@@ -211,6 +214,14 @@ pub async fn submit(Shared(st): Shared<Arc<State>>, body: String) -> Result<Resp
     }
     let method = Method::parse(req.method.as_deref().unwrap_or("occlusionformer")).map_err(bad)?;
     let loaded = scene(&req.scene.to_string())?;
+    let s = loaded.scene.scene();
+    let pixels = s.width as u64 * s.height as u64 * req.n as u64;
+    if !req.native && pixels > MAX_OUTPUT_PIXELS {
+        return Err(bad(format!(
+            "{} samples of {}×{} are {pixels} output pixels, over the {MAX_OUTPUT_PIXELS} a job may write; ask for fewer samples, or \"native\": true for the model's own size",
+            req.n, s.width, s.height
+        )));
+    }
     let spec = JobSpec {
         scene: loaded,
         method,

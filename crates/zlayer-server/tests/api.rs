@@ -38,6 +38,10 @@ struct Reply {
 }
 
 impl Reply {
+    fn body_text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
     fn json(&self) -> serde_json::Value {
         serde_json::from_slice(&self.body)
             .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&self.body)))
@@ -394,4 +398,61 @@ async fn every_documented_route_exists_and_a_token_guards_them() {
         .unwrap_err()
         .contains("needs --token")
     );
+}
+
+#[tokio::test]
+async fn the_validators_canvas_and_instance_limits_hold_and_output_is_bounded() {
+    let (api, _) = Api::new(&config(limits(0, 4)));
+    let many: Vec<serde_json::Value> = (0..51)
+        .map(
+            |i| serde_json::json!({"id": i, "caption": "red disk", "bbox": [i, i, i + 10, i + 10]}),
+        )
+        .collect();
+    let crowd = serde_json::json!({"width": 512, "height": 512, "prompt": "x", "instances": many});
+    let r = api.call("POST", "/v1/validate", crowd.to_string()).await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(r.body_text().contains("at most 50"), "{}", r.body_text());
+    let huge = serde_json::json!({"width": 9000, "height": 512, "prompt": "x", "instances": [
+        {"id": "a", "caption": "red disk", "bbox": [0, 0, 10, 10]}]});
+    let r = api
+        .call(
+            "POST",
+            "/v1/jobs",
+            serde_json::json!({"scene": huge}).to_string(),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(
+        r.body_text().contains("outside 1..=8192"),
+        "{}",
+        r.body_text()
+    );
+    // A valid canvas can still ask for more pixels than a job may write.
+    let big = serde_json::json!({"width": 8192, "height": 8192, "prompt": "x", "instances": [
+        {"id": "a", "caption": "red disk", "bbox": [0, 0, 100, 100]}]});
+    let r = api
+        .call(
+            "POST",
+            "/v1/jobs",
+            serde_json::json!({"scene": big, "n": 2}).to_string(),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    let err = r.json()["error"].as_str().unwrap().to_string();
+    assert!(err.contains("\"native\": true"), "{err}");
+    let r = api
+        .call(
+            "POST",
+            "/v1/jobs",
+            serde_json::json!({"scene": big, "n": 2, "native": true}).to_string(),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED);
+    // Malformed bodies are 4xx, never 500.
+    for body in ["", "[]", "{\"scene\": 3}", "\u{0}"] {
+        let r = api.call("POST", "/v1/jobs", body).await;
+        assert!(r.status.is_client_error(), "{body:?}: {}", r.status);
+    }
+    let r = api.call("POST", "/v1/validate", vec![0xff, 0xfe]).await;
+    assert!(r.status.is_client_error());
 }
