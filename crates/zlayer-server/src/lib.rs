@@ -105,6 +105,7 @@ pub fn router(state: Arc<State>, max_body: usize) -> Router {
             "/openapi.json",
             get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }),
         )
+        .route("/v1/vocabulary", get(routes::vocabulary))
         .route("/v1/validate", post(routes::validate))
         .route("/v1/preview", post(routes::preview))
         .route("/v1/convert", post(routes::convert))

@@ -67,6 +67,12 @@ fn scene(body: &str) -> Result<Loaded, ApiError> {
     })
 }
 
+/// `GET /v1/vocabulary`: the tiny model's words (colours with their sRGB, shapes, patterns,
+/// materials, backgrounds) and its caption grammar, for hints.
+pub async fn vocabulary() -> Json<Value> {
+    Json(json!(zlayer_synth::vocab::vocabulary()))
+}
+
 /// `POST /v1/validate`: the normalised scene, its depth levels and warnings.
 pub async fn validate(body: String) -> Result<Json<Value>, ApiError> {
     let l = scene(&body)?;

@@ -139,6 +139,15 @@ async fn validate_preview_and_convert_answer_like_the_cli() {
     assert_eq!(back.json()["instances"].as_array().unwrap().len(), 2);
     let wrong = api.call("POST", "/v1/convert?to=svg", SCENE).await;
     assert_eq!(wrong.status, StatusCode::BAD_REQUEST);
+    let vocab = api
+        .call("GET", "/v1/vocabulary", Body::empty())
+        .await
+        .json();
+    assert_eq!(vocab["colours"].as_array().unwrap().len(), 11);
+    assert_eq!(vocab["shapes"].as_array().unwrap().len(), 10);
+    // The editor is served, with its caption hints wired to that route.
+    let page = api.call("GET", "/", Body::empty()).await;
+    assert!(page.body_text().contains("fetch(\"/v1/vocabulary\")"));
 }
 
 #[tokio::test]
@@ -362,7 +371,7 @@ async fn every_documented_route_exists_and_a_token_guards_them() {
     let body = spec.into_body().collect().await.unwrap().to_bytes();
     let spec: serde_json::Value = serde_json::from_slice(&body).unwrap();
     let paths = spec["paths"].as_object().unwrap();
-    assert!(paths.len() >= 9);
+    assert!(paths.len() >= 10);
     for (path, ops) in paths {
         for method in ops.as_object().unwrap().keys() {
             let uri = path
