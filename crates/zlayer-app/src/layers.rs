@@ -61,19 +61,33 @@ impl InstanceLayers {
         }
     }
 
-    /// `DIR/mask-K.png` (alignment head) and `DIR/weight-K.png` (share of the composition)
-    /// per instance K; returns the files written.
+    /// Every map as a picture at the image's size, by file name: `mask-K.png` (the
+    /// alignment head's amodal mask) and `weight-K.png` (the share of the composition) per
+    /// instance K.
+    pub fn maps(&self) -> Vec<(String, Image<Straight>)> {
+        let shares = self.shares();
+        self.masks
+            .iter()
+            .zip(&shares)
+            .enumerate()
+            .flat_map(|(k, (mask, share))| {
+                [
+                    (format!("mask-{k}.png"), self.grey(mask)),
+                    (format!("weight-{k}.png"), self.grey(share)),
+                ]
+            })
+            .collect()
+    }
+
+    /// [`Self::maps`] as PNGs in `dir`; returns the files written.
     pub fn write_dir(&self, dir: &Path) -> Result<Vec<String>, Failure> {
         std::fs::create_dir_all(dir)
             .map_err(|e| Failure::User(format!("{}: {e}", dir.display())))?;
         let mut written = Vec::new();
-        for (k, (mask, share)) in self.masks.iter().zip(self.shares()).enumerate() {
-            for (name, grid) in [("mask", mask.as_slice()), ("weight", share.as_slice())] {
-                let path = dir.join(format!("{name}-{k}.png"));
-                write_png(&path, &self.grey(grid), BitDepth::Eight)
-                    .map_err(|e| Failure::User(e.to_string()))?;
-                written.push(path.display().to_string());
-            }
+        for (name, img) in self.maps() {
+            let path = dir.join(name);
+            write_png(&path, &img, BitDepth::Eight).map_err(|e| Failure::User(e.to_string()))?;
+            written.push(path.display().to_string());
         }
         Ok(written)
     }
@@ -81,15 +95,6 @@ impl InstanceLayers {
     /// Writes [`Self::stack`] as an OpenRaster file.
     pub fn write_ora(&self, path: &Path) -> Result<(), Failure> {
         write_ora(path, &self.stack(), BitDepth::Eight).map_err(|e| Failure::User(e.to_string()))
-    }
-
-    /// `mask-K.png` / `weight-K.png` of [`Self::write_dir`], by name, as images.
-    pub fn map_image(&self, name: &str, k: usize) -> Option<Image<Straight>> {
-        match name {
-            "mask" => self.masks.get(k).map(|m| self.grey(m)),
-            "weight" => self.shares().get(k).map(|w| self.grey(w)),
-            _ => None,
-        }
     }
 
     /// An OpenRaster stack: the image at the bottom; per instance, back to front, the image

@@ -366,13 +366,9 @@ fn run(
             &layers.stack(),
             BitDepth::Eight,
         )?);
-        for k in 0..scene.instances.len() {
-            for name in ["mask", "weight"] {
-                if let Some(img) = layers.map_image(name, k) {
-                    let png = zlayer_composite::io::encode_png(&img, BitDepth::Eight)?;
-                    results.maps.push((format!("{name}-{k}.png"), png));
-                }
-            }
+        for (name, img) in layers.maps() {
+            let png = zlayer_composite::io::encode_png(&img, BitDepth::Eight)?;
+            results.maps.push((name, png));
         }
     }
     Ok((results, out.notes))
