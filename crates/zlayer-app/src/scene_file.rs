@@ -40,3 +40,19 @@ pub fn render(file: &Path, e: &SceneError) -> String {
     }
     s.join("\n")
 }
+
+/// What validation says of a valid scene, as JSON (`zlayer validate --json`, the server's
+/// `/v1/validate`): the normalised scene, its format, depth levels, draw order, unordered
+/// pairs and warnings.
+pub fn valid_json(l: &Loaded) -> serde_json::Value {
+    let g = l.scene.graph();
+    serde_json::json!({
+        "ok": true,
+        "format": l.format.name(),
+        "scene": l.scene.scene(),
+        "depth_levels": g.depth_levels(),
+        "draw_order": g.draw_order(),
+        "unordered_pairs": g.unordered_pairs(),
+        "diagnostics": l.warnings,
+    })
+}

@@ -75,17 +75,7 @@ pub async fn vocabulary() -> Json<Value> {
 
 /// `POST /v1/validate`: the normalised scene, its depth levels and warnings.
 pub async fn validate(body: String) -> Result<Json<Value>, ApiError> {
-    let l = scene(&body)?;
-    let g = l.scene.graph();
-    Ok(Json(json!({
-        "ok": true,
-        "format": l.format.name(),
-        "scene": l.scene.scene(),
-        "depth_levels": g.depth_levels(),
-        "draw_order": g.draw_order(),
-        "unordered_pairs": g.unordered_pairs(),
-        "diagnostics": l.warnings,
-    })))
+    Ok(Json(zlayer_app::scene_file::valid_json(&scene(&body)?)))
 }
 
 /// `?size=` of the preview.

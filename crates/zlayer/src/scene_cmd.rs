@@ -4,7 +4,7 @@ use crate::args::Target;
 use std::io::Write;
 use std::path::Path;
 use zlayer_app::Failure;
-use zlayer_app::scene_file::{load, load_quiet, render};
+use zlayer_app::scene_file::{load, load_quiet, render, valid_json};
 use zlayer_composite::atomic_write;
 use zlayer_scene::{Format, export};
 
@@ -31,17 +31,8 @@ pub fn validate(file: &Path, json: bool) -> Result<(), Failure> {
     }
     let (value, ok) = match load_quiet(file) {
         Ok(l) => {
-            let g = l.scene.graph();
-            let v = serde_json::json!({
-                "ok": true,
-                "file": file.display().to_string(),
-                "format": l.format.name(),
-                "scene": l.scene.scene(),
-                "depth_levels": g.depth_levels(),
-                "draw_order": g.draw_order(),
-                "unordered_pairs": g.unordered_pairs(),
-                "diagnostics": l.warnings,
-            });
+            let mut v = valid_json(&l);
+            v["file"] = file.display().to_string().into();
             (v, true)
         }
         Err(e) => (
