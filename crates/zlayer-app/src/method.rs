@@ -58,6 +58,12 @@ impl Method {
         }
     }
 
+    /// Whether it draws instance layers (a branch that composes them; the `global` baselines
+    /// attend regionally and have none).
+    pub fn has_layers(self) -> bool {
+        matches!(self, Method::Branch(v) if !v.regional())
+    }
+
     /// Whether it is one of the ablations (not in the main table).
     pub fn is_ablation(self) -> bool {
         !Self::MAIN.contains(&self)
@@ -147,7 +153,7 @@ impl SceneSampler {
 
     /// Whether it has instance layers to show (a branch that composes them).
     pub fn has_maps(&self) -> bool {
-        matches!(self, Self::Branch(m) if !m.variant.regional())
+        matches!(self, Self::Branch(m) if Method::Branch(m.variant).has_layers())
     }
 
     /// The base model underneath.

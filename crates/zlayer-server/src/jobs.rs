@@ -336,7 +336,7 @@ fn run(
         opts: spec.opts,
         grounding_ratio: spec.grounding_ratio,
         strict: spec.strict,
-        maps: has_layers(spec.method),
+        maps: spec.method.has_layers(),
     };
     let out = zlayer_model::sampling::observed(observe, || pipeline.scene(&req));
     if timed_out.load(Ordering::Relaxed) {
@@ -372,9 +372,4 @@ fn run(
         }
     }
     Ok((results, out.notes))
-}
-
-/// Whether a method returns instance layers at its default grounding ratio.
-fn has_layers(m: Method) -> bool {
-    matches!(m, Method::Branch(v) if !v.regional())
 }
