@@ -223,12 +223,23 @@ impl Jobs {
         Some(job.status.clone())
     }
 
-    /// Stops accepting work; the workers end after their current job.
-    pub fn close(&self) {
+    /// Stops accepting work and cancels every unfinished job: a queued one at once, a running
+    /// one at its next step. Returns how many it canceled.
+    pub fn close(&self) -> usize {
         lock(&self.queue).take();
-        for job in lock(&self.map).values() {
+        let mut canceled = 0;
+        for job in lock(&self.map).values_mut() {
+            if job.status.state.finished() {
+                continue;
+            }
+            canceled += 1;
             job.cancel.store(true, Ordering::Relaxed);
+            if job.status.state == JobState::Queued {
+                job.status.state = JobState::Canceled;
+                job.finished_at = Some(Instant::now());
+            }
         }
+        canceled
     }
 
     /// Drops finished jobs past their time, then the oldest past the count.

@@ -138,7 +138,8 @@ async fn auth(Shared(st): Shared<Arc<State>>, req: Request, next: Next) -> Respo
     next.run(req).await
 }
 
-/// Runs the server until Ctrl-C; then stops accepting jobs and lets the running one end.
+/// Runs the server until Ctrl-C (or SIGTERM); then cancels every unfinished job, so that each
+/// client's event stream ends with `canceled`, and returns once the connections close.
 pub fn serve(cfg: Config) -> Result<(), String> {
     if !cfg.addr.ip().is_loopback() && cfg.token.is_none() {
         return Err(format!(
@@ -162,13 +163,32 @@ pub fn serve(cfg: Config) -> Result<(), String> {
             cfg.model.name()
         );
         let app = router(state.clone(), cfg.max_body);
+        let jobs = state.jobs.clone();
         axum::serve(listener, app)
-            .with_graceful_shutdown(async {
-                let _ = tokio::signal::ctrl_c().await;
+            .with_graceful_shutdown(async move {
+                stop_signal().await;
+                // Before the connections drain: an open event stream ends only with its job.
+                let n = jobs.close();
+                eprintln!("zlayer serve: stopping; {n} unfinished job(s) canceled");
             })
             .await
             .map_err(|e| format!("server: {e}"))
     })?;
-    state.jobs.close();
     Ok(())
+}
+
+/// Ctrl-C, or the SIGTERM a service manager or container runtime sends.
+async fn stop_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
 }

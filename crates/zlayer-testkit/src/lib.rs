@@ -6,6 +6,8 @@
 //! notice. Under `CI=true` its absence is a failure, so CI can never go green by skipping.
 #![warn(missing_docs)]
 
+pub mod webdriver;
+
 use std::path::{Path, PathBuf};
 
 /// The `shared/fixtures/<sub>` folder, or `None` (with a printed notice) when it is absent
@@ -19,20 +21,25 @@ pub fn fixtures(sub: &str) -> Option<PathBuf> {
     if dir.is_dir() {
         return Some(dir);
     }
+    absent(
+        &format!("fixtures folder {}", dir.display()),
+        "a test (it exists beside zlayer's own checkout)",
+    );
+    None
+}
+
+/// Says that `what`, which `skipped` needs, is missing: a failure under `CI=true`, so CI can
+/// never go green by skipping, and a printed notice elsewhere.
+pub fn absent(what: &str, skipped: &str) {
     if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!(
-            "fixtures folder {} is missing; CI must run with shared/ beside the repository",
-            dir.display()
-        );
+        panic!("{what} is missing, and under CI=true a missing test input is a failure");
     }
     // Written to the stream directly: libtest captures `eprintln!`, and a skip must be seen.
     use std::io::Write;
     let _ = writeln!(
         std::io::stderr(),
-        "notice: skipping a test, fixtures folder {} is absent (it exists beside zlayer's own checkout)",
-        dir.display()
+        "notice: skipping {skipped}: {what} is absent"
     );
-    None
 }
 
 /// Writes a safetensors file holding only a header: bf16 tensors of these shapes with no data

@@ -1088,32 +1088,8 @@ fn the_bundled_model_works_outside_the_repository() {
     assert_eq!(run.status.code(), Some(0), "{}", text(&run.stderr));
     assert_eq!(built_in, std::fs::read(dir.join("folder.png")).unwrap());
     // The same binary serves the editor from there.
-    let mut server = std::process::Command::new(env!("CARGO_BIN_EXE_zlayer"))
-        .args(["serve", "--addr", "127.0.0.1:0"])
-        .current_dir(&dir)
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("starts");
-    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(server.stderr.take().unwrap()));
-    let banner = lines.next().expect("a banner").unwrap();
-    let addr = banner
-        .split("http://")
-        .nth(1)
-        .and_then(|r| r.split('/').next())
-        .unwrap_or_else(|| panic!("no address in {banner:?}"))
-        .to_string();
-    let page = {
-        use std::io::{Read, Write};
-        let mut c = std::net::TcpStream::connect(&addr).unwrap();
-        write!(
-            c,
-            "GET / HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-        )
-        .unwrap();
-        let mut page = String::new();
-        c.read_to_string(&mut page).unwrap();
-        page
-    };
+    let (mut server, addr, _) = common::serve(&dir, &[]);
+    let page = common::request(&addr, "GET", "/", "");
     server.kill().ok();
     server.wait().ok();
     assert!(page.starts_with("HTTP/1.1 200"), "{page}");
