@@ -59,6 +59,18 @@ fn volume(c: &mut Criterion) {
     g.bench_function("memcpy", |b| {
         b.iter(|| copy.copy_from_slice(black_box(&layers)))
     });
+    // compose splits large inputs over the CPU's threads; so does this copy, for a fair ratio.
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    g.bench_function(format!("memcpy_{threads}_threads"), |b| {
+        let per = layers.len().div_ceil(threads);
+        b.iter(|| {
+            std::thread::scope(|s| {
+                for (dst, src) in copy.chunks_mut(per).zip(black_box(&layers).chunks(per)) {
+                    s.spawn(move || dst.copy_from_slice(src));
+                }
+            })
+        })
+    });
     for (name, masks) in &scenes {
         let read: f32 = masks.iter().filter(|&&m| m > 0.0).count() as f32 / masks.len() as f32;
         eprintln!("volume/{name}: {:.0}% of layer rows are read", read * 100.0);

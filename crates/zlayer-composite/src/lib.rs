@@ -25,7 +25,9 @@ pub use rgba::{Image, Premul, Premul8, Straight, Straight8};
 /// Runs `f` compiled for AVX2 and FMA when the CPU has them, else as built. The default
 /// x86-64 target is SSE2, where LLVM vectorises loops four wide and without fused
 /// multiply-add. `f` and what it calls with `#[inline(always)]` are inlined into the AVX2
-/// instance, so kernels are written once, as plain loops.
+/// instance, so kernels are written once, as plain loops. Mark the closure itself
+/// `#[inline(always)]`: it has two callers here, and LLVM leaves a large one out of line,
+/// compiled for plain x86-64, where `mul_add` becomes a call into software `fmaf`.
 #[inline(always)]
 pub fn with_avx2_fma<R>(f: impl FnOnce() -> R) -> R {
     #[cfg(target_arch = "x86_64")]

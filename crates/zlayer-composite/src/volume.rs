@@ -13,7 +13,9 @@
 //! Why it is fast: T_i is a product of per-occluder factors exp(−σ_j b_j(p)). Soft box masks
 //! are 0 or 1 almost everywhere, and for b_j = 1 the factor exp(−σ_j) is computed once per
 //! layer, so the inner loops are multiply-adds over contiguous channels, and `exp` runs only
-//! on box edges. Layers whose mask is 0 at a token are never read there.
+//! on box edges. Layers whose mask is 0 at a token are never read there. Where one layer's
+//! occluders (among those covering the token) include another's, its T starts from that
+//! one's: in a total order every layer multiplies in one new factor, not all of them.
 //! A plain reference of the formulas lives in the tests; the candle op in zlayer-model is
 //! checked against this one.
 
@@ -96,10 +98,11 @@ impl<'a> VolumeInputs<'a> {
 /// enough that the weight and accumulators stay in L1.
 const CHUNK: usize = 256;
 
-/// Per-layer constants α_i and exp(−σ_i), (K, D).
+/// Per-layer constants α_i and exp(−σ_i), (K, D), and D ones (an absent factor).
 struct Constants {
     alpha: Vec<f32>,
     transmit: Vec<f32>,
+    ones: Vec<f32>,
 }
 
 impl Constants {
@@ -108,18 +111,32 @@ impl Constants {
             transmit: x.sigma.iter().map(|&s| (-s).exp()).collect(),
             // −expm1(−σ), not 1 − exp(−σ): the latter cancels catastrophically for small σ.
             alpha: x.sigma.iter().map(|&s| -(-s).exp_m1()).collect(),
+            ones: vec![1.0; x.d],
         }
     }
 }
 
-/// The plan for one token: which layers cover it, and which occluder factor each multiplies
-/// by: exp(−σ_j) where b_j = 1, or exp(−σ_j b_j) (computed here) on box edges.
+/// One covering layer of a token's plan: T_i = T_parent · Π factors, w_i = T_i · α_i · b_i.
+struct Entry {
+    layer: usize,
+    b: f32,
+    /// An earlier entry whose occluder set (among the layers covering the token) is a subset
+    /// of this one's, so its T is reused: in a total order each layer costs one factor.
+    parent: Option<usize>,
+    /// The occluders not covered by the parent: a range of `Token::factors`.
+    factors: std::ops::Range<usize>,
+}
+
+/// The plan for one token: which layers cover it, in an order where every parent comes
+/// first, and which occluder factor each multiplies by: exp(−σ_j) where b_j = 1, or
+/// exp(−σ_j b_j) (computed here) on box edges.
 struct Token {
-    /// (layer i, b_i(p), range of `factors`).
-    active: Vec<(usize, f32, std::ops::Range<usize>)>,
+    active: Vec<Entry>,
     /// (occluder j, whether b_j is fractional).
     factors: Vec<(usize, bool)>,
     edge: Vec<f32>,
+    /// Per covering layer: its occluders that cover the token, as a bit set (K ≤ 64).
+    sets: Vec<(u64, usize)>,
 }
 
 impl Token {
@@ -128,6 +145,7 @@ impl Token {
             active: Vec::with_capacity(x.k),
             factors: Vec::new(),
             edge: vec![0.0; x.k * x.d],
+            sets: Vec::with_capacity(x.k),
         }
     }
 
@@ -136,6 +154,7 @@ impl Token {
         let b = |j: usize| x.masks[j * x.l + p];
         self.active.clear();
         self.factors.clear();
+        self.sets.clear();
         for j in 0..x.k {
             let bj = b(j);
             if bj > 0.0 && bj < 1.0 {
@@ -145,28 +164,59 @@ impl Token {
                 }
             }
         }
-        for i in 0..x.k {
-            let bi = b(i);
-            if bi <= 0.0 {
-                continue;
-            }
-            let start = self.factors.len();
-            for &j in &x.occluders[i] {
-                let bj = b(j);
-                if bj > 0.0 {
-                    self.factors.push((j, bj < 1.0));
-                }
-            }
-            self.active.push((i, bi, start..self.factors.len()));
+        let shared = x.k <= 64;
+        for i in (0..x.k).filter(|&i| b(i) > 0.0) {
+            let set = if shared {
+                x.occluders[i]
+                    .iter()
+                    .filter(|&&j| b(j) > 0.0)
+                    .fold(0u64, |s, &j| s | 1 << j)
+            } else {
+                0
+            };
+            self.sets.push((set, i));
         }
-        !self.active.is_empty()
+        if self.sets.is_empty() {
+            return false;
+        }
+        // Smaller sets first, so that a parent is always planned (and computed) before.
+        self.sets.sort_by_key(|&(set, i)| (set.count_ones(), i));
+        for e in 0..self.sets.len() {
+            let (set, i) = self.sets[e];
+            let parent = (0..e)
+                .filter(|&f| {
+                    let s = self.sets[f].0;
+                    s != 0 && s & set == s
+                })
+                .max_by_key(|&f| self.sets[f].0.count_ones());
+            let start = self.factors.len();
+            if shared {
+                let rest = set & !parent.map_or(0, |f| self.sets[f].0);
+                self.factors.extend(
+                    (0..x.k)
+                        .filter(|j| rest >> j & 1 == 1)
+                        .map(|j| (j, b(j) < 1.0)),
+                );
+            } else {
+                let covering = x.occluders[i].iter().filter(|&&j| b(j) > 0.0);
+                self.factors.extend(covering.map(|&j| (j, b(j) < 1.0)));
+            }
+            self.active.push(Entry {
+                layer: i,
+                b: b(i),
+                parent,
+                factors: start..self.factors.len(),
+            });
+        }
+        true
     }
 
-    /// Hands w_i(p) on channels `c0 .. c0 + n` for the active entry `a` to `sink(k, w)`.
+    /// Computes T_i(p) on channels `c0 .. c0 + n` for the active entry `a` into its row of
+    /// `trans` (rows of `stride` values, one per entry; the parents' rows are already
+    /// filled) and hands w_i(p) to `sink(k, w)`.
     ///
-    /// Occluder factors are multiplied in up to four per pass (the first pass also applies
-    /// α_i b_i, the last feeds `sink`), so a layer behind seven others costs two passes over
-    /// the channels, not nine. `w` is scratch of at least `n` values.
+    /// Factors are multiplied in four per pass, so a layer with seven new occluders costs two
+    /// passes over the channels, not seven; one more feeds `sink`.
     #[inline(always)]
     fn weight(
         &self,
@@ -174,80 +224,77 @@ impl Token {
         c: &Constants,
         a: usize,
         c0: usize,
-        w: &mut [f32],
+        (trans, stride, n): (&mut [f32], usize, usize),
         sink: &mut impl FnMut(usize, f32),
     ) {
-        let (i, bi, ref fs) = self.active[a];
-        let n = w.len();
+        let Entry {
+            layer: i,
+            b: bi,
+            parent,
+            factors: ref fs,
+        } = self.active[a];
         let alpha = &c.alpha[i * x.d + c0..][..n];
+        let (before, rest) = trans.split_at_mut(a * stride);
+        let t = &mut rest[..n];
         let factor = |&(j, edge): &(usize, bool)| {
             let src = if edge { &self.edge } else { &c.transmit };
             &src[j * x.d + c0..][..n]
         };
         let mut it = self.factors[fs.clone()].iter().map(factor);
-        let m = fs.len();
-        if m <= 3 {
-            let f: [&[f32]; 3] = [
-                it.next().unwrap_or(alpha),
-                it.next().unwrap_or(alpha),
-                it.next().unwrap_or(alpha),
-            ];
-            match m {
-                0 => pass::<0>(n, [], |k| alpha[k] * bi, sink),
-                1 => pass::<1>(n, [f[0]], |k| alpha[k] * bi, sink),
-                2 => pass::<2>(n, [f[0], f[1]], |k| alpha[k] * bi, sink),
-                _ => pass::<3>(n, f, |k| alpha[k] * bi, sink),
-            }
-            return;
-        }
-        let first = [it.next().unwrap(), it.next().unwrap(), it.next().unwrap()];
-        pass::<3>(n, first, |k| alpha[k] * bi, &mut |k, v| w[k] = v);
-        let mut left = m - 3;
+        let mut left = fs.len();
+        let ones = &c.ones[..n];
+        // T starts from the parent's (or ones); None: from what `t` holds already.
+        let mut src: Option<&[f32]> = Some(parent.map_or(ones, |f| &before[f * stride..][..n]));
+        // Four factors a pass into T until at most four are left for the last one.
         while left > 4 {
-            let f = [
-                it.next().unwrap(),
-                it.next().unwrap(),
-                it.next().unwrap(),
-                it.next().unwrap(),
-            ];
-            let (f0, f1, f2, f3) = (&f[0][..n], &f[1][..n], &f[2][..n], &f[3][..n]);
-            let w = &mut w[..n];
-            for k in 0..n {
-                w[k] *= f0[k] * f1[k] * f2[k] * f3[k];
-            }
+            let f = [(); 4].map(|_| it.next().unwrap());
+            pass(src.take(), f, t, |_, _| {});
             left -= 4;
         }
-        let w = &w[..n];
-        let f = [
-            it.next().unwrap(),
-            it.next().unwrap_or(w),
-            it.next().unwrap_or(w),
-            it.next().unwrap_or(w),
-        ];
+        let alpha = &alpha[..n];
+        let out = |k: usize, v: f32| sink(k, v * alpha[k] * bi);
+        let mut f = || it.next().unwrap();
         match left {
-            1 => pass::<1>(n, [f[0]], |k| w[k], sink),
-            2 => pass::<2>(n, [f[0], f[1]], |k| w[k], sink),
-            3 => pass::<3>(n, [f[0], f[1], f[2]], |k| w[k], sink),
-            _ => pass::<4>(n, f, |k| w[k], sink),
+            0 => pass::<0>(src, [], t, out),
+            1 => pass(src, [f()], t, out),
+            2 => pass(src, [f(), f()], t, out),
+            3 => pass(src, [f(), f(), f()], t, out),
+            _ => pass(src, [f(), f(), f(), f()], t, out),
         }
     }
 }
 
-/// One pass over `n` channels: `out(k, base(k) · Π_f f[k])`, with the product unrolled.
+/// One pass over the channels: `t[k] = src[k] · Π_f f[k]` (`t[k]` itself without `src`),
+/// handed on as `out(k, t[k])`, with the product unrolled.
 #[inline(always)]
 fn pass<const M: usize>(
-    n: usize,
+    src: Option<&[f32]>,
     fs: [&[f32]; M],
-    base: impl Fn(usize) -> f32,
-    out: &mut impl FnMut(usize, f32),
+    t: &mut [f32],
+    mut out: impl FnMut(usize, f32),
 ) {
+    let n = t.len();
     let fs = fs.map(|f| &f[..n]);
-    for k in 0..n {
-        let mut v = base(k);
+    let product = |mut v: f32, k: usize| {
         for f in &fs {
             v *= f[k];
         }
-        out(k, v);
+        v
+    };
+    match src {
+        Some(src) => {
+            let src = &src[..n];
+            for k in 0..n {
+                t[k] = product(src[k], k);
+                out(k, t[k]);
+            }
+        }
+        None => {
+            for (k, t) in t.iter_mut().enumerate() {
+                *t = product(*t, k);
+                out(k, *t);
+            }
+        }
     }
 }
 
@@ -268,28 +315,30 @@ fn prefetch(v: &[f32], at: usize) {
     }
 }
 
+/// Composes tokens `first ..` into `out` (whole tokens of D values).
 #[inline(always)]
-fn compose_kernel(x: &VolumeInputs, out: &mut [f32]) {
+fn compose_kernel(x: &VolumeInputs, out: &mut [f32], first: usize) {
     let c = Constants::new(x);
     let mut t = Token::new(x);
     let (d, l) = (x.d, x.l);
-    let (mut w, mut den) = ([0.0f32; CHUNK], [0.0f32; CHUNK]);
+    let mut trans = vec![0.0f32; x.k * CHUNK];
+    let mut den = [0.0f32; CHUNK];
     for (p, o) in out.chunks_exact_mut(d).enumerate() {
+        let p = first + p;
         if !t.load(x, p) {
             o.fill(0.0);
             continue;
         }
         for c0 in (0..d).step_by(CHUNK) {
             let n = CHUNK.min(d - c0);
-            let (w, den, num) = (&mut w[..n], &mut den[..n], &mut o[c0..c0 + n]);
+            let (den, num) = (&mut den[..n], &mut o[c0..c0 + n]);
             num.fill(0.0);
             den.fill(0.0);
             for a in 0..t.active.len() {
-                let i = t.active[a].0;
-                let at = (i * l + p) * d + c0;
+                let at = (t.active[a].layer * l + p) * d + c0;
                 prefetch(x.layers, at + 2 * CHUNK);
                 let z = &x.layers[at..][..n];
-                t.weight(x, &c, a, c0, w, &mut |k, wk| {
+                t.weight(x, &c, a, c0, (&mut trans, CHUNK, n), &mut |k, wk| {
                     num[k] = wk.mul_add(z[k], num[k]);
                     den[k] += wk;
                 });
@@ -301,10 +350,34 @@ fn compose_kernel(x: &VolumeInputs, out: &mut [f32]) {
     }
 }
 
-/// Composes the layers into `out`, (L, D): Z of DESIGN.md §4.1.
+/// Layer values below which one thread composes: a thread's start costs about what
+/// composing 10^5 values does.
+const PARALLEL_FROM: usize = 1 << 22;
+
+/// Composes the layers into `out`, (L, D): Z of DESIGN.md §4.1. Large inputs are split by
+/// tokens over the CPU's threads: one core alone cannot keep enough loads in flight to
+/// stream K layers at memory speed.
 pub fn compose(x: &VolumeInputs, out: &mut [f32]) {
     assert_eq!(out.len(), x.l * x.d, "output must be L×D");
-    crate::with_avx2_fma(|| compose_kernel(x, out))
+    let threads = if x.layers.len() >= PARALLEL_FROM {
+        std::thread::available_parallelism().map_or(1, |n| n.get().min(16))
+    } else {
+        1
+    };
+    let per = x.l.div_ceil(threads).max(1);
+    let run = |o: &mut [f32], first| {
+        crate::with_avx2_fma(#[inline(always)] || compose_kernel(x, o, first))
+    };
+    std::thread::scope(|s| {
+        let mut parts = out.chunks_mut(per * x.d).enumerate();
+        let here = parts.next();
+        for (n, o) in parts {
+            s.spawn(move || run(o, n * per));
+        }
+        if let Some((_, o)) = here {
+            run(o, 0);
+        }
+    });
 }
 
 /// The unnormalised weights w_i(p), (K, L, D); zero where b_i(p) = 0.
@@ -313,15 +386,15 @@ pub fn weights(x: &VolumeInputs) -> Vec<f32> {
     let mut t = Token::new(x);
     let (d, l) = (x.d, x.l);
     let mut out = vec![0.0f32; x.k * l * d];
-    let mut scratch = vec![0.0f32; d];
+    let mut trans = vec![0.0f32; x.k * d];
     for p in 0..l {
         if !t.load(x, p) {
             continue;
         }
         for a in 0..t.active.len() {
-            let i = t.active[a].0;
+            let i = t.active[a].layer;
             let dst = &mut out[(i * l + p) * d..(i * l + p + 1) * d];
-            t.weight(x, &c, a, 0, &mut scratch, &mut |k, wk| dst[k] = wk);
+            t.weight(x, &c, a, 0, (&mut trans, d, d), &mut |k, wk| dst[k] = wk);
         }
     }
     out

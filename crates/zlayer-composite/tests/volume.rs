@@ -148,3 +148,60 @@ fn shape_errors_name_the_tensor() {
     );
     assert!(VolumeInputs::new(1, 1, &[0.0; 2], &[0.0; 2], &[0.0; 2], &[vec![5], vec![]]).is_err());
 }
+
+#[test]
+fn more_than_64_layers_match_the_naive_formula() {
+    // Past 64 layers the plan keeps no occluder bit sets and multiplies every factor.
+    let (k, l, d) = (70, 3, 4);
+    let mut r = 1u64;
+    let mut f = || {
+        r = r.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (r >> 40) as f32 / (1u64 << 24) as f32
+    };
+    let z: Vec<f32> = (0..k * l * d).map(|_| f() * 2.0 - 1.0).collect();
+    let s: Vec<f32> = (0..k * d).map(|_| f() * 0.1).collect();
+    let b: Vec<f32> = (0..k * l).map(|i| [1.0, 0.0, f()][i % 3]).collect();
+    let occ: Vec<Vec<usize>> = (0..k).map(|i| (i + 1..k).step_by(2).collect()).collect();
+    let x = VolumeInputs::new(l, d, &z, &s, &b, &occ).unwrap();
+    let mut out = vec![f32::NAN; l * d];
+    compose(&x, &mut out);
+    let (want, want_w) = naive(l, d, &z, &s, &b, &occ);
+    for (g, w) in out.iter().zip(&want) {
+        assert!((*g as f64 - w).abs() <= 1e-5, "compose {g} vs {w}");
+    }
+    for (g, w) in weights(&x).iter().zip(&want_w) {
+        assert!((*g as f64 - w).abs() <= 1e-5 * w.abs().max(1e-3), "weight {g} vs {w}");
+    }
+}
+
+#[test]
+fn large_inputs_split_over_threads_compose_every_token() {
+    // Over 2^22 layer values compose splits the tokens over threads; an odd token count
+    // checks the split's edges. The reference is Σ w z / Σ w from the (single-threaded)
+    // weights.
+    let (k, l, d) = (3, 4099, 384);
+    let mut r = 7u64;
+    let mut f = || {
+        r = r.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (r >> 40) as f32 / (1u64 << 24) as f32
+    };
+    let z: Vec<f32> = (0..k * l * d).map(|_| f() * 2.0 - 1.0).collect();
+    let s: Vec<f32> = (0..k * d).map(|_| f() * 4.0).collect();
+    let b: Vec<f32> = (0..k * l).map(|i| [1.0, 0.0, 0.5, 1.0][i % 4]).collect();
+    let occ = vec![vec![1, 2], vec![2], vec![]];
+    let x = VolumeInputs::new(l, d, &z, &s, &b, &occ).unwrap();
+    assert!(z.len() >= 1 << 22);
+    let mut out = vec![f32::NAN; l * d];
+    compose(&x, &mut out);
+    let w = weights(&x);
+    for p in 0..l {
+        for c in 0..d {
+            let at = |i: usize| (i * l + p) * d + c;
+            let num: f64 = (0..k).map(|i| w[at(i)] as f64 * z[at(i)] as f64).sum();
+            let den: f64 = (0..k).map(|i| w[at(i)] as f64).sum();
+            let want = if den > 0.0 { num / den } else { 0.0 };
+            let got = out[p * d + c] as f64;
+            assert!((got - want).abs() <= 1e-5, "token {p} channel {c}: {got} vs {want}");
+        }
+    }
+}

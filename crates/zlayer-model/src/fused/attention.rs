@@ -172,7 +172,7 @@ impl Attention {
         let Dims { h, l, d, .. } = self.dims;
         let (q, k) = (&q[t * l * d..][..l * d], &k[t * l * d..][..l * d]);
         mm(l, l, d, p, (q, d, 1), (k, 1, d), self.scale);
-        with_avx2_fma(|| {
+        with_avx2_fma(#[inline(always)] || {
             for (i, row) in p.chunks_mut(l).enumerate() {
                 if let Some(b) = &self.bias {
                     row.iter_mut()
@@ -261,7 +261,7 @@ impl Attention {
                 let mut ds = vec![0f32; l * l];
                 mm(l, l, d, &mut ds, go, (vh, 1, d), 1.0); // dP = dO Vᵀ
                 // dS = scale · P ⊙ (dP − Σⱼ dP ⊙ P)
-                with_avx2_fma(|| {
+                with_avx2_fma(#[inline(always)] || {
                     for (ds, p) in ds.chunks_mut(l).zip(p.chunks(l)) {
                         softmax_grad_row(ds, p, self.scale);
                     }

@@ -155,7 +155,7 @@ impl Heads {
             .par_chunks_mut(per * width)
             .enumerate()
             .map(|(t, chunk)| {
-                with_avx2_fma(|| {
+                with_avx2_fma(#[inline(always)] || {
                     let mut acc = vec![0f32; 2 * d];
                     let (mut n, mut gm) = (vec![0f32; d], vec![0f32; d]);
                     for (j, row) in chunk.chunks_mut(width).enumerate() {
