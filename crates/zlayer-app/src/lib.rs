@@ -13,6 +13,7 @@
 //! - [`data`]: the synthetic world as scenes, batches, tensors and layouts.
 //! - [`protocol`], [`flip`]: the paired evaluation of methods on held-out scenes, and the
 //!   order-flip test.
+//! - [`tune`]: the grounding ratio a trained branch samples with, chosen on validation scenes.
 //! - [`report`]: progress bars, loss curves, evaluation reports.
 //! - [`device`]: where the Flux-scale model runs.
 #![warn(missing_docs)]
@@ -31,5 +32,6 @@ pub mod preview;
 pub mod protocol;
 pub mod report;
 pub mod scene_file;
+pub mod tune;
 
 pub use error::{Failure, internal, user};

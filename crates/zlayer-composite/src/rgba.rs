@@ -200,7 +200,10 @@ pub fn over_stack8(layers: &[&[Premul8]], out: &mut [Premul8]) {
             "over_stack8: layers must match the output size"
         );
     }
-    crate::with_avx2_fma(#[inline(always)] || over_stack8_kernel(layers, out))
+    crate::with_avx2_fma(
+        #[inline(always)]
+        || over_stack8_kernel(layers, out),
+    )
 }
 
 /// Folds blocks of 64 pixels through all layers; the packed form lets the compiler keep

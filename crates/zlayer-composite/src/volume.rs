@@ -366,7 +366,10 @@ pub fn compose(x: &VolumeInputs, out: &mut [f32]) {
     };
     let per = x.l.div_ceil(threads).max(1);
     let run = |o: &mut [f32], first| {
-        crate::with_avx2_fma(#[inline(always)] || compose_kernel(x, o, first))
+        crate::with_avx2_fma(
+            #[inline(always)]
+            || compose_kernel(x, o, first),
+        )
     };
     std::thread::scope(|s| {
         let mut parts = out.chunks_mut(per * x.d).enumerate();

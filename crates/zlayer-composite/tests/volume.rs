@@ -155,7 +155,9 @@ fn more_than_64_layers_match_the_naive_formula() {
     let (k, l, d) = (70, 3, 4);
     let mut r = 1u64;
     let mut f = || {
-        r = r.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        r = r
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         (r >> 40) as f32 / (1u64 << 24) as f32
     };
     let z: Vec<f32> = (0..k * l * d).map(|_| f() * 2.0 - 1.0).collect();
@@ -170,7 +172,10 @@ fn more_than_64_layers_match_the_naive_formula() {
         assert!((*g as f64 - w).abs() <= 1e-5, "compose {g} vs {w}");
     }
     for (g, w) in weights(&x).iter().zip(&want_w) {
-        assert!((*g as f64 - w).abs() <= 1e-5 * w.abs().max(1e-3), "weight {g} vs {w}");
+        assert!(
+            (*g as f64 - w).abs() <= 1e-5 * w.abs().max(1e-3),
+            "weight {g} vs {w}"
+        );
     }
 }
 
@@ -182,7 +187,9 @@ fn large_inputs_split_over_threads_compose_every_token() {
     let (k, l, d) = (3, 4099, 384);
     let mut r = 7u64;
     let mut f = || {
-        r = r.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        r = r
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         (r >> 40) as f32 / (1u64 << 24) as f32
     };
     let z: Vec<f32> = (0..k * l * d).map(|_| f() * 2.0 - 1.0).collect();
@@ -201,7 +208,10 @@ fn large_inputs_split_over_threads_compose_every_token() {
             let den: f64 = (0..k).map(|i| w[at(i)] as f64).sum();
             let want = if den > 0.0 { num / den } else { 0.0 };
             let got = out[p * d + c] as f64;
-            assert!((got - want).abs() <= 1e-5, "token {p} channel {c}: {got} vs {want}");
+            assert!(
+                (got - want).abs() <= 1e-5,
+                "token {p} channel {c}: {got} vs {want}"
+            );
         }
     }
 }

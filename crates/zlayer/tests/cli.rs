@@ -671,8 +671,27 @@ fn train_and_generate_end_to_end_smoke() {
             "2",
             "--variant",
             variant,
+            "--tune-scenes",
+            "2",
+            "--tune-steps",
+            "1",
         ]);
         assert_eq!(run.status.code(), Some(0), "{}", text(&run.stderr));
+        // Training ends by choosing the grounding ratio on validation scenes.
+        let meta: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("layout.json")).unwrap())
+                .unwrap();
+        let tried = &meta["grounding_tuning"]["scores"];
+        assert_eq!(tried.as_array().map(Vec::len), Some(3), "{meta}");
+        let chosen = meta["grounding_ratio"].as_f64().unwrap();
+        assert!(
+            tried
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|s| s["ratio"] == chosen),
+            "{meta}"
+        );
         layouts.push(out.join("layout.safetensors"));
     }
     let read = |p: &PathBuf| std::fs::read(p).unwrap();

@@ -172,16 +172,19 @@ impl Attention {
         let Dims { h, l, d, .. } = self.dims;
         let (q, k) = (&q[t * l * d..][..l * d], &k[t * l * d..][..l * d]);
         mm(l, l, d, p, (q, d, 1), (k, 1, d), self.scale);
-        with_avx2_fma(#[inline(always)] || {
-            for (i, row) in p.chunks_mut(l).enumerate() {
-                if let Some(b) = &self.bias {
-                    row.iter_mut()
-                        .zip(b.row(t / h, i))
-                        .for_each(|(s, b)| *s += b);
+        with_avx2_fma(
+            #[inline(always)]
+            || {
+                for (i, row) in p.chunks_mut(l).enumerate() {
+                    if let Some(b) = &self.bias {
+                        row.iter_mut()
+                            .zip(b.row(t / h, i))
+                            .for_each(|(s, b)| *s += b);
+                    }
+                    softmax_row(row, 1.0);
                 }
-                softmax_row(row, 1.0);
-            }
-        })
+            },
+        )
     }
 }
 
@@ -261,11 +264,14 @@ impl Attention {
                 let mut ds = vec![0f32; l * l];
                 mm(l, l, d, &mut ds, go, (vh, 1, d), 1.0); // dP = dO Vᵀ
                 // dS = scale · P ⊙ (dP − Σⱼ dP ⊙ P)
-                with_avx2_fma(#[inline(always)] || {
-                    for (ds, p) in ds.chunks_mut(l).zip(p.chunks(l)) {
-                        softmax_grad_row(ds, p, self.scale);
-                    }
-                });
+                with_avx2_fma(
+                    #[inline(always)]
+                    || {
+                        for (ds, p) in ds.chunks_mut(l).zip(p.chunks(l)) {
+                            softmax_grad_row(ds, p, self.scale);
+                        }
+                    },
+                );
                 mm(l, d, l, dq, (&ds, l, 1), (kh, d, 1), 1.0); // dQ = dS K
                 mm(l, d, l, dk, (&ds, 1, l), (qh, d, 1), 1.0); // dK = dSᵀ Q
             });

@@ -155,42 +155,50 @@ impl Heads {
             .par_chunks_mut(per * width)
             .enumerate()
             .map(|(t, chunk)| {
-                with_avx2_fma(#[inline(always)] || {
-                    let mut acc = vec![0f32; 2 * d];
-                    let (mut n, mut gm) = (vec![0f32; d], vec![0f32; d]);
-                    for (j, row) in chunk.chunks_mut(width).enumerate() {
-                        let r = t * per + j; // = bi·L + li
-                        let (bi, li) = (r / l, r % l);
-                        for part in 0..3 {
-                            for hi in 0..h {
-                                let (s, a) = self.src(part, bi, hi, li, cb);
-                                let go = &g[(((part * b + bi) * h + hi) * l + li) * d..][..d];
-                                let dxr = &mut row[part * h * d + hi * d..][..d];
-                                if part == 2 {
-                                    dxr.copy_from_slice(go);
-                                    continue;
-                                }
-                                // Undo the rotation: the gradient of the scaled, normalised row.
-                                gm.copy_from_slice(go);
-                                rotate_row(&mut gm, &cos[a..a + d / 2], &sin[a..a + d / 2], true);
-                                let rstd = self.norm(&x[s..s + d], &mut n);
-                                let sc = scale[part];
-                                let acc = &mut acc[part * d..(part + 1) * d];
-                                let mut dot = 0f32;
-                                for i in 0..d {
-                                    acc[i] += gm[i] * n[i];
-                                    gm[i] *= sc[i]; // now the gradient of n
-                                    dot += gm[i] * n[i];
-                                }
-                                let dot = dot / d as f32;
-                                for i in 0..d {
-                                    dxr[i] = rstd * (gm[i] - n[i] * dot);
+                with_avx2_fma(
+                    #[inline(always)]
+                    || {
+                        let mut acc = vec![0f32; 2 * d];
+                        let (mut n, mut gm) = (vec![0f32; d], vec![0f32; d]);
+                        for (j, row) in chunk.chunks_mut(width).enumerate() {
+                            let r = t * per + j; // = bi·L + li
+                            let (bi, li) = (r / l, r % l);
+                            for part in 0..3 {
+                                for hi in 0..h {
+                                    let (s, a) = self.src(part, bi, hi, li, cb);
+                                    let go = &g[(((part * b + bi) * h + hi) * l + li) * d..][..d];
+                                    let dxr = &mut row[part * h * d + hi * d..][..d];
+                                    if part == 2 {
+                                        dxr.copy_from_slice(go);
+                                        continue;
+                                    }
+                                    // Undo the rotation: the gradient of the scaled, normalised row.
+                                    gm.copy_from_slice(go);
+                                    rotate_row(
+                                        &mut gm,
+                                        &cos[a..a + d / 2],
+                                        &sin[a..a + d / 2],
+                                        true,
+                                    );
+                                    let rstd = self.norm(&x[s..s + d], &mut n);
+                                    let sc = scale[part];
+                                    let acc = &mut acc[part * d..(part + 1) * d];
+                                    let mut dot = 0f32;
+                                    for i in 0..d {
+                                        acc[i] += gm[i] * n[i];
+                                        gm[i] *= sc[i]; // now the gradient of n
+                                        dot += gm[i] * n[i];
+                                    }
+                                    let dot = dot / d as f32;
+                                    for i in 0..d {
+                                        dxr[i] = rstd * (gm[i] - n[i] * dot);
+                                    }
                                 }
                             }
                         }
-                    }
-                    acc
-                })
+                        acc
+                    },
+                )
             })
             .reduce(
                 || vec![0f32; 2 * d],

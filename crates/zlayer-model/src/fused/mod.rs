@@ -65,11 +65,14 @@ fn rows(len: usize, n: usize, f: impl Fn(&mut [f32], usize) + Sync) -> Vec<f32> 
     out.par_chunks_mut(per * n)
         .enumerate()
         .for_each(|(t, chunk)| {
-            with_avx2_fma(#[inline(always)] || {
-                for (i, row) in chunk.chunks_mut(n).enumerate() {
-                    f(row, t * per + i);
-                }
-            })
+            with_avx2_fma(
+                #[inline(always)]
+                || {
+                    for (i, row) in chunk.chunks_mut(n).enumerate() {
+                        f(row, t * per + i);
+                    }
+                },
+            )
         });
     out
 }
