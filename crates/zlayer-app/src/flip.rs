@@ -43,6 +43,35 @@ pub fn flip(s: &SynthScene) -> Option<(SynthScene, (usize, usize))> {
     Some((render(&spec), (i, j)))
 }
 
+/// A training batch of `pairs` flip pairs: each scene followed by itself with one adjacent
+/// overlapping pair's order swapped ([`flip`]), rendered exactly, so that one batch shows
+/// the branch both orders of the same boxes. The scenes are the first flippable ones of
+/// candidates `first .. first + 2·pairs`; a shortfall is filled by unflippable candidates,
+/// each twice.
+pub fn paired_batch(
+    seed: u64,
+    first: u64,
+    pairs: usize,
+    size: u32,
+    splits: &[zlayer_synth::Split],
+) -> Vec<SynthScene> {
+    let candidates = crate::data::scenes(seed, first, 2 * pairs, size, splits);
+    let (mut flippable, mut rest) = (Vec::new(), Vec::new());
+    for s in candidates {
+        match flip(&s) {
+            Some((f, _)) if flippable.len() < pairs => flippable.push((s, f)),
+            _ => rest.push(s),
+        }
+    }
+    let fill = rest.into_iter().map(|s| (s.clone(), s));
+    flippable
+        .into_iter()
+        .chain(fill)
+        .take(pairs)
+        .flat_map(|(a, b)| [a, b])
+        .collect()
+}
+
 /// Counts of one method's flip test.
 #[derive(Debug, Default, serde::Serialize)]
 pub struct FlipScore {
@@ -134,6 +163,31 @@ mod tests {
         assert!(
             flipped > 40,
             "only {flipped} of 60 complex scenes had an adjacent pair"
+        );
+    }
+
+    #[test]
+    fn a_paired_batch_holds_each_scene_and_its_flip() {
+        let batch = paired_batch(5, 40, 4, 64, &[Split::Complex, Split::Regular]);
+        assert_eq!(batch.len(), 8);
+        for pair in batch.chunks(2) {
+            let (a, b) = (&pair[0], &pair[1]);
+            assert_eq!(a.amodal, b.amodal, "the same boxes and shapes");
+            let (f, _) = flip(a).expect("flippable candidates come first");
+            assert_eq!(f.scene, b.scene, "the second is the first flipped");
+            assert_ne!(a.scene, b.scene);
+        }
+        assert_eq!(
+            batch,
+            paired_batch(5, 40, 4, 64, &[Split::Complex, Split::Regular])
+        );
+        // Simple scenes of one object cannot flip: the batch is filled with doubles.
+        let simple = paired_batch(5, 0, 6, 64, &[Split::Simple]);
+        assert_eq!(simple.len(), 12);
+        assert!(
+            simple
+                .chunks(2)
+                .all(|p| flip(&p[0]).is_some() || p[0] == p[1])
         );
     }
 

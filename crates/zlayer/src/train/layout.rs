@@ -8,6 +8,7 @@ use clap::Args;
 use std::path::PathBuf;
 use zlayer_app::Failure;
 use zlayer_app::data::{scenes, synth_layout, to_tensor};
+use zlayer_app::flip::paired_batch;
 use zlayer_app::model::Model;
 use zlayer_app::model::ModelDir;
 use zlayer_app::report::{Progress, plot_loss};
@@ -56,6 +57,11 @@ pub struct LayoutArgs {
     /// (static-sigma, no-align, visible-masks, attn-map-loss). See docs/layout.md.
     #[arg(long, default_value = "occlusionformer", value_parser = parse_variant)]
     variant: Variant,
+    /// Train on flip pairs: each scene beside itself with one adjacent overlapping pair's
+    /// order swapped, both in the step's batch (which must be even), so the order is the
+    /// only thing that tells them apart.
+    #[arg(long)]
+    paired_flips: bool,
     /// Candidate grounding ratios (the share of Euler steps the branch runs on). After
     /// training, validation scenes are drawn at each and the best Occ. F1 is recorded in
     /// layout.json, so the branch samples with it.
@@ -76,6 +82,12 @@ pub fn run(a: LayoutArgs) -> Result<(), Failure> {
         return Err(Failure::User(
             "--batch, --steps and --rank must be positive, and --splits non-empty".into(),
         ));
+    }
+    if a.paired_flips && !a.batch.is_multiple_of(2) {
+        return Err(Failure::User(format!(
+            "--paired-flips puts each scene and its flip in one batch: --batch must be even, not {}",
+            a.batch
+        )));
     }
     std::fs::create_dir_all(&a.out)
         .map_err(|e| Failure::User(format!("{}: {e}", a.out.display())))?;
@@ -98,7 +110,7 @@ pub fn run(a: LayoutArgs) -> Result<(), Failure> {
     let lc = loop_config(a.steps, a.lr);
     let splits: Vec<Split> = a.splits.iter().map(|&s| s.into()).collect();
     let split_names: Vec<&str> = splits.iter().map(|s| s.name()).collect();
-    let meta = serde_json::json!({"kind": "layout", "variant": a.variant, "model": a.model, "double": a.double, "single": a.single, "rank": a.rank, "splits": split_names, "seed": a.seed, "batch": a.batch, "loop": lc, "image_size": size});
+    let meta = serde_json::json!({"kind": "layout", "variant": a.variant, "model": a.model, "double": a.double, "single": a.single, "rank": a.rank, "splits": split_names, "seed": a.seed, "paired_flips": a.paired_flips, "batch": a.batch, "loop": lc, "image_size": size});
     let bar = Progress::new(a.steps);
     let start = std::time::Instant::now();
     let trainer = train_loop(
@@ -109,13 +121,12 @@ pub fn run(a: LayoutArgs) -> Result<(), Failure> {
         &meta,
         &dev,
         |step| {
-            let batch = scenes(
-                a.seed,
-                (step * a.batch) as u64,
-                a.batch,
-                size as u32,
-                &splits,
-            );
+            let first = (step * a.batch) as u64;
+            let batch = if a.paired_flips {
+                paired_batch(a.seed, first, a.batch / 2, size as u32, &splits)
+            } else {
+                scenes(a.seed, first, a.batch, size as u32, &splits)
+            };
             let x0 = vae.encode_tokens(&to_tensor(&batch, size as u32, &dev)?)?;
             let prompts: Vec<&str> = batch.iter().map(|s| s.scene.prompt.as_str()).collect();
             let ids = model
