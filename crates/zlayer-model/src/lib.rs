@@ -2,6 +2,7 @@
 //! Flux.1-dev shape.
 //!
 //! - [`base`]: the text-to-image base model (DiT + text encoder) and its flow loss and sampler.
+//! - [`bench`]: the training step and peak sgemm that the speed benchmarks time.
 //! - [`branch`]: the layout branch inside the DiT blocks (LoRA, packing, Z-order residual).
 //! - [`bundle`]: model files (f16 safetensors + JSON) and latent normalisation.
 //! - [`config`]: shapes as data, with presets.
@@ -20,6 +21,7 @@
 #![warn(missing_docs)]
 
 pub mod base;
+pub mod bench;
 pub mod branch;
 pub mod bundle;
 pub mod checkpoint;

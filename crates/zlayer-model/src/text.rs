@@ -121,6 +121,20 @@ pub struct TextConfig {
     pub pooled: usize,
 }
 
+impl TextConfig {
+    /// The bundled tiny model's encoder (2 layers of width 128, 64 tokens) for `vocab` words.
+    pub fn tiny(vocab: usize) -> Self {
+        Self {
+            vocab,
+            max_len: 64,
+            width: 128,
+            layers: 2,
+            heads: 4,
+            pooled: 128,
+        }
+    }
+}
+
 /// One pre-norm transformer layer (`attn.qkv`, `attn.proj`, `mlp.0`, `mlp.2`).
 #[derive(Debug, Clone)]
 struct Layer {

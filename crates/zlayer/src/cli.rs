@@ -106,6 +106,14 @@ enum Command {
   zlayer bench-step --device cuda                                  # 1024², the full 19 + 38 blocks
   zlayer bench-step --device cpu --size 512 --blocks 2,4 --repeats 1  # a CPU stand-in at reduced size")]
     BenchStep(crate::bench_step::BenchStepArgs),
+    /// Time the tiny model's training step (batch 16: forward, backward, clip, AdamW, EMA)
+    /// beside the peak sgemm on the same threads and, where a Python with torch is found,
+    /// the PyTorch peer's same step; prints the table and the speed ratio.
+    #[command(after_help = "Examples:
+  zlayer bench-train                         # with ../shared/tools/peer_train_step.py when torch imports
+  RAYON_NUM_THREADS=2 zlayer bench-train --steps 20 --python .venv/bin/python
+  zlayer bench-train --no-peer --steps 5")]
+    BenchTrain(crate::bench_train::BenchTrainArgs),
     /// Score the base model on held-out global prompts: does the metrics segmenter find every
     /// prompted colour in the generated image? Writes a summary, a CSV and a sample sheet.
     ///
@@ -166,6 +174,7 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
         Command::Generate(args) => crate::generate::run(args),
         Command::Serve(args) => crate::serve::run(args),
         Command::BenchStep(args) => crate::bench_step::run(args),
+        Command::BenchTrain(args) => crate::bench_train::run(args),
         Command::EvalPrompts(args) => crate::eval_prompts::run(args),
         Command::EvalLayout(args) => crate::eval_layout::run(args),
     }

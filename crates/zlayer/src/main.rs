@@ -5,6 +5,7 @@
 
 mod args;
 mod bench_step;
+mod bench_train;
 mod cli;
 mod compose;
 mod eval;

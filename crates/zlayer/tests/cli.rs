@@ -1131,3 +1131,26 @@ fn the_bundled_model_works_outside_the_repository() {
         "{err}"
     );
 }
+
+#[test]
+fn bench_train_times_the_step_and_says_why_the_peer_is_missing() {
+    let run = zlayer(&[
+        "bench-train",
+        "--steps",
+        "1",
+        "--warmup",
+        "0",
+        "--peer",
+        "/nonexistent/peer.py",
+    ]);
+    assert_eq!(run.status.code(), Some(0), "{}", text(&run.stderr));
+    let out = text(&run.stdout);
+    assert!(out.contains("| zlayer (candle) |"), "{out}");
+    assert!(
+        out.contains("left out: no peer script at /nonexistent/peer.py"),
+        "{out}"
+    );
+    let run = zlayer(&["bench-train", "--steps", "0"]);
+    assert_eq!(run.status.code(), Some(2));
+    assert!(text(&run.stderr).contains("--steps must be positive"));
+}

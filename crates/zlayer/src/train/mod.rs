@@ -359,14 +359,7 @@ fn base(a: BaseArgs) -> Result<(), Failure> {
     let factor = vae.cfg.factor();
     let grid = (size as usize / factor, size as usize / factor);
     let tok = Tokenizer::new(synth_words());
-    let text = TextConfig {
-        vocab: tok.len(),
-        max_len: 64,
-        width: 128,
-        layers: 2,
-        heads: 4,
-        pooled: 128,
-    };
+    let text = TextConfig::tiny(tok.len());
     let dit = zlayer_model::Config {
         in_channels: vae.cfg.latent,
         ..zlayer_model::Config::tiny()
