@@ -149,17 +149,22 @@ fn shape_errors_name_the_tensor() {
     assert!(VolumeInputs::new(1, 1, &[0.0; 2], &[0.0; 2], &[0.0; 2], &[vec![5], vec![]]).is_err());
 }
 
-#[test]
-fn more_than_64_layers_match_the_naive_formula() {
-    // Past 64 layers the plan keeps no occluder bit sets and multiplies every factor.
-    let (k, l, d) = (70, 3, 4);
-    let mut r = 1u64;
-    let mut f = || {
+/// Reproducible uniform values in [0, 1) (a 64-bit LCG's high bits).
+fn uniform(seed: u64) -> impl FnMut() -> f32 {
+    let mut r = seed;
+    move || {
         r = r
             .wrapping_mul(6364136223846793005)
             .wrapping_add(1442695040888963407);
         (r >> 40) as f32 / (1u64 << 24) as f32
-    };
+    }
+}
+
+#[test]
+fn more_than_64_layers_match_the_naive_formula() {
+    // Past 64 layers the plan keeps no occluder bit sets and multiplies every factor.
+    let (k, l, d) = (70, 3, 4);
+    let mut f = uniform(1);
     let z: Vec<f32> = (0..k * l * d).map(|_| f() * 2.0 - 1.0).collect();
     let s: Vec<f32> = (0..k * d).map(|_| f() * 0.1).collect();
     let b: Vec<f32> = (0..k * l).map(|i| [1.0, 0.0, f()][i % 3]).collect();
@@ -185,13 +190,7 @@ fn large_inputs_split_over_threads_compose_every_token() {
     // checks the split's edges. The reference is Σ w z / Σ w from the (single-threaded)
     // weights.
     let (k, l, d) = (3, 4099, 384);
-    let mut r = 7u64;
-    let mut f = || {
-        r = r
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        (r >> 40) as f32 / (1u64 << 24) as f32
-    };
+    let mut f = uniform(7);
     let z: Vec<f32> = (0..k * l * d).map(|_| f() * 2.0 - 1.0).collect();
     let s: Vec<f32> = (0..k * d).map(|_| f() * 4.0).collect();
     let b: Vec<f32> = (0..k * l).map(|i| [1.0, 0.0, 0.5, 1.0][i % 4]).collect();

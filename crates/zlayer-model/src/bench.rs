@@ -81,6 +81,12 @@ impl TrainStep {
     }
 }
 
+/// The median of timings (the upper one of an even count).
+pub fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
 /// Two `n × n` matrices for the peak sgemm, through candle (and so the same gemm crate).
 pub fn sgemm_inputs(n: usize, dev: &Device) -> Result<(Tensor, Tensor)> {
     Ok((noise((n, n), 1, dev)?, noise((n, n), 2, dev)?))

@@ -9,6 +9,7 @@
 use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
+use zlayer_model::bench::median;
 
 const REPS: usize = 5;
 const COLOURS: [&str; 8] = [
@@ -63,11 +64,6 @@ fn run(bin: &str, args: &[&str], out: &Path) -> (f64, f64) {
         .and_then(|v| v.parse().ok())
         .unwrap_or(f64::NAN);
     (secs, mb)
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 fn main() {

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Instant;
 use zlayer_app::Failure;
-use zlayer_model::bench::{BATCH, TrainStep, sgemm_inputs};
+use zlayer_model::bench::{BATCH, TrainStep, median, sgemm_inputs};
 
 /// Flags of `zlayer bench-train`.
 #[derive(Debug, Args)]
@@ -28,11 +28,6 @@ pub struct BenchTrainArgs {
     /// Leave the peer out.
     #[arg(long)]
     no_peer: bool,
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 /// The first number after `key` on the line that starts with it.

@@ -92,14 +92,13 @@ pub fn run(a: LayoutArgs) -> Result<(), Failure> {
     std::fs::create_dir_all(&a.out)
         .map_err(|e| Failure::User(format!("{}: {e}", a.out.display())))?;
     let dev = Device::Cpu;
-    let Model {
-        vae, base, size, ..
-    } = Model::load(&a.model, &dev)?;
+    let m = Model::load(&a.model, &dev)?;
+    let (vae, size) = (&m.vae, m.size);
     let g = size / vae.cfg.factor();
     let grid = (g, g);
     let vm = candle_nn::VarMap::new();
     let model = LayoutModel::new(
-        base,
+        m.base.clone(),
         &a.double,
         &a.single,
         a.rank,
@@ -176,7 +175,6 @@ pub fn run(a: LayoutArgs) -> Result<(), Failure> {
         weights.display()
     );
     if a.tune_scenes > 0 && !a.tune_ratios.is_empty() {
-        let m = Model::load(&a.model, &dev)?;
         let t = Tuning {
             ratios: &a.tune_ratios,
             scenes: a.tune_scenes,
