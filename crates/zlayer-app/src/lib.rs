@@ -13,6 +13,7 @@
 //! - [`data`]: the synthetic world as scenes, batches, tensors and layouts.
 //! - [`protocol`], [`flip`]: the paired evaluation of methods on held-out scenes, and the
 //!   order-flip test.
+//! - [`grpo`]: Flow-GRPO on a trained branch, rewarded on decoded images, with held-out reports.
 //! - [`tune`]: the grounding ratio a trained branch samples with, chosen on validation scenes.
 //! - [`report`]: progress bars, loss curves, evaluation reports.
 //! - [`device`]: where the Flux-scale model runs.
@@ -23,6 +24,7 @@ pub mod data;
 pub mod device;
 pub mod error;
 pub mod flip;
+pub mod grpo;
 pub mod layers;
 pub mod method;
 pub mod model;

@@ -20,16 +20,20 @@ pub enum Method {
     LaRender,
     /// A trained layout branch: OcclusionFormer, a baseline or an ablation.
     Branch(Variant),
+    /// The OcclusionFormer branch after reinforcement learning (`zlayer train grpo`), kept
+    /// in a model folder as `variants/grpo/layout.safetensors`.
+    Grpo,
 }
 
 impl Method {
     /// The paper's main table, weakest first.
-    pub const MAIN: [Method; 5] = [
+    pub const MAIN: [Method; 6] = [
         Method::Base,
         Method::LaRender,
         Method::Branch(Variant::Global),
         Method::Branch(Variant::GlobalRank),
         Method::Branch(Variant::Occlusionformer),
+        Method::Grpo,
     ];
 
     /// The ablations, each with what it changes.
@@ -55,13 +59,14 @@ impl Method {
             Method::Base => "base",
             Method::LaRender => "larender",
             Method::Branch(v) => v.name(),
+            Method::Grpo => "grpo",
         }
     }
 
     /// Whether it draws instance layers (a branch that composes them; the `global` baselines
     /// attend regionally and have none).
     pub fn has_layers(self) -> bool {
-        matches!(self, Method::Branch(v) if !v.regional())
+        matches!(self, Method::Branch(v) if !v.regional()) || self == Method::Grpo
     }
 
     /// Whether it is one of the ablations (not in the main table).
@@ -114,19 +119,27 @@ impl SceneSampler {
         base: BaseModel,
         dev: &Device,
     ) -> Result<Option<Self>, Failure> {
-        let variant = match method {
+        let name = match method {
             Method::Base => return Ok(None),
             Method::LaRender => return Ok(Some(Self::LaRender(base))),
-            Method::Branch(v) => v,
+            Method::Branch(_) | Method::Grpo => method.name(),
         };
-        let name = variant.name();
         let Some(src) = model.layout(name) else {
             let place = model
                 .layout_path(name)
                 .map_or("the bundled model".into(), |p| p.display().to_string());
             return Err(Failure::User(format!(
-                "{place}: no trained `{name}` branch; train one with `zlayer train layout --model {} --variant {name} --out DIR` and copy DIR/layout.* there (larender needs no training)",
-                model.name()
+                "{place}: no trained `{name}` branch; {} and copy DIR/layout.* there (larender needs no training)",
+                match method {
+                    Method::Grpo => format!(
+                        "fine-tune the occlusionformer branch with `zlayer train grpo --model {} --out DIR`",
+                        model.name()
+                    ),
+                    _ => format!(
+                        "train one with `zlayer train layout --model {} --variant {name} --out DIR`",
+                        model.name()
+                    ),
+                }
             )));
         };
         Self::from_source(&src, base, dev).map(Some)

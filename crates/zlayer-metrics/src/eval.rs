@@ -147,16 +147,9 @@ fn read_mask(path: &Path) -> Result<(usize, usize, Vec<u8>), EvalError> {
 pub fn load_gt(dir: &Path) -> Result<GtScene, EvalError> {
     let sp = dir.join("scene.json");
     let text = std::fs::read_to_string(&sp).map_err(|e| file_err(&sp, e))?;
-    let imported = zlayer_scene::import_str(&text).map_err(|e| EvalError::Scene(sp.clone(), e))?;
-    let scene = imported.scene.clone();
-    let (pairs, ambiguous) = match zlayer_scene::validate(imported) {
-        Ok(l) => (
-            Some(l.scene.graph().edges().collect()),
-            l.scene.graph().unordered_pairs().len(),
-        ),
-        Err(e) if e.errors().all(|d| d.message.starts_with("occlusion cycle")) => (None, 0),
-        Err(e) => return Err(EvalError::Scene(sp, e)),
-    };
+    let scene = zlayer_scene::import_str(&text)
+        .map_err(|e| EvalError::Scene(sp.clone(), e))?
+        .scene;
     let (mut amodal, mut visible, mut size) = (
         Vec::new(),
         Vec::new(),
@@ -169,20 +162,49 @@ pub fn load_gt(dir: &Path) -> Result<GtScene, EvalError> {
         amodal.push(a);
         visible.push(v);
     }
-    Ok(GtScene {
-        name: dir
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default(),
-        scene,
-        pairs,
-        ambiguous,
-        amodal,
-        visible,
-        size,
-        image: read_rgb(&dir.join("image.png"))?.2,
-        alpha: None,
-    })
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let image = read_rgb(&dir.join("image.png"))?.2;
+    GtScene::new(name, scene, (amodal, visible), size, image).map_err(|e| EvalError::Scene(sp, e))
+}
+
+impl GtScene {
+    /// A ground-truth scene from its parts (`masks` = amodal, visible), its order read from
+    /// the scene; a cyclic order leaves `pairs` empty, any other invalid scene is an error.
+    pub fn new(
+        name: String,
+        scene: Scene,
+        (amodal, visible): (Vec<Vec<u8>>, Vec<Vec<u8>>),
+        size: (usize, usize),
+        image: Vec<[u8; 3]>,
+    ) -> Result<Self, SceneError> {
+        let imported = zlayer_scene::Imported {
+            scene: scene.clone(),
+            format: zlayer_scene::Format::Native,
+            warnings: Vec::new(),
+        };
+        let (pairs, ambiguous) = match zlayer_scene::validate(imported) {
+            Ok(l) => (
+                Some(l.scene.graph().edges().collect()),
+                l.scene.graph().unordered_pairs().len(),
+            ),
+            Err(e) if e.errors().all(|d| d.message.starts_with("occlusion cycle")) => (None, 0),
+            Err(e) => return Err(e),
+        };
+        Ok(Self {
+            name,
+            scene,
+            pairs,
+            ambiguous,
+            amodal,
+            visible,
+            size,
+            image,
+            alpha: None,
+        })
+    }
 }
 
 /// Per-instance ground-truth layer alphas, for the matting errors.

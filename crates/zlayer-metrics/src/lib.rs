@@ -6,6 +6,7 @@
 //! - [`boundary`]: error against signed distance, halo-band L1, DAVIS boundary F, boundary IoU.
 //! - [`segment`]: which pixel of a synthetic-world image belongs to which instance.
 //! - [`eval`]: scoring generated images of synthetic scenes against their ground truth.
+//! - [`reward`]: rewards on decoded images (order, layout, colour) for reinforcement learning.
 //! - [`grid`]: distance transforms and connected components they share.
 #![warn(missing_docs)]
 
@@ -15,4 +16,5 @@ pub mod grid;
 pub mod layout;
 pub mod matting;
 pub mod occlusion;
+pub mod reward;
 pub mod segment;

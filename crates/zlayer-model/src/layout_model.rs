@@ -231,6 +231,11 @@ impl Prepared {
         })
     }
 
+    /// The token grid (h, w) it was prepared for.
+    pub fn grid_size(&self) -> (usize, usize) {
+        self.grid
+    }
+
     /// The branch's input, with layout tokens `tokens` (N, hidden) made from these captions
     /// and boxes.
     pub fn input<'a>(&'a self, tokens: &'a Tensor, variant: Variant) -> LayoutInput<'a> {

@@ -7,11 +7,13 @@
 //! - [`bundle`]: model files (f16 safetensors + JSON) and latent normalisation.
 //! - [`config`]: shapes as data, with presets.
 //! - [`larender`]: LaRender, the training-free baseline (per-copy attention, Z-order composition).
+//! - [`grpo`]: Flow-GRPO: the SDE sampler, step log-probabilities, advantages, clipped objective.
 //! - [`fused`]: one-pass CPU kernels with backward for softmax, norms, GELU and RoPE.
 //! - [`layers`]: differentiable building blocks (norms, RoPE, attention, modulation).
 //! - [`dit`]: the Flux-style MM-DiT.
 //! - [`layout_model`]: stage 2, the frozen base with the layout branch: loss and sampler.
 //! - [`layout`]: layout tokens, packed per-instance sequences, Z-order composition.
+//! - [`rollout`]: Flow-GRPO rollouts of the layout branch and the policy loss over them.
 //! - [`regional`]: per-scene sequences with regional masks, for the `global` baselines.
 //! - [`text`]: word-level tokenizer and the tiny text encoder.
 //! - [`vae`]: the small KL autoencoder (nearest-then-conv upsampling).
@@ -30,6 +32,7 @@ pub mod dit;
 pub mod encoders;
 pub mod flux_dev;
 pub mod fused;
+pub mod grpo;
 pub mod init;
 pub mod larender;
 pub mod layers;
@@ -37,6 +40,7 @@ pub mod layout;
 pub mod layout_model;
 pub mod optim;
 pub mod regional;
+pub mod rollout;
 pub mod sampling;
 pub mod text;
 pub mod train;

@@ -1,68 +1,21 @@
 //! Stage 2 end to end at toy size: scenes to tensors, the joint loss learns the alignment,
 //! and sampling with a grounding ratio of 0 is the base model's.
 
-use candle_core::{DType, Device};
-use candle_nn::{VarBuilder, VarMap};
-use zlayer_model::Config;
-use zlayer_model::base::{BaseModel, SampleOptions};
-use zlayer_model::init::seeded;
-use zlayer_model::layout_model::{LayoutModel, SceneLayout, Variant};
+mod common;
+
+use candle_core::Device;
+use zlayer_model::base::SampleOptions;
+use zlayer_model::layout_model::SceneLayout;
 use zlayer_model::optim::{AdamWConfig, Trainer};
 use zlayer_model::sampling::noise;
-use zlayer_model::text::{TextConfig, Tokenizer};
-
-const SCENE: &str = r#"{"width": 64, "height": 64, "prompt": "a red sphere in front of a blue cube",
-  "instances": [
-    {"id": "s", "caption": "red sphere", "bbox": [4, 8, 40, 44], "occludes": ["c"]},
-    {"id": "c", "caption": "blue cube", "bbox": [24, 4, 60, 40]}]}"#;
-
-fn base(dev: &Device, dir: &std::path::Path) -> BaseModel {
-    let tok = Tokenizer::new(["a", "red", "blue", "sphere", "cube", "in", "front", "of"]);
-    let text = TextConfig {
-        vocab: tok.len(),
-        max_len: 16,
-        width: 32,
-        layers: 1,
-        heads: 2,
-        pooled: 16,
-    };
-    let dit = Config {
-        in_channels: 4,
-        hidden_size: 32,
-        num_heads: 2,
-        depth: 1,
-        depth_single_blocks: 1,
-        context_in_dim: 32,
-        vec_in_dim: 16,
-        axes_dim: [4, 6, 6],
-        ..Config::tiny()
-    };
-    let vm = VarMap::new();
-    BaseModel::new(&dit, &text, tok.clone(), seeded(&vm, 0, DType::F32, dev)).unwrap();
-    // Frozen, as a trained base is: reloaded from a file as plain tensors.
-    let path = dir.join("base.safetensors");
-    vm.save(&path).unwrap();
-    // SAFETY: written above and not modified while mapped.
-    let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[&path], DType::F32, dev).unwrap() };
-    BaseModel::new(&dit, &text, tok, vb).unwrap()
-}
 
 #[test]
 fn the_alignment_loss_falls_and_a_zero_grounding_ratio_samples_like_the_base() {
     let dev = Device::Cpu;
     let dir = std::env::temp_dir().join(format!("zlayer-lm-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let branch = VarMap::new();
-    let model = LayoutModel::new(
-        base(&dev, &dir),
-        &[0],
-        &[0],
-        4,
-        Variant::Occlusionformer,
-        seeded(&branch, 0, DType::F32, &dev),
-    )
-    .unwrap();
-    let scene = zlayer_scene::load_str(SCENE).unwrap().scene;
+    let (model, branch) = common::toy_branch(&dev, &dir, 0);
+    let scene = zlayer_scene::load_str(common::TOY_SCENE).unwrap().scene;
     let grid = (8, 8);
     let mut layout = SceneLayout::from_scene(&scene, grid);
     assert_eq!(

@@ -709,6 +709,71 @@ fn train_and_generate_end_to_end_smoke() {
         )
         .unwrap();
     }
+
+    // GRPO on that branch: two fresh runs give the same bytes; held-out rows before and
+    // after each iteration; a branch every command loads, with its GRPO settings.
+    let grpo = |out: &str, group: &str| {
+        zlayer(&[
+            "train",
+            "grpo",
+            "--model",
+            model.to_str().unwrap(),
+            "--out",
+            dir.join(out).to_str().unwrap(),
+            "--iterations",
+            "2",
+            "--scenes",
+            "1",
+            "--group",
+            group,
+            "--minibatches",
+            "2",
+            "--steps",
+            "2",
+            "--sde-steps",
+            "1",
+            "--sde-span",
+            "1",
+            "--eval-every",
+            "1",
+            "--eval-scenes",
+            "1",
+            "--eval-steps",
+            "1",
+        ])
+    };
+    for out in ["grpo-a", "grpo-b"] {
+        let run = grpo(out, "2");
+        assert_eq!(run.status.code(), Some(0), "{}", text(&run.stderr));
+        assert!(
+            text(&run.stderr).contains("per iteration rollout"),
+            "{}",
+            text(&run.stderr)
+        );
+    }
+    let (ga, gb) = (dir.join("grpo-a"), dir.join("grpo-b"));
+    for f in ["layout.safetensors", "grpo-loss.csv"] {
+        assert_eq!(
+            read(&ga.join(f)),
+            read(&gb.join(f)),
+            "{f} differs between fresh runs"
+        );
+    }
+    let held = std::fs::read_to_string(ga.join("heldout.csv")).unwrap();
+    let its: Vec<&str> = held.lines().map(|l| l.split(',').next().unwrap()).collect();
+    assert_eq!(its, ["iteration", "0", "1", "2"], "{held}");
+    assert!(ga.join("heldout.png").is_file());
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(ga.join("layout.json")).unwrap()).unwrap();
+    assert_eq!(meta["grpo"]["config"]["iterations"], 2, "{meta}");
+    assert_eq!(meta["rank"], 4, "the start's shape is kept: {meta}");
+    let run = grpo("grpo-c", "1");
+    assert_eq!(run.status.code(), Some(2));
+    assert!(
+        text(&run.stderr).contains("--group at least 2"),
+        "{}",
+        text(&run.stderr)
+    );
     let (maps, ora) = (dir.join("maps"), dir.join("scene.ora"));
     let run = zlayer(&[
         "generate",

@@ -47,11 +47,12 @@ pub struct SuiteArgs {
     #[arg(long, default_value = "complex")]
     focus: SplitArg,
     /// With --suite: the methods to run (main: base, larender, global, global-rank,
-    /// occlusionformer; ablations: static-sigma, no-align, visible-masks, attn-map-loss).
+    /// occlusionformer, grpo; ablations: static-sigma, no-align, visible-masks,
+    /// attn-map-loss). A method without trained weights is skipped with a notice.
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "base,larender,global,global-rank,occlusionformer,static-sigma,no-align,visible-masks,attn-map-loss",
+        default_value = "base,larender,global,global-rank,occlusionformer,grpo,static-sigma,no-align,visible-masks,attn-map-loss",
         value_parser = Method::parse
     )]
     methods: Vec<Method>,
@@ -293,6 +294,13 @@ fn budget(model: &ModelDir, method: &str) -> String {
         _ => {}
     }
     let v = model.layout(method).and_then(|src| src.json().ok());
+    if let Some(g) = v.as_ref().and_then(|v| v.get("grpo")) {
+        let c = &g["config"];
+        return format!(
+            "occlusionformer + {} GRPO iterations × {} scenes × {}",
+            c["iterations"], c["scenes"], c["group"]
+        );
+    }
     match v {
         Some(v) => format!(
             "{} × {} {} scenes, {:.0} min",
