@@ -4,6 +4,7 @@
 use crate::Failure;
 use std::path::Path;
 use zlayer_composite::ora::write_ora;
+use zlayer_composite::psd::write_psd;
 use zlayer_composite::resample::bilinear;
 use zlayer_composite::{BitDepth, Image, Layer, LayerStack, Straight, write_png};
 
@@ -95,6 +96,12 @@ impl InstanceLayers {
     /// Writes [`Self::stack`] as an OpenRaster file.
     pub fn write_ora(&self, path: &Path) -> Result<(), Failure> {
         write_ora(path, &self.stack(), BitDepth::Eight).map_err(|e| Failure::User(e.to_string()))
+    }
+
+    /// Writes [`Self::stack`] as a Photoshop document (GIMP 2.10 opens it; it has no ORA
+    /// loader).
+    pub fn write_psd(&self, path: &Path) -> Result<(), Failure> {
+        write_psd(path, &self.stack()).map_err(|e| Failure::User(e.to_string()))
     }
 
     /// An OpenRaster stack: the image at the bottom; per instance, back to front, the image

@@ -6,6 +6,7 @@
 //! - [`layers`]: layer stacks with offsets, opacity, visibility.
 //! - [`io`]: PNG 8/16-bit read and write, atomic file writes.
 //! - [`ora`]: OpenRaster export and import.
+//! - [`psd`]: Photoshop document export (layered, straight alpha, named) and its reader.
 //! - [`resample`]: bilinear resampling of planes and images (native model size to canvas).
 //! - [`with_avx2_fma`]: runs a kernel compiled for AVX2 and FMA where the CPU has them.
 #![warn(missing_docs)]
@@ -14,6 +15,7 @@ pub mod annotate;
 pub mod io;
 pub mod layers;
 pub mod ora;
+pub mod psd;
 pub mod resample;
 pub mod rgba;
 pub mod volume;

@@ -65,6 +65,8 @@ pub struct Results {
     pub images: Vec<Vec<u8>>,
     /// The first sample as OpenRaster layers (methods with instance layers).
     pub ora: Option<Vec<u8>>,
+    /// The same layers as a Photoshop document.
+    pub psd: Option<Vec<u8>>,
     /// The first sample's maps by file name (`mask-0.png`, `weight-0.png`, …).
     pub maps: Vec<(String, Vec<u8>)>,
     /// The scene in native form.
@@ -308,6 +310,9 @@ fn result_names(r: &Results) -> Vec<String> {
     if r.ora.is_some() {
         names.push("layers.ora".into());
     }
+    if r.psd.is_some() {
+        names.push("layers.psd".into());
+    }
     names.extend(r.maps.iter().map(|(n, _)| format!("maps/{n}")));
     names
 }
@@ -373,10 +378,9 @@ fn run(
         let layers = out
             .layers(&spec.scene.scene, canvas)
             .map_err(|e| e.to_string())?;
-        results.ora = Some(zlayer_composite::ora::encode_ora(
-            &layers.stack(),
-            BitDepth::Eight,
-        )?);
+        let stack = layers.stack();
+        results.ora = Some(zlayer_composite::ora::encode_ora(&stack, BitDepth::Eight)?);
+        results.psd = Some(zlayer_composite::psd::encode_psd(&stack)?);
         for (name, img) in layers.maps() {
             let png = zlayer_composite::io::encode_png(&img, BitDepth::Eight)?;
             results.maps.push((name, png));

@@ -316,7 +316,8 @@ pub async fn events(
         .into_response())
 }
 
-/// `GET /v1/jobs/{id}/{file}`: `image-K.png`, `layers.ora`, `scene.json` or `maps/NAME`.
+/// `GET /v1/jobs/{id}/{file}`: `image-K.png`, `layers.ora`, `layers.psd`, `scene.json` or
+/// `maps/NAME`.
 pub async fn file(
     Shared(st): Shared<Arc<State>>,
     Path((id, file)): Path<(String, String)>,
@@ -368,6 +369,11 @@ fn fetch(st: &State, id: &str, file: &str) -> Result<Response, ApiError> {
             .ora
             .clone()
             .map(|b| ([(header::CONTENT_TYPE, "image/openraster")], b).into_response())
+            .ok_or_else(missing),
+        "layers.psd" => r
+            .psd
+            .clone()
+            .map(|b| ([(header::CONTENT_TYPE, "image/vnd.adobe.photoshop")], b).into_response())
             .ok_or_else(missing),
         _ => {
             let name = file.strip_prefix("maps/").ok_or_else(missing)?;

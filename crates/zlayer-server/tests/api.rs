@@ -191,6 +191,7 @@ async fn a_job_runs_streams_its_progress_and_hands_back_every_file() {
         "image-0.png",
         "image-1.png",
         "layers.ora",
+        "layers.psd",
         "scene.json",
         "maps/mask-0.png",
     ] {
@@ -209,6 +210,18 @@ async fn a_job_runs_streams_its_progress_and_hands_back_every_file() {
         .await;
     let stack = zlayer_composite::ora::decode_ora(&ora.body).unwrap();
     assert_eq!(stack.layers.len(), 5);
+    let psd = api
+        .call("GET", &format!("/v1/jobs/{id}/layers.psd"), Body::empty())
+        .await;
+    let layered = zlayer_composite::psd::decode_psd(&psd.body).unwrap();
+    let names = |s: &zlayer_composite::LayerStack| -> Vec<String> {
+        s.layers.iter().map(|l| l.name.clone()).collect()
+    };
+    assert_eq!(
+        names(&layered),
+        names(&stack),
+        "the same layers, bottom first"
+    );
     let mask = api
         .call(
             "GET",

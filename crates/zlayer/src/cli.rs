@@ -140,13 +140,14 @@ enum Command {
     Train(crate::train::TrainCommand),
     /// Stack PNG layers by source-over, first file at the bottom.
     ///
-    /// Writes a flattened PNG, or an OpenRaster (.ora) file that GIMP and Krita open with
-    /// every layer kept, chosen by the output's extension.
+    /// Writes a flattened PNG, an OpenRaster (.ora) file that Krita and MyPaint open, or a
+    /// Photoshop document (.psd) that GIMP, Photoshop and Krita open, the last two with every
+    /// layer kept; the output's extension chooses.
     Compose {
         /// Layer PNGs, bottom first.
         #[arg(required = true)]
         layers: Vec<PathBuf>,
-        /// Output .png or .ora.
+        /// Output .png, .ora or .psd.
         #[arg(short, long)]
         output: PathBuf,
         /// Write 16-bit PNGs instead of 8-bit.

@@ -1,8 +1,9 @@
-//! `zlayer compose`: stack PNG layers into a PNG or an OpenRaster file.
+//! `zlayer compose`: stack PNG layers into a PNG, an OpenRaster file or a Photoshop document.
 
 use std::path::{Path, PathBuf};
 use zlayer_app::Failure;
 use zlayer_composite::ora::write_ora;
+use zlayer_composite::psd::write_psd;
 use zlayer_composite::{BitDepth, Layer, LayerStack, read_png, write_png};
 
 /// Runs the command.
@@ -11,12 +12,11 @@ pub fn run(layers: &[PathBuf], output: &Path, sixteen_bit: bool) -> Result<(), F
         .extension()
         .and_then(|e| e.to_str())
         .map(str::to_ascii_lowercase);
-    let ora = match ext.as_deref() {
-        Some("ora") => true,
-        Some("png") => false,
+    let kind = match ext.as_deref() {
+        Some(k @ ("ora" | "png" | "psd")) => k.to_string(),
         _ => {
             return Err(Failure::User(format!(
-                "{}: the output must end in .png (flattened) or .ora (OpenRaster, layers kept)",
+                "{}: the output must end in .png (flattened), .ora (OpenRaster) or .psd (Photoshop; GIMP opens it), the last two keeping the layers",
                 output.display()
             )));
         }
@@ -48,10 +48,19 @@ pub fn run(layers: &[PathBuf], output: &Path, sixteen_bit: bool) -> Result<(), F
     } else {
         BitDepth::Eight
     };
-    if ora {
-        write_ora(output, &stack, depth).map_err(|e| Failure::User(e.to_string()))?;
-    } else {
-        write_png(output, &stack.flatten(), depth).map_err(|e| Failure::User(e.to_string()))?;
+    match kind.as_str() {
+        "ora" => write_ora(output, &stack, depth).map_err(|e| Failure::User(e.to_string()))?,
+        "psd" => {
+            if sixteen_bit {
+                eprintln!(
+                    "note: a PSD is written with 8 bits per channel; --16 applies to .png and .ora"
+                );
+            }
+            write_psd(output, &stack).map_err(|e| Failure::User(e.to_string()))?
+        }
+        _ => {
+            write_png(output, &stack.flatten(), depth).map_err(|e| Failure::User(e.to_string()))?
+        }
     }
     eprintln!(
         "wrote {} ({} layers, {}×{})",

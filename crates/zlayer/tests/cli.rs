@@ -166,7 +166,7 @@ fn preview_matches_the_golden_image() {
 }
 
 #[test]
-fn compose_png_and_ora() {
+fn compose_png_ora_and_psd() {
     let dir = tmp("compose");
     let mk = |name: &str, rgba: [f32; 4]| {
         let p = dir.join(name);
@@ -202,10 +202,25 @@ fn compose_png_and_ora() {
             .collect::<Vec<_>>(),
         ["back", "front"]
     );
+    let psd = dir.join("stack.psd");
+    let out = zlayer(&["compose", &back, &front, "-o", psd.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let layered = zlayer_composite::psd::read_psd(&psd).unwrap();
+    assert_eq!(layered, {
+        // 8-bit channels: the stack as read from the ORA's 8-bit PNGs.
+        let mut s = stack.clone();
+        for l in &mut s.layers {
+            for p in &mut l.image.pixels {
+                p.0 =
+                    p.0.map(|c| zlayer_composite::rgba::quantize8(c) as f32 / 255.0);
+            }
+        }
+        s
+    });
 
     let out = zlayer(&["compose", &back, "-o", dir.join("x.jpg").to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(text(&out.stderr).contains(".png (flattened) or .ora"));
+    assert!(text(&out.stderr).contains(".png (flattened), .ora (OpenRaster) or .psd"));
     let out = zlayer(&["compose", "missing.png", "-o", flat.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("missing.png"));
@@ -774,7 +789,11 @@ fn train_and_generate_end_to_end_smoke() {
         "{}",
         text(&run.stderr)
     );
-    let (maps, ora) = (dir.join("maps"), dir.join("scene.ora"));
+    let (maps, ora, psd) = (
+        dir.join("maps"),
+        dir.join("scene.ora"),
+        dir.join("scene.psd"),
+    );
     let run = zlayer(&[
         "generate",
         "examples/sphere-cube.json",
@@ -788,6 +807,8 @@ fn train_and_generate_end_to_end_smoke() {
         maps.to_str().unwrap(),
         "--ora",
         ora.to_str().unwrap(),
+        "--psd",
+        psd.to_str().unwrap(),
     ]);
     assert_eq!(run.status.code(), Some(0), "{}", text(&run.stderr));
     // Everything lies on the scene's 512×512 canvas, and the upscaling is announced.
@@ -828,6 +849,11 @@ fn train_and_generate_end_to_end_smoke() {
         "bottom first: the cube behind the sphere"
     );
     assert!(!stack.layers[4].visible, "masks are hidden");
+    let layered = zlayer_composite::psd::read_psd(&psd).unwrap();
+    let psd_names: Vec<&str> = layered.layers.iter().map(|l| l.name.as_str()).collect();
+    assert_eq!(psd_names, names, "the PSD holds the ORA's layers");
+    assert_eq!((layered.width, layered.height), (512, 512));
+    assert!(!layered.layers[4].visible);
     let native = zlayer(&[
         "generate",
         "examples/sphere-cube.json",

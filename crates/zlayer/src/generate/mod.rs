@@ -84,6 +84,10 @@ pub struct GenerateArgs {
     /// each instance cut out by its composition share (back to front), and the masks hidden.
     #[arg(long, requires = "scene")]
     ora: Option<PathBuf>,
+    /// With a scene: the same layers as a Photoshop document (.psd: GIMP, Photoshop,
+    /// Krita, Photopea), names from the captions, back to front.
+    #[arg(long, requires = "scene")]
+    psd: Option<PathBuf>,
     /// With a scene: write the model's native size (64 or 128 px) instead of upscaling the
     /// image, the maps and the layers to the scene's canvas.
     #[arg(long, requires = "scene")]
@@ -163,7 +167,7 @@ fn generate_scene(
         opts,
         grounding_ratio: a.grounding_ratio,
         strict: a.strict,
-        maps: a.layers.is_some() || a.ora.is_some(),
+        maps: a.layers.is_some() || a.ora.is_some() || a.psd.is_some(),
     };
     let out = pipeline.scene(&req).map_err(|e| e.in_file(path))?;
     for note in &out.notes {
@@ -177,6 +181,10 @@ fn generate_scene(
         }
         if let Some(path) = &a.ora {
             layers.write_ora(path)?;
+            eprintln!("wrote {}", path.display());
+        }
+        if let Some(path) = &a.psd {
+            layers.write_psd(path)?;
             eprintln!("wrote {}", path.display());
         }
     }
