@@ -53,15 +53,26 @@ impl Progress {
 /// Draws `DIR/NAME-loss.csv` (step, loss, …) as `DIR/NAME-loss.png`, with a 50-step moving
 /// average over the raw curve.
 pub fn plot_loss(dir: &Path, name: &str) -> Result<(), Failure> {
+    plot_column(dir, name, "loss", &format!("{name} training loss"))
+}
+
+/// Draws column `column` of `DIR/NAME-loss.csv` against the step as `DIR/NAME-COLUMN.png`
+/// (`NAME-loss.png` for the loss), with a 50-step moving average over the raw curve.
+pub fn plot_column(dir: &Path, name: &str, column: &str, title: &str) -> Result<(), Failure> {
     let csv = dir.join(format!("{name}-loss.csv"));
     let text = std::fs::read_to_string(&csv)
         .map_err(|e| Failure::Internal(format!("{}: {e}", csv.display())))?;
+    let col = text
+        .lines()
+        .next()
+        .and_then(|h| h.split(',').position(|c| c == column))
+        .ok_or_else(|| Failure::Internal(format!("{}: no column {column:?}", csv.display())))?;
     let raw: Vec<(f64, f64)> = text
         .lines()
         .skip(1)
         .filter_map(|l| {
-            let mut f = l.split(',');
-            Some((f.next()?.parse().ok()?, f.next()?.parse().ok()?))
+            let f: Vec<&str> = l.split(',').collect();
+            Some((f.first()?.parse().ok()?, f.get(col)?.parse().ok()?))
         })
         .collect();
     let window = 50.min(raw.len().max(1));
@@ -76,7 +87,7 @@ pub fn plot_loss(dir: &Path, name: &str) -> Result<(), Failure> {
         .collect();
     let series = [
         Series {
-            label: "loss".into(),
+            label: column.into(),
             points: raw,
         },
         Series {
@@ -84,10 +95,14 @@ pub fn plot_loss(dir: &Path, name: &str) -> Result<(), Failure> {
             points: smooth,
         },
     ];
-    let img = line_chart(&format!("{name} training loss"), "step", &series, 720, 400)
+    let img = line_chart(title, "step", &series, 720, 400)
         .ok_or_else(|| Failure::Internal("no canvas".into()))?;
-    write_png(&dir.join(format!("{name}-loss.png")), &img, BitDepth::Eight)
-        .map_err(|e| Failure::Internal(e.to_string()))
+    write_png(
+        &dir.join(format!("{name}-{column}.png")),
+        &img,
+        BitDepth::Eight,
+    )
+    .map_err(|e| Failure::Internal(e.to_string()))
 }
 
 /// Writes summary.json, summary.md and per_scene.csv to `out`; returns the Markdown.

@@ -17,6 +17,7 @@
 //! - [`regional`]: per-scene sequences with regional masks, for the `global` baselines.
 //! - [`text`]: word-level tokenizer and the tiny text encoder.
 //! - [`vae`]: the small KL autoencoder (nearest-then-conv upsampling).
+//! - [`pelc`]: DecFormer, pixel-equivalent latent compositing (per-channel blend and residual).
 //! - [`optim`]: AdamW with saved state, clipping, warmup/cosine, EMA, exact-resume checkpoints.
 //! - [`train`]: training loops (data as a function of the step), PSNR, latent statistics, f16 export.
 //! - [`sampling`]: rectified flow: noise, schedule, Euler `denoise`, guidance, training pairs.
@@ -39,6 +40,7 @@ pub mod layers;
 pub mod layout;
 pub mod layout_model;
 pub mod optim;
+pub mod pelc;
 pub mod regional;
 pub mod rollout;
 pub mod sampling;

@@ -777,7 +777,7 @@ fn train_and_generate_end_to_end_smoke() {
     let held = std::fs::read_to_string(ga.join("heldout.csv")).unwrap();
     let its: Vec<&str> = held.lines().map(|l| l.split(',').next().unwrap()).collect();
     assert_eq!(its, ["iteration", "0", "1", "2"], "{held}");
-    assert!(ga.join("heldout.png").is_file());
+    assert!(ga.join("heldout.png").is_file() && ga.join("grpo-reward.png").is_file());
     let meta: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(ga.join("layout.json")).unwrap()).unwrap();
     assert_eq!(meta["grpo"]["config"]["iterations"], 2, "{meta}");

@@ -330,6 +330,12 @@ pub fn train(
     .map_err(Failure::Internal)?;
     bar.finish();
     crate::report::plot_loss(out, "grpo")?;
+    crate::report::plot_column(
+        out,
+        "grpo",
+        "reward",
+        "GRPO reward on the training rollouts",
+    )?;
     let mut meta = start_meta;
     meta["grpo"] = serde_json::json!({"config": c, "steps": trainer.step, "start": start});
     export_f16(&trainer.weights(), &out.join("layout.safetensors"), &meta)
