@@ -14,6 +14,7 @@
 //! - [`protocol`], [`flip`]: the paired evaluation of methods on held-out scenes, and the
 //!   order-flip test.
 //! - [`grpo`]: Flow-GRPO on a trained branch, rewarded on decoded images, with held-out reports.
+//! - [`pelc`]: latent-compositing pairs (four mask kinds), their composite, DecFormer's loss.
 //! - [`tune`]: the grounding ratio a trained branch samples with, chosen on validation scenes.
 //! - [`report`]: progress bars, loss curves, evaluation reports.
 //! - [`device`]: where the Flux-scale model runs.
@@ -29,6 +30,7 @@ pub mod layers;
 pub mod method;
 pub mod model;
 pub mod output;
+pub mod pelc;
 pub mod pipeline;
 pub mod preview;
 pub mod protocol;

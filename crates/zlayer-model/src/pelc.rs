@@ -346,6 +346,14 @@ impl DecFormer {
                 c.factor
             );
         }
+        if let Some(p) = c
+            .patches
+            .iter()
+            .chain([&c.cross_pool])
+            .find(|&&p| h % p != 0 || w % p != 0)
+        {
+            candle_core::bail!("a {h}×{w} latent grid does not split into {p}×{p} patches");
+        }
         let band = self.halo_band(mask)?;
         let mut p = Tensor::cat(&[mask, &band], 1)?;
         for (k, conv) in self.prior.iter().enumerate() {

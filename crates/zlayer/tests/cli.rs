@@ -435,6 +435,41 @@ fn train_and_generate_end_to_end_smoke() {
     let csv = std::fs::read_to_string(vae_dir.join("vae-loss.csv")).unwrap();
     assert_eq!(csv.lines().count(), 3, "header and two steps:\n{csv}");
 
+    // DecFormer on that VAE: one step per stage (residual gated off, then on).
+    let pelc = dir.join("pelc");
+    let run = zlayer(&[
+        "train",
+        "pelc",
+        "--vae",
+        vae_dir.join("vae.safetensors").to_str().unwrap(),
+        "--out",
+        pelc.to_str().unwrap(),
+        "--steps",
+        "2",
+        "--batch",
+        "2",
+        "--alpha-steps",
+        "1",
+        "--warmup-s",
+        "1",
+    ]);
+    assert_eq!(run.status.code(), Some(0), "{}", text(&run.stderr));
+    let described: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(pelc.join("pelc.json")).unwrap()).unwrap();
+    assert_eq!(described["kind"], "pelc");
+    assert!(
+        described["parameters"].as_u64().unwrap() > 100_000,
+        "{described}"
+    );
+    assert!(pelc.join("pelc.safetensors").is_file() && pelc.join("pelc-loss.png").is_file());
+    let csv = std::fs::read_to_string(pelc.join("pelc-loss.csv")).unwrap();
+    let gates: Vec<&str> = csv
+        .lines()
+        .skip(1)
+        .map(|l| l.rsplit(',').next().unwrap())
+        .collect();
+    assert_eq!(gates, ["0", "1"], "{csv}");
+
     // A decoder fine-tune keeps the encoder's latent statistics exactly.
     let tuned = dir.join("tuned");
     let vae_path = vae_dir.join("vae.safetensors");

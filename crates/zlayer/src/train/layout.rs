@@ -11,7 +11,7 @@ use zlayer_app::data::{scenes, synth_layout, to_tensor};
 use zlayer_app::flip::paired_batch;
 use zlayer_app::model::Model;
 use zlayer_app::model::ModelDir;
-use zlayer_app::report::{Progress, plot_loss};
+use zlayer_app::report::Progress;
 use zlayer_app::tune::{Tuning, grounding_ratio};
 use zlayer_model::layout_model::{LayoutModel, Variant};
 use zlayer_model::train::{export_f16, train_loop};
@@ -144,36 +144,23 @@ pub fn run(a: LayoutArgs) -> Result<(), Failure> {
             Ok((total, vec![("flow".into(), flow), ("align".into(), align)]))
         },
         |log| {
-            let get = |k: &str| log.extra.iter().find(|e| e.0 == k).map_or(0.0, |e| e.1);
-            bar.update(
-                log.step,
-                format!(
-                    "loss {:.4} flow {:.4} align {:.4}",
-                    log.loss,
-                    get("flow"),
-                    get("align")
-                ),
-            );
-            if log.step.is_multiple_of(lc.checkpoint_every) {
-                let _ = plot_loss(&a.out, "layout");
-            }
+            super::show_step(
+                &bar,
+                &a.out,
+                "layout",
+                lc.checkpoint_every,
+                log,
+                &["flow", "align"],
+            )
         },
     )
     .map_err(Failure::Internal)?;
     bar.finish();
-    plot_loss(&a.out, "layout")?;
-    let weights = a.out.join("layout.safetensors");
+    let weights = super::export_run(&a.out, "layout", &trainer, meta.clone(), start)?;
     let mut meta = meta;
     meta["steps"] = trainer.step.into();
     meta["train_minutes"] = (start.elapsed().as_secs_f64() / 60.0).into();
     let ema = trainer.ema();
-    export_f16(&ema, &weights, &meta).map_err(Failure::Internal)?;
-    eprintln!(
-        "trained {} steps in {:.1} min; wrote {}",
-        trainer.step,
-        start.elapsed().as_secs_f64() / 60.0,
-        weights.display()
-    );
     if a.tune_scenes > 0 && !a.tune_ratios.is_empty() {
         let t = Tuning {
             ratios: &a.tune_ratios,

@@ -4,6 +4,7 @@ use zlayer_app::data::{base_batch, scenes, synth_words, to_tensor};
 use zlayer_app::report::{Progress, plot_loss};
 pub mod grpo;
 pub mod layout;
+pub mod pelc;
 
 use crate::args::SplitArg;
 use candle_core::{Device, Tensor};
@@ -11,7 +12,7 @@ use clap::{Args, Subcommand};
 use std::path::{Path, PathBuf};
 use zlayer_app::Failure;
 use zlayer_model::train::{
-    LoopConfig, VaeObjective, export_f16, latent_stats, load_weights, psnr, train_vae,
+    LoopConfig, StepLog, VaeObjective, export_f16, latent_stats, load_weights, psnr, train_vae,
 };
 use zlayer_model::vae::{Vae, VaeConfig};
 use zlayer_synth::{Split, SynthScene};
@@ -45,6 +46,13 @@ pub enum TrainCommand {
     /// validation scenes every --eval-every iterations) and at the end DIR/layout.safetensors
     /// with DIR/layout.json, a branch every command can load.
     Grpo(grpo::GrpoArgs),
+    /// Latent compositing (PELC): DecFormer learns the per-channel blend and residual that
+    /// make a blend of two latents decode like the pixel composite, on SA-Z-synth pairs and
+    /// hard, soft, stroke and instance masks; the VAE stays frozen.
+    ///
+    /// Writes DIR/pelc.ckpt.safetensors (resumable), DIR/pelc-loss.csv/.png, and at the end
+    /// the EMA weights as DIR/pelc.safetensors (f16) with DIR/pelc.json.
+    Pelc(pelc::PelcArgs),
 }
 
 /// Flags of `zlayer train base`.
@@ -200,6 +208,7 @@ pub fn run(cmd: TrainCommand) -> Result<(), Failure> {
         TrainCommand::Base(a) => base(a),
         TrainCommand::Layout(a) => layout::run(a),
         TrainCommand::Grpo(a) => grpo::run(a),
+        TrainCommand::Pelc(a) => pelc::run(a),
     }
 }
 
@@ -239,6 +248,57 @@ pub fn loop_config(steps: usize, lr: f64) -> LoopConfig {
         ema: 0.999,
         weight_decay: 0.0,
     }
+}
+
+/// Shows a logged step on the bar with the named extras, and redraws the loss curve at
+/// each checkpoint.
+fn show_step(bar: &Progress, out: &Path, name: &str, every: usize, log: &StepLog, keys: &[&str]) {
+    let mut msg = format!("loss {:.4}", log.loss);
+    for k in keys {
+        let v = log.extra.iter().find(|e| e.0 == *k).map_or(0.0, |e| e.1);
+        msg += &format!(" {k} {v:.4}");
+    }
+    bar.update(log.step, msg);
+    if log.step.is_multiple_of(every) {
+        let _ = plot_loss(out, name);
+    }
+}
+
+/// The trained VAE at `path` and the image side its .json says it was trained at.
+fn vae_at(path: &Path, dev: &Device) -> Result<(zlayer_model::bundle::VaeBundle, u32), Failure> {
+    let src = zlayer_model::bundle::Source::File(path.to_path_buf());
+    let vae = zlayer_model::bundle::load_vae(&src, dev).map_err(Failure::User)?;
+    let size = src
+        .json()
+        .and_then(|v| {
+            serde_json::from_value(v["image_size"].clone())
+                .map_err(|e| format!("{}: image_size: {e}", src.json_name()))
+        })
+        .map_err(Failure::User)?;
+    Ok((vae, size))
+}
+
+/// The end of a run: the loss curve, then the EMA weights as `OUT/NAME.safetensors` (f16)
+/// with `meta` plus the steps and minutes; returns the weights' path.
+fn export_run(
+    out: &Path,
+    name: &str,
+    trainer: &zlayer_model::optim::Trainer,
+    mut meta: serde_json::Value,
+    start: std::time::Instant,
+) -> Result<PathBuf, Failure> {
+    plot_loss(out, name)?;
+    let path = out.join(format!("{name}.safetensors"));
+    meta["steps"] = trainer.step.into();
+    meta["train_minutes"] = (start.elapsed().as_secs_f64() / 60.0).into();
+    export_f16(&trainer.ema(), &path, &meta).map_err(Failure::Internal)?;
+    eprintln!(
+        "trained {} steps in {:.1} min; wrote {}",
+        trainer.step,
+        start.elapsed().as_secs_f64() / 60.0,
+        path.display()
+    );
+    Ok(path)
 }
 
 fn vae(a: VaeArgs) -> Result<(), Failure> {
@@ -358,15 +418,7 @@ fn base(a: BaseArgs) -> Result<(), Failure> {
     std::fs::create_dir_all(&a.out)
         .map_err(|e| Failure::User(format!("{}: {e}", a.out.display())))?;
     let dev = Device::Cpu;
-    let src = zlayer_model::bundle::Source::File(a.vae.clone());
-    let vae = zlayer_model::bundle::load_vae(&src, &dev).map_err(Failure::User)?;
-    let size: u32 = src
-        .json()
-        .and_then(|v| {
-            serde_json::from_value(v["image_size"].clone())
-                .map_err(|e| format!("{}: image_size: {e}", src.json_name()))
-        })
-        .map_err(Failure::User)?;
+    let (vae, size) = vae_at(&a.vae, &dev)?;
     let factor = vae.cfg.factor();
     let grid = (size as usize / factor, size as usize / factor);
     let tok = Tokenizer::new(synth_words());
