@@ -154,3 +154,18 @@ impl Model {
         self.meta.guidance.unwrap_or(1.0)
     }
 }
+
+/// A trained VAE file (`vae.safetensors` with its `vae.json`) and the image side it was
+/// trained at.
+pub fn vae_file(path: &Path, dev: &Device) -> Result<(VaeBundle, u32), Failure> {
+    let src = Source::File(path.to_path_buf());
+    let vae = load_vae(&src, dev).map_err(Failure::User)?;
+    let size = src
+        .json()
+        .and_then(|v| {
+            serde_json::from_value(v["image_size"].clone())
+                .map_err(|e| format!("{}: image_size: {e}", src.json_name()))
+        })
+        .map_err(Failure::User)?;
+    Ok((vae, size))
+}

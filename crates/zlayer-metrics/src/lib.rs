@@ -5,6 +5,7 @@
 //! - [`matting`]: SAD, MSE, Grad, Conn (the DIM protocol as mmeval implements it).
 //! - [`boundary`]: error against signed distance, halo-band L1, DAVIS boundary F, boundary IoU.
 //! - [`segment`]: which pixel of a synthetic-world image belongs to which instance.
+//! - [`fidelity`]: PSNR and SSIM of whole images.
 //! - [`eval`]: scoring generated images of synthetic scenes against their ground truth.
 //! - [`reward`]: rewards on decoded images (order, layout, colour) for reinforcement learning.
 //! - [`grid`]: distance transforms and connected components they share.
@@ -12,6 +13,7 @@
 
 pub mod boundary;
 pub mod eval;
+pub mod fidelity;
 pub mod grid;
 pub mod layout;
 pub mod matting;

@@ -126,6 +126,16 @@ enum Command {
     #[command(after_help = "Example:
   zlayer eval-layout --layout runs/occ/layout.safetensors,runs/global/layout.safetensors --split complex --n 300 --out eval/complex")]
     EvalLayout(crate::eval_layout::EvalLayoutArgs),
+    /// Compare ways to blend two latents under a mask on held-out pairs: the linear blend
+    /// with the area-downsampled mask, a trained DecFormer (PELC), and decode–composite–
+    /// encode (the ceiling), each decoded and scored against the pixel composite.
+    ///
+    /// Writes OUT/pelc-eval.md/json (PSNR, SSIM, halo L1, time beside one DiT step) and
+    /// OUT/pelc-curve.png (error against signed distance to the mask edge).
+    #[command(after_help = "Examples:
+  zlayer eval-pelc --pelc runs/pelc/pelc.safetensors --n 64 --out pelc-eval
+  zlayer eval-pelc --vae models/tiny16/vae.safetensors   # the linear blend and the ceiling only")]
+    EvalPelc(crate::eval_pelc::EvalPelcArgs),
     /// Serve the web layout editor and the HTTP API (validate, preview, convert, generate jobs).
     ///
     /// Opens on http://127.0.0.1:7878/ with the bundled model. Generation runs as jobs on a
@@ -178,5 +188,6 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
         Command::BenchTrain(args) => crate::bench_train::run(args),
         Command::EvalPrompts(args) => crate::eval_prompts::run(args),
         Command::EvalLayout(args) => crate::eval_layout::run(args),
+        Command::EvalPelc(args) => crate::eval_pelc::run(args),
     }
 }

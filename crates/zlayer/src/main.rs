@@ -10,6 +10,7 @@ mod cli;
 mod compose;
 mod eval;
 mod eval_layout;
+mod eval_pelc;
 mod eval_prompts;
 mod generate;
 mod preview;

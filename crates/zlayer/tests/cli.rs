@@ -469,6 +469,33 @@ fn train_and_generate_end_to_end_smoke() {
         .map(|l| l.rsplit(',').next().unwrap())
         .collect();
     assert_eq!(gates, ["0", "1"], "{csv}");
+    let scored = dir.join("pelc-eval");
+    let run = zlayer(&[
+        "eval-pelc",
+        "--pelc",
+        pelc.join("pelc.safetensors").to_str().unwrap(),
+        "--n",
+        "4",
+        "--out",
+        scored.to_str().unwrap(),
+    ]);
+    assert_eq!(run.status.code(), Some(0), "{}", text(&run.stderr));
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(scored.join("pelc-eval.json")).unwrap())
+            .unwrap();
+    let methods: Vec<&str> = report["methods"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["method"].as_str().unwrap())
+        .collect();
+    assert_eq!(methods, ["linear", "decformer", "pixel"]);
+    assert!(scored.join("pelc-curve.png").is_file());
+    assert!(
+        text(&run.stdout).contains("| decformer |"),
+        "{}",
+        text(&run.stdout)
+    );
 
     // A decoder fine-tune keeps the encoder's latent statistics exactly.
     let tuned = dir.join("tuned");

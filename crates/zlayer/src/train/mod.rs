@@ -264,20 +264,6 @@ fn show_step(bar: &Progress, out: &Path, name: &str, every: usize, log: &StepLog
     }
 }
 
-/// The trained VAE at `path` and the image side its .json says it was trained at.
-fn vae_at(path: &Path, dev: &Device) -> Result<(zlayer_model::bundle::VaeBundle, u32), Failure> {
-    let src = zlayer_model::bundle::Source::File(path.to_path_buf());
-    let vae = zlayer_model::bundle::load_vae(&src, dev).map_err(Failure::User)?;
-    let size = src
-        .json()
-        .and_then(|v| {
-            serde_json::from_value(v["image_size"].clone())
-                .map_err(|e| format!("{}: image_size: {e}", src.json_name()))
-        })
-        .map_err(Failure::User)?;
-    Ok((vae, size))
-}
-
 /// The end of a run: the loss curve, then the EMA weights as `OUT/NAME.safetensors` (f16)
 /// with `meta` plus the steps and minutes; returns the weights' path.
 fn export_run(
@@ -418,7 +404,7 @@ fn base(a: BaseArgs) -> Result<(), Failure> {
     std::fs::create_dir_all(&a.out)
         .map_err(|e| Failure::User(format!("{}: {e}", a.out.display())))?;
     let dev = Device::Cpu;
-    let (vae, size) = vae_at(&a.vae, &dev)?;
+    let (vae, size) = zlayer_app::model::vae_file(&a.vae, &dev)?;
     let factor = vae.cfg.factor();
     let grid = (size as usize / factor, size as usize / factor);
     let tok = Tokenizer::new(synth_words());

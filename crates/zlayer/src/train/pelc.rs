@@ -56,7 +56,7 @@ pub fn run(a: PelcArgs) -> Result<(), Failure> {
     std::fs::create_dir_all(&a.out)
         .map_err(|e| Failure::User(format!("{}: {e}", a.out.display())))?;
     let dev = Device::Cpu;
-    let (vae, size) = super::vae_at(&a.vae, &dev)?;
+    let (vae, size) = zlayer_app::model::vae_file(&a.vae, &dev)?;
     let size = size as usize;
     check_size(size, vae.cfg.factor())?;
     let factor = vae.cfg.factor();

@@ -9,6 +9,8 @@
 //! decoder, in pixels: λ_E·‖ẑ − z_T‖² + halo-weighted L1 + λ_G·L1 of the pixel gradients.
 //! No pretrained LPIPS network is reachable here, so the gradient term stands in for it.
 
+pub mod eval;
+
 use crate::Failure;
 use candle_core::{DType, Device, Result, Tensor};
 use zlayer_model::bundle::VaeBundle;
