@@ -58,6 +58,13 @@ fn rollouts_sample_as_the_sampler_and_an_update_follows_the_advantage() {
     let (ids, p) = (ids_for(4), prep(4));
     let r = rollout(&model, Some(&model), &ids, &p, 4, &o).unwrap();
     assert_eq!(r.stored.iter().map(|s| s.k).collect::<Vec<_>>(), [1, 3]);
+    // A pure function of the weights and the seed: what a resumed GRPO run relies on.
+    let again = rollout(&model, Some(&model), &ids, &p, 4, &o).unwrap();
+    assert_eq!(rows(&again.latents), rows(&r.latents));
+    assert_eq!(
+        again.stored[1].logp_old.to_vec1::<f32>().unwrap(),
+        r.stored[1].logp_old.to_vec1::<f32>().unwrap()
+    );
     let start = rows(&r.stored[0].x);
     assert!(
         start.iter().all(|x| *x == start[0]),
