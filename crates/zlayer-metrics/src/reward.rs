@@ -7,6 +7,9 @@
 //! - `order`: per declared overlapping pair whose order the real render shows, 1 when the
 //!   segmenter gives the declared front instance more of their amodal overlap than the back
 //!   one (the flip test's rule), averaged over pairs;
+//! - `order-share`: the same pairs read continuously: the front instance's share of the
+//!   overlap pixels the segmenter gives either of the two (0 when it gives neither), averaged;
+//!   every pair then carries signal, not only those a sample gets wrong;
 //! - `layout`: visible-mask IoU against the exact visible masks, averaged over instances;
 //! - `colour`: the share of the captions' distinct colours found in the image, read as
 //!   `eval-prompts` reads prompts (every vocabulary colour a candidate).
@@ -116,6 +119,32 @@ impl Reward for Order {
     }
 }
 
+/// The declared front instance's share of each shown pair's overlap.
+pub struct OrderShare;
+
+impl Reward for OrderShare {
+    fn name(&self) -> &'static str {
+        "order-share"
+    }
+
+    fn score(&self, seen: &Seen, truth: &Truth) -> Option<f64> {
+        mean(truth.shown.iter().map(|((i, j), region)| {
+            let (mut front, mut back) = (0usize, 0usize);
+            for (l, &r) in seen.labels.iter().zip(region) {
+                if r {
+                    front += usize::from(*l == Some(*i));
+                    back += usize::from(*l == Some(*j));
+                }
+            }
+            Some(if front + back == 0 {
+                0.0
+            } else {
+                front as f64 / (front + back) as f64
+            })
+        }))
+    }
+}
+
 /// Visible-mask IoU against the exact masks.
 pub struct Layout;
 
@@ -169,7 +198,7 @@ pub struct Weighted {
 }
 
 impl Weighted {
-    /// The built-in rewards by name: `order`, `layout`, `colour`.
+    /// The built-in rewards by name: `order`, `order-share`, `layout`, `colour`.
     pub fn from_weights(weights: &[(&str, f64)]) -> Result<Self, String> {
         let mut parts: Vec<(Box<dyn Reward>, f64)> = Vec::new();
         for &(name, w) in weights {
@@ -181,11 +210,12 @@ impl Weighted {
             }
             let r: Box<dyn Reward> = match name {
                 "order" => Box::new(Order),
+                "order-share" => Box::new(OrderShare),
                 "layout" => Box::new(Layout),
                 "colour" => Box::new(Colour),
                 _ => {
                     return Err(format!(
-                        "unknown reward {name:?}: use order, layout or colour"
+                        "unknown reward {name:?}: use order, order-share, layout or colour"
                     ));
                 }
             };
@@ -276,6 +306,11 @@ mod tests {
                 Some(*i),
                 "scene {k}"
             );
+            let share = OrderShare.score(&seen, &truth).unwrap();
+            let own_share = OrderShare
+                .score(&Seen::new(&s.image, &truth), &truth)
+                .unwrap();
+            assert!(share < own_share, "scene {k}: share {own_share} → {share}");
             let other = w.score(&image, &truth);
             swapped_lower += usize::from(other.parts[0].unwrap() < kept);
             swapped_sum += other.parts[0].unwrap();
@@ -317,7 +352,7 @@ mod tests {
     fn weights_are_checked_and_zero_weights_drop_a_part() {
         assert!(Weighted::from_weights(&[("order", 0.0)]).is_err());
         let unknown = Weighted::from_weights(&[("depth", 1.0)]).err().unwrap();
-        assert!(unknown.contains("order, layout"), "{unknown}");
+        assert!(unknown.contains("order, order-share, layout"), "{unknown}");
         assert!(Weighted::from_weights(&[("order", -1.0)]).is_err());
         let w =
             Weighted::from_weights(&[("order", 1.0), ("layout", 0.0), ("colour", 2.0)]).unwrap();

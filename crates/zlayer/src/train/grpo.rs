@@ -68,6 +68,10 @@ pub struct GrpoArgs {
     /// overlap.
     #[arg(long, default_value_t = 1.0)]
     order_weight: f64,
+    /// Weight of the order-share reward: the declared front instance's share of each shown
+    /// pair's overlap, a continuous reading of the same rule.
+    #[arg(long, default_value_t = 0.0)]
+    order_share_weight: f64,
     /// Weight of the layout reward: visible-mask IoU against the exact masks.
     #[arg(long, default_value_t = 0.5)]
     layout_weight: f64,
@@ -126,6 +130,7 @@ pub fn run(a: GrpoArgs) -> Result<(), Failure> {
         splits,
         rewards: vec![
             ("order".into(), a.order_weight),
+            ("order-share".into(), a.order_share_weight),
             ("layout".into(), a.layout_weight),
             ("colour".into(), a.colour_weight),
         ],
