@@ -8,6 +8,7 @@
 //! - [`fidelity`]: PSNR and SSIM of whole images.
 //! - [`eval`]: scoring generated images of synthetic scenes against their ground truth.
 //! - [`reward`]: rewards on decoded images (order, layout, colour) for reinforcement learning.
+//! - [`summary`]: means over scenes, the Markdown report and the per-scene CSV.
 //! - [`grid`]: distance transforms and connected components they share.
 #![warn(missing_docs)]
 
@@ -20,3 +21,4 @@ pub mod matting;
 pub mod occlusion;
 pub mod reward;
 pub mod segment;
+pub mod summary;

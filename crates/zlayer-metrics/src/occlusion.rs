@@ -68,14 +68,8 @@ pub fn score(gt: &[(usize, usize)], pred: &[Option<usize>]) -> OcclusionScore {
     }
 }
 
-/// The predicted front instance of pair (i, j): the one owning more of the region's pixels,
-/// `None` on a tie. `labels[p]` is the instance a segmenter gave pixel p.
-pub fn front_by_ownership(
-    labels: &[Option<usize>],
-    region: &[bool],
-    i: usize,
-    j: usize,
-) -> Option<usize> {
+/// How many of the region's pixels `labels` gives to instance i and to instance j.
+pub fn ownership(labels: &[Option<usize>], region: &[bool], i: usize, j: usize) -> (usize, usize) {
     let (mut a, mut b) = (0usize, 0usize);
     for (l, &r) in labels.iter().zip(region) {
         if r {
@@ -86,6 +80,18 @@ pub fn front_by_ownership(
             }
         }
     }
+    (a, b)
+}
+
+/// The predicted front instance of pair (i, j): the one owning more of the region's pixels,
+/// `None` on a tie. `labels[p]` is the instance a segmenter gave pixel p.
+pub fn front_by_ownership(
+    labels: &[Option<usize>],
+    region: &[bool],
+    i: usize,
+    j: usize,
+) -> Option<usize> {
+    let (a, b) = ownership(labels, region, i, j);
     match a.cmp(&b) {
         std::cmp::Ordering::Greater => Some(i),
         std::cmp::Ordering::Less => Some(j),

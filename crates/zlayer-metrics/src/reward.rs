@@ -16,7 +16,7 @@
 
 use crate::eval::{GtScene, shown_pairs, targets};
 use crate::layout::{mask_iou, mean};
-use crate::occlusion::front_by_ownership;
+use crate::occlusion::{front_by_ownership, ownership};
 use crate::segment::{PRESENT_INSET, Target, colour_present, segment, vocabulary_candidates};
 use rayon::prelude::*;
 use zlayer_synth::SynthScene;
@@ -129,13 +129,7 @@ impl Reward for OrderShare {
 
     fn score(&self, seen: &Seen, truth: &Truth) -> Option<f64> {
         mean(truth.shown.iter().map(|((i, j), region)| {
-            let (mut front, mut back) = (0usize, 0usize);
-            for (l, &r) in seen.labels.iter().zip(region) {
-                if r {
-                    front += usize::from(*l == Some(*i));
-                    back += usize::from(*l == Some(*j));
-                }
-            }
+            let (front, back) = ownership(&seen.labels, region, *i, *j);
             Some(if front + back == 0 {
                 0.0
             } else {

@@ -161,6 +161,16 @@ pub fn load_layout(
     base: BaseModel,
     dev: &Device,
 ) -> Result<crate::layout_model::LayoutModel, String> {
+    layout_with(src, base, src.weights(dev)?)
+}
+
+/// The branch `src`'s JSON describes, on `base`, with its parameters from `vb`: the file's
+/// own weights, or a trainable `VarMap` that a fine-tune then fills from the file.
+pub fn layout_with(
+    src: &Source,
+    base: BaseModel,
+    vb: VarBuilder,
+) -> Result<crate::layout_model::LayoutModel, String> {
     let meta = src.json()?;
     let double: Vec<usize> = field(&meta, "double", src)?;
     let single: Vec<usize> = field(&meta, "single", src)?;
@@ -169,15 +179,9 @@ pub fn load_layout(
         Some(_) => field(&meta, "variant", src)?,
         None => crate::layout_model::Variant::Occlusionformer,
     };
-    let mut model = crate::layout_model::LayoutModel::new(
-        base,
-        &double,
-        &single,
-        rank,
-        variant,
-        src.weights(dev)?,
-    )
-    .map_err(|e| format!("{}: {e}", src.name()))?;
+    let mut model =
+        crate::layout_model::LayoutModel::new(base, &double, &single, rank, variant, vb)
+            .map_err(|e| format!("{}: {e}", src.name()))?;
     if meta.get("grounding_ratio").is_some() {
         model.grounding_ratio = field(&meta, "grounding_ratio", src)?;
     }

@@ -18,7 +18,7 @@ mod heldout;
 use crate::data::{scenes, synth_layout};
 use crate::model::Model;
 use crate::output::to_rgb8;
-use crate::{Failure, internal, user};
+use crate::{Failure, user};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarMap;
 use heldout::Heldout;
@@ -26,9 +26,9 @@ use std::cell::RefCell;
 use std::path::Path;
 use std::time::Instant;
 use zlayer_metrics::reward::{Truth, Weighted};
-use zlayer_model::bundle::Source;
+use zlayer_model::bundle::{Source, layout_with, load_layout};
 use zlayer_model::grpo::{group_advantages, pick_steps};
-use zlayer_model::layout_model::{LayoutModel, SceneLayout, Variant};
+use zlayer_model::layout_model::{LayoutModel, SceneLayout};
 use zlayer_model::rollout::{Rollout, RolloutOptions, policy_loss, rollout};
 use zlayer_model::train::{LoopConfig, StepLog, export_f16, train_loop};
 use zlayer_synth::{Split, SynthScene};
@@ -80,6 +80,8 @@ struct Iteration {
     layouts: Vec<SceneLayout>,
     ids: Tensor,
     roll: Rollout,
+    /// The options it was sampled with (the loss reads the same).
+    opts: RolloutOptions,
     adv: Vec<f64>,
     /// Mean total reward and mean of each part.
     reward: (f64, Vec<f64>),
@@ -103,46 +105,26 @@ pub struct Cost {
 }
 
 /// The frozen base with the branch in `start` twice: a trainable copy (its parameters in the
-/// returned VarMap) and, when `reference`, a frozen one for the KL.
+/// returned VarMap) and a frozen one, the KL's reference; and the start's JSON.
 fn branches(
     m: &Model,
     start: &Path,
     dev: &Device,
 ) -> Result<(LayoutModel, VarMap, LayoutModel, serde_json::Value), Failure> {
     let src = Source::File(start.to_path_buf());
-    let meta = src.json().map_err(user)?;
-    let field = |k: &str| -> Result<Vec<usize>, Failure> {
-        serde_json::from_value(meta[k].clone())
-            .map_err(|e| user(format!("{}: `{k}`: {e}", src.json_name())))
-    };
-    let rank = meta["rank"]
-        .as_u64()
-        .ok_or_else(|| user(format!("{}: no `rank`", src.json_name())))? as usize;
-    let variant: Variant = match meta.get("variant") {
-        Some(v) => serde_json::from_value(v.clone()).map_err(user)?,
-        None => Variant::Occlusionformer,
-    };
-    if variant.regional() {
+    let vm = VarMap::new();
+    let seeded = zlayer_model::init::seeded(&vm, 0, DType::F32, dev);
+    let policy = layout_with(&src, m.base.clone(), seeded).map_err(user)?;
+    if policy.variant.regional() {
         return Err(user(format!(
             "{}: a `{}` branch has no instance layers to reward; GRPO trains occlusionformer and its ablations",
             start.display(),
-            variant.name()
+            policy.variant.name()
         )));
     }
-    let vm = VarMap::new();
-    let mut policy = LayoutModel::new(
-        m.base.clone(),
-        &field("double")?,
-        &field("single")?,
-        rank,
-        variant,
-        zlayer_model::init::seeded(&vm, 0, DType::F32, dev),
-    )
-    .map_err(internal)?;
     zlayer_model::init::load_into(&vm, start).map_err(user)?;
-    let reference = zlayer_model::bundle::load_layout(&src, m.base.clone(), dev).map_err(user)?;
-    policy.grounding_ratio = reference.grounding_ratio;
-    Ok((policy, vm, reference, meta))
+    let reference = load_layout(&src, m.base.clone(), dev).map_err(user)?;
+    Ok((policy, vm, reference, src.json().map_err(user)?))
 }
 
 /// Training scenes of iteration `it`: the first `n` of its candidates with a shown pair.
@@ -273,7 +255,6 @@ pub fn train(
                 .map(|&a| a as f32)
                 .collect();
             let adv = Tensor::from_vec(adv, len, dev)?;
-            let o = opts(it, i.roll.stored.iter().map(|s| s.k).collect());
             let (loss, st) = policy_loss(
                 &policy,
                 &ids,
@@ -282,7 +263,7 @@ pub fn train(
                 (first, len),
                 &adv,
                 (c.clip, c.beta),
-                &o,
+                &i.opts,
             )?;
             if mb == 0 {
                 let mut k = cost.borrow_mut();
@@ -404,6 +385,7 @@ fn iterate(
         layouts,
         ids,
         roll,
+        opts: o,
         adv: group_advantages(&totals, c.group),
         reward: (mean(&mut totals.iter().copied()), parts),
         rollout_s,
