@@ -107,24 +107,16 @@ impl InstanceLayers {
     /// An OpenRaster stack: the image at the bottom; per instance, back to front, the image
     /// cut out by its composition share; the alignment masks as hidden layers on top.
     pub fn stack(&self) -> LayerStack {
-        let image = |alpha: Option<&[f32]>| {
-            let mut img = self.image.clone();
-            if let Some(alpha) = alpha {
-                for (px, a) in img.pixels.iter_mut().zip(alpha) {
-                    px.0[3] = a.clamp(0.0, 1.0);
-                }
-            }
-            img
-        };
-        let mut layers = vec![Layer::new("generated image", image(None))];
         let shares = self.shares();
-        for &k in &self.draw_order {
-            let a = self.upsample(&shares[k]);
-            layers.push(Layer::new(
-                format!("{k}: {}", self.captions[k]),
-                image(Some(&a)),
-            ));
-        }
+        let alphas: Vec<Vec<f32>> = shares.iter().map(|s| self.upsample(s)).collect();
+        let mut stack = cutouts(
+            &self.image,
+            "generated image",
+            &alphas,
+            &self.captions,
+            &self.draw_order,
+        );
+        let layers = &mut stack.layers;
         for &k in &self.draw_order {
             let mut l = Layer::new(
                 format!("{k}: {} (predicted amodal mask)", self.captions[k]),
@@ -133,10 +125,31 @@ impl InstanceLayers {
             l.visible = false;
             layers.push(l);
         }
-        LayerStack {
-            width: self.image.width,
-            height: self.image.height,
-            layers,
+        stack
+    }
+}
+
+/// A layer stack of `image`: the whole image at the bottom (named `bottom`), then per
+/// instance, back to front (`draw_order`), the image cut out by its alpha at the image's size
+/// and named `K: caption`.
+pub fn cutouts(
+    image: &Image<Straight>,
+    bottom: &str,
+    alphas: &[Vec<f32>],
+    captions: &[String],
+    draw_order: &[usize],
+) -> LayerStack {
+    let mut layers = vec![Layer::new(bottom, image.clone())];
+    for &k in draw_order {
+        let mut img = image.clone();
+        for (px, a) in img.pixels.iter_mut().zip(&alphas[k]) {
+            px.0[3] = a.clamp(0.0, 1.0);
         }
+        layers.push(Layer::new(format!("{k}: {}", captions[k]), img));
+    }
+    LayerStack {
+        width: image.width,
+        height: image.height,
+        layers,
     }
 }

@@ -9,6 +9,7 @@
 //!   layers and notes out).
 //! - [`output`], [`layers`]: tensors as pictures at the canvas size; instance maps and
 //!   OpenRaster layer stacks.
+//! - [`insert`]: a new instance put into an existing image at its place in the order (PELC).
 //! - [`preview`]: the picture of a declared scene (boxes by depth, arrows, hatched overlaps).
 //! - [`data`]: the synthetic world as scenes, batches, tensors and layouts.
 //! - [`protocol`], [`flip`]: the paired evaluation of methods on held-out scenes, and the
@@ -26,6 +27,7 @@ pub mod device;
 pub mod error;
 pub mod flip;
 pub mod grpo;
+pub mod insert;
 pub mod layers;
 pub mod method;
 pub mod model;

@@ -8,6 +8,7 @@ use candle_core::{Device, Tensor};
 use std::path::Path;
 use zlayer_model::base::{BaseModel, SampleOptions};
 use zlayer_model::bundle::{Source, load_layout};
+use zlayer_model::inpaint::Known;
 use zlayer_model::larender::{Copies, OPACITY};
 use zlayer_model::layout_model::{InstanceMaps, LayoutModel, SceneLayout, Variant};
 
@@ -187,7 +188,9 @@ impl SceneSampler {
     }
 
     /// Latent tokens for scenes `layouts` with global prompt ids, and the instances' maps
-    /// where the method has them.
+    /// where the method has them; keeps a known latent where asked ([`Known`]), which
+    /// LaRender cannot.
+    #[allow(clippy::too_many_arguments)]
     pub fn sample(
         &self,
         ids: &Tensor,
@@ -196,13 +199,17 @@ impl SceneSampler {
         (grid, channels): ((usize, usize), usize),
         opts: &SampleOptions,
         requested_ratio: Option<f64>,
+        known: Option<&Known>,
     ) -> candle_core::Result<(Tensor, Option<InstanceMaps>)> {
         let dev = ids.device();
         match self {
             Self::Branch(m) => {
                 let p = m.prepare(layouts, grid, dev)?;
                 let ratio = requested_ratio.unwrap_or(m.grounding_ratio);
-                m.sample_maps(ids, &p, channels, opts, ratio)
+                m.sample_maps(ids, &p, channels, opts, ratio, known)
+            }
+            Self::LaRender(_) if known.is_some() => {
+                candle_core::bail!("larender cannot keep a known latent; use a trained branch")
             }
             Self::LaRender(b) => {
                 let copies = Copies::new(b, prompts, layouts, grid.0 * grid.1, dev)?;

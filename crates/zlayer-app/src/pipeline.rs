@@ -133,6 +133,7 @@ pub fn draw(
                 ((g, g), m.vae.cfg.latent),
                 opts,
                 ratio,
+                None,
             )
             .map_err(internal)?,
     };
@@ -221,7 +222,7 @@ impl Pipeline {
 /// training template over the fitted captions (front-most first) and the background the
 /// prompt names (else plain). Captions carry what matters; a file written for another model
 /// often words its prompt freely ("a still life of toys").
-fn scene_prompt(
+pub(crate) fn scene_prompt(
     scene: &ValidScene,
     captions: &[String],
     tokenizer: &Tokenizer,
@@ -253,7 +254,7 @@ fn scene_prompt(
 /// in its vocabulary; otherwise each is fitted to the synthetic world's grammar
 /// ([`Look::fit`]) and every change is noted, one line per instance. A caption without a
 /// colour takes one no other instance uses, so the objects stay apart.
-fn model_captions(
+pub(crate) fn model_captions(
     scene: &ValidScene,
     tokenizer: &Tokenizer,
     strict: bool,

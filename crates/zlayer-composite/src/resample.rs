@@ -23,15 +23,20 @@ fn taps(src: usize, dst: usize) -> Vec<(usize, usize, f32)> {
         .collect()
 }
 
-/// A `sw × sh` row-major plane resampled to `dw × dh`. Empty sizes give an empty plane.
-pub fn bilinear(src: &[f32], (sw, sh): (usize, usize), (dw, dh): (usize, usize)) -> Vec<f32> {
+/// Checks a plane against its size; false when either size is empty (nothing to resample).
+fn is_resampled(src: &[f32], (sw, sh): (usize, usize), (dw, dh): (usize, usize)) -> bool {
     assert_eq!(
         src.len(),
         sw * sh,
         "plane of {sw}×{sh} has {} values",
         src.len()
     );
-    if sw == 0 || sh == 0 || dw == 0 || dh == 0 {
+    sw > 0 && sh > 0 && dw > 0 && dh > 0
+}
+
+/// A `sw × sh` row-major plane resampled to `dw × dh`. Empty sizes give an empty plane.
+pub fn bilinear(src: &[f32], (sw, sh): (usize, usize), (dw, dh): (usize, usize)) -> Vec<f32> {
+    if !is_resampled(src, (sw, sh), (dw, dh)) {
         return Vec::new();
     }
     let (tx, ty) = (taps(sw, dw), taps(sh, dh));
@@ -47,13 +52,57 @@ pub fn bilinear(src: &[f32], (sw, sh): (usize, usize), (dw, dh): (usize, usize))
     out
 }
 
+/// A `sw × sh` plane shrunk to `dw × dh` by area: each output pixel is the mean of the
+/// source pixels whose centres fall in its footprint (every source pixel counts once), so
+/// downsampling does not alias as point-sampled bilinear does. Use [`bilinear`] to enlarge.
+pub fn area(src: &[f32], (sw, sh): (usize, usize), (dw, dh): (usize, usize)) -> Vec<f32> {
+    if !is_resampled(src, (sw, sh), (dw, dh)) {
+        return Vec::new();
+    }
+    // Source pixel i belongs to output pixel floor((i + ½)·d/s): a partition of the source.
+    let owner = |i: usize, s: usize, d: usize| (((2 * i + 1) * d) / (2 * s)).min(d - 1);
+    let mut sum = vec![0f64; dw * dh];
+    let mut count = vec![0u32; dw * dh];
+    for y in 0..sh {
+        let oy = owner(y, sh, dh);
+        for x in 0..sw {
+            let o = oy * dw + owner(x, sw, dw);
+            sum[o] += src[y * sw + x] as f64;
+            count[o] += 1;
+        }
+    }
+    // An output pixel no source centre falls in (enlarging) takes the bilinear value.
+    let fill = bilinear(src, (sw, sh), (dw, dh));
+    (0..dw * dh)
+        .map(|o| {
+            if count[o] == 0 {
+                fill[o]
+            } else {
+                (sum[o] / count[o] as f64) as f32
+            }
+        })
+        .collect()
+}
+
+/// A plane resampler: source, its size, the output size.
+type PlaneFilter = fn(&[f32], (usize, usize), (usize, usize)) -> Vec<f32>;
+
 impl Image<Premul> {
     /// The image resampled to `width × height`.
     pub fn resized(&self, width: usize, height: usize) -> Image<Premul> {
+        self.resampled(width, height, bilinear)
+    }
+
+    /// The image shrunk to `width × height` by [`area`] averaging.
+    pub fn shrunk(&self, width: usize, height: usize) -> Image<Premul> {
+        self.resampled(width, height, area)
+    }
+
+    fn resampled(&self, width: usize, height: usize, plane_fn: PlaneFilter) -> Image<Premul> {
         let planes: Vec<Vec<f32>> = (0..4)
             .map(|c| {
                 let plane: Vec<f32> = self.pixels.iter().map(|p| p.0[c]).collect();
-                bilinear(&plane, (self.width, self.height), (width, height))
+                plane_fn(&plane, (self.width, self.height), (width, height))
             })
             .collect();
         Image {
@@ -71,6 +120,14 @@ impl Image<Straight> {
     pub fn resized(&self, width: usize, height: usize) -> Image<Straight> {
         self.map(Straight::premultiply)
             .resized(width, height)
+            .map(Premul::unpremultiply)
+    }
+
+    /// The image shrunk to `width × height` by [`area`] averaging, through premultiplied
+    /// colour.
+    pub fn shrunk(&self, width: usize, height: usize) -> Image<Straight> {
+        self.map(Straight::premultiply)
+            .shrunk(width, height)
             .map(Premul::unpremultiply)
     }
 }
@@ -92,6 +149,34 @@ mod tests {
             }
         }
         v as f32
+    }
+
+    #[test]
+    fn area_is_the_block_mean_on_integral_shrinks_and_keeps_the_total_on_any() {
+        let mut rng = zlayer_scene::rng::Rng::new(11);
+        for _ in 0..300 {
+            let (dw, dh) = (1 + rng.below(8), 1 + rng.below(8));
+            let (fx, fy) = (1 + rng.below(5), 1 + rng.below(5));
+            let (sw, sh) = (dw * fx, dh * fy);
+            let src: Vec<f32> = (0..sw * sh).map(|_| rng.f32()).collect();
+            let out = area(&src, (sw, sh), (dw, dh));
+            for y in 0..dh {
+                for x in 0..dw {
+                    let mut m = 0.0f64;
+                    for yy in y * fy..(y + 1) * fy {
+                        for xx in x * fx..(x + 1) * fx {
+                            m += src[yy * sw + xx] as f64;
+                        }
+                    }
+                    let want = (m / (fx * fy) as f64) as f32;
+                    assert!((out[y * dw + x] - want).abs() < 1e-6);
+                }
+            }
+            // Any shrink: a constant plane stays constant, and every source pixel counts.
+            let (tw, th) = (1 + rng.below(sw), 1 + rng.below(sh));
+            let flat = area(&vec![0.25; sw * sh], (sw, sh), (tw, th));
+            assert!(flat.iter().all(|&v| (v - 0.25).abs() < 1e-6));
+        }
     }
 
     #[test]

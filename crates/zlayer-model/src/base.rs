@@ -3,7 +3,8 @@
 
 use crate::config::Config;
 use crate::dit::{Flux, FluxInput};
-use crate::sampling::{denoise, guided, noise, schedule, training_draw_shifted};
+use crate::inpaint::{Known, denoise_known};
+use crate::sampling::{guided, noise, schedule, training_draw_shifted};
 use crate::text::{TextConfig, TextEncoder, Tokenizer};
 use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::VarBuilder;
@@ -150,6 +151,18 @@ impl BaseModel {
         channels: usize,
         opts: &SampleOptions,
     ) -> Result<Tensor> {
+        self.sample_known(ids, grid, channels, opts, None)
+    }
+
+    /// [`Self::sample`] keeping a known latent where asked ([`Known`]).
+    pub fn sample_known(
+        &self,
+        ids: &Tensor,
+        grid: (usize, usize),
+        channels: usize,
+        opts: &SampleOptions,
+        known: Option<&Known>,
+    ) -> Result<Tensor> {
         let SampleOptions {
             steps,
             guidance,
@@ -160,7 +173,7 @@ impl BaseModel {
         let cond = ids;
         let empty = Tensor::zeros((n, 1), DType::U32, dev)?;
         let times = schedule(steps, grid.0 * grid.1, true);
-        let field = |x: &Tensor, t: f64| -> Result<Tensor> {
+        let field = |x: &Tensor, t: f64, _: usize| -> Result<Tensor> {
             let tt = Tensor::full(t as f32, n, dev)?;
             let vc = self.velocity(x, &tt, cond, grid)?;
             if guidance <= 1.0 {
@@ -169,10 +182,11 @@ impl BaseModel {
             let vu = self.velocity(x, &tt, &empty, grid)?;
             guided(&vc, &vu, guidance)
         };
-        denoise(
-            &field,
+        denoise_known(
+            field,
             noise((n, grid.0 * grid.1, channels), seed, dev)?,
             &times,
+            known,
         )
     }
 }

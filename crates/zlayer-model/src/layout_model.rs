@@ -5,9 +5,10 @@
 use crate::base::{BaseModel, SampleOptions};
 use crate::branch::{BranchMaps, LayoutInput};
 use crate::dit::FluxInput;
+use crate::inpaint::{Known, denoise_known};
 use crate::layout::{LayoutNet, Packing, align_loss, attention_map_loss, box_points};
 use crate::regional::Regional;
-use crate::sampling::{denoise_steps, guided, noise, schedule, training_draw};
+use crate::sampling::{guided, noise, schedule, training_draw};
 use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::{Module, VarBuilder};
 use std::cell::RefCell;
@@ -398,11 +399,14 @@ impl LayoutModel {
         opts: &SampleOptions,
         grounding_ratio: f64,
     ) -> Result<Tensor> {
-        Ok(self.sample_maps(ids, p, channels, opts, grounding_ratio)?.0)
+        Ok(self
+            .sample_maps(ids, p, channels, opts, grounding_ratio, None)?
+            .0)
     }
 
     /// [`Self::sample`], also returning the instances' maps at the last grounded step (none
-    /// when no step is grounded, or for the `global` variants, which have no instance layers).
+    /// when no step is grounded, or for the `global` variants, which have no instance layers),
+    /// keeping a known latent where asked ([`Known`]).
     pub fn sample_maps(
         &self,
         ids: &Tensor,
@@ -410,6 +414,7 @@ impl LayoutModel {
         channels: usize,
         opts: &SampleOptions,
         grounding_ratio: f64,
+        known: Option<&Known>,
     ) -> Result<(Tensor, Option<InstanceMaps>)> {
         let dev = ids.device();
         let n = ids.dim(0)?;
@@ -433,10 +438,11 @@ impl LayoutModel {
             let vu = self.base.velocity(x, &tt, &empty, grid)?;
             guided(&vc, &vu, opts.guidance)
         };
-        let tokens = denoise_steps(
+        let tokens = denoise_known(
             field,
             noise((n, grid.0 * grid.1, channels), opts.seed, dev)?,
             &times,
+            known,
         )?;
         Ok((tokens, last.into_inner()))
     }

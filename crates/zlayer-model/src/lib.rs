@@ -7,6 +7,7 @@
 //! - [`bundle`]: model files (f16 safetensors + JSON) and latent normalisation.
 //! - [`config`]: shapes as data, with presets.
 //! - [`larender`]: LaRender, the training-free baseline (per-copy attention, Z-order composition).
+//! - [`inpaint`]: sampling that keeps a known latent (velocity re-targeting, §4.4).
 //! - [`grpo`]: Flow-GRPO: the SDE sampler, step log-probabilities, advantages, clipped objective.
 //! - [`fused`]: one-pass CPU kernels with backward for softmax, norms, GELU and RoPE.
 //! - [`layers`]: differentiable building blocks (norms, RoPE, attention, modulation).
@@ -35,6 +36,7 @@ pub mod flux_dev;
 pub mod fused;
 pub mod grpo;
 pub mod init;
+pub mod inpaint;
 pub mod larender;
 pub mod layers;
 pub mod layout;

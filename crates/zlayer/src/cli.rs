@@ -98,6 +98,20 @@ enum Command {
   zlayer generate --model flux-dev --weights FLUX.1-dev/ --occlusionformer bundle_weights.safetensors \\
       --clip-tokenizer clip-vit-large-patch14/tokenizer.json scene.json -o out.png   # GPU build, docs/flux-dev.md")]
     Generate(crate::generate::GenerateArgs),
+    /// Put a new object into an image, in front of or behind what is there, without halos.
+    ///
+    /// The object is drawn in its box by the layout branch with the image kept around it,
+    /// composited in latent space (DecFormer where the model has one: docs/pelc.md), and
+    /// refined; only a band around it changes: every other pixel is the input's, bit for
+    /// bit. With --scene, the new instance takes its place in the scene's order, and the
+    /// updated scene, layers (.ora, .psd) follow.
+    #[command(after_help = "Examples:
+  zlayer generate examples/sphere-cube.json -o scene.png
+  zlayer insert scene.png --scene examples/sphere-cube.json --caption \"green cone\" --box 96,160,256,400 \\
+      --behind sphere -o inserted.png --scene-out inserted.json --ora inserted.ora
+  zlayer insert --scene examples/sphere-cube.json --caption \"red disk\" --box 40,40,200,200 -o out.png   # generates the scene first
+  zlayer insert photo.png --caption \"yellow star\" --box 10,10,30,30 --latent-blend linear -o out.png")]
+    Insert(crate::insert::InsertArgs),
     /// Time one FLUX.1-dev denoising step with random weights of the real width: the base
     /// against the layout branch with 1, 4, 8 and 16 instances (seconds, peak memory, ratios).
     ///
@@ -183,6 +197,7 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
         Command::Eval(args) => crate::eval::run(args),
         Command::Train(cmd) => crate::train::run(cmd),
         Command::Generate(args) => crate::generate::run(args),
+        Command::Insert(args) => crate::insert::run(args),
         Command::Serve(args) => crate::serve::run(args),
         Command::BenchStep(args) => crate::bench_step::run(args),
         Command::BenchTrain(args) => crate::bench_train::run(args),

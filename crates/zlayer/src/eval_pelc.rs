@@ -1,6 +1,6 @@
 //! `zlayer eval-pelc`: latent blending methods side by side on held-out pairs.
 
-use candle_core::{DType, Device};
+use candle_core::Device;
 use clap::Args;
 use std::io::Write;
 use std::path::PathBuf;
@@ -8,7 +8,6 @@ use zlayer_app::Failure;
 use zlayer_app::pelc::eval::{MethodScore, dit_step_ms, evaluate};
 use zlayer_app::pelc::{MASK_KINDS, pair};
 use zlayer_composite::annotate::{Series, line_chart};
-use zlayer_model::pelc::{DecConfig, DecFormer};
 
 /// Flags of `zlayer eval-pelc`.
 #[derive(Debug, Args)]
@@ -41,17 +40,13 @@ pub fn run(a: EvalPelcArgs) -> Result<(), Failure> {
         return Err(user("--n must be positive"));
     }
     let dev = Device::Cpu;
-    let meta = a
-        .pelc
-        .as_ref()
-        .map(|p| {
-            let json = p.with_extension("json");
-            let text = std::fs::read_to_string(&json)
-                .map_err(|e| user(format!("{}: {e}", json.display())))?;
-            serde_json::from_str::<serde_json::Value>(&text)
-                .map_err(|e| user(format!("{}: {e}", json.display())))
-        })
-        .transpose()?;
+    let (dec, meta) = match &a.pelc {
+        Some(path) => {
+            let (dec, meta) = zlayer_app::pelc::load(path, &dev)?;
+            (Some(dec), Some(meta))
+        }
+        None => (None, None),
+    };
     let vae_path = a
         .vae
         .clone()
@@ -66,18 +61,6 @@ pub fn run(a: EvalPelcArgs) -> Result<(), Failure> {
         .as_u64()
         .ok_or_else(|| user(format!("{}: no image_size", src.json_name())))?
         as usize;
-    let dec = match (&a.pelc, &meta) {
-        (Some(path), Some(m)) => {
-            let cfg: DecConfig = serde_json::from_value(m["config"].clone())
-                .map_err(|e| user(format!("{}: config: {e}", path.display())))?;
-            let vb = zlayer_model::train::load_weights(path, &dev).map_err(Failure::User)?;
-            Some(
-                DecFormer::new(&cfg, vb.set_dtype(DType::F32))
-                    .map_err(|e| user(format!("{}: {e}", path.display())))?,
-            )
-        }
-        _ => None,
-    };
     eprintln!(
         "scoring {} held-out pairs ({}) on {}…",
         a.n,

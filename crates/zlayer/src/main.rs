@@ -13,6 +13,7 @@ mod eval_layout;
 mod eval_pelc;
 mod eval_prompts;
 mod generate;
+mod insert;
 mod preview;
 mod scene_cmd;
 mod serve;

@@ -229,6 +229,25 @@ pub fn gate(step: usize, alpha_steps: usize, warmup: usize) -> f64 {
     ((step - alpha_steps + 1) as f64 / warmup.max(1) as f64).min(1.0)
 }
 
+/// A trained DecFormer from `pelc.safetensors` and the `pelc.json` beside it (its config
+/// and how it was trained), in f32.
+pub fn load(
+    path: &std::path::Path,
+    dev: &Device,
+) -> std::result::Result<(DecFormer, serde_json::Value), Failure> {
+    let user = |e: String| Failure::User(format!("{}: {e}", path.display()));
+    let json = path.with_extension("json");
+    let text = std::fs::read_to_string(&json)
+        .map_err(|e| Failure::User(format!("{}: {e}", json.display())))?;
+    let meta: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| Failure::User(format!("{}: {e}", json.display())))?;
+    let cfg: zlayer_model::pelc::DecConfig = serde_json::from_value(meta["config"].clone())
+        .map_err(|e| Failure::User(format!("{}: config: {e}", json.display())))?;
+    let vb = zlayer_model::train::load_weights(path, dev).map_err(user)?;
+    let dec = DecFormer::new(&cfg, vb.set_dtype(DType::F32)).map_err(|e| user(e.to_string()))?;
+    Ok((dec, meta))
+}
+
 /// Errors of the data side, as the front ends report them.
 pub fn check_size(size: usize, factor: usize) -> std::result::Result<(), Failure> {
     if size == 0 || !size.is_multiple_of(factor) {
