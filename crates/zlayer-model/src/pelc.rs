@@ -80,6 +80,40 @@ impl DecConfig {
     }
 }
 
+impl DecConfig {
+    /// Multiply-add FLOPs (2 per MAC) of one blend of latents `h × w` (the mask is `factor`
+    /// times larger): convolutions, projections, MLPs and attention; element-wise work is
+    /// left out, as in [`crate::base::BaseModel::forward_flops`].
+    pub fn flops(&self, h: usize, w: usize) -> f64 {
+        let (hw, c, f) = ((h * w) as f64, self.latent as f64, self.features as f64);
+        let width = self.width as f64;
+        let mut total = 0.0;
+        let mut ch = 2.0;
+        for (k, &o) in self.prior.iter().enumerate() {
+            let side = self.factor >> (k + 1);
+            total += 2.0 * 9.0 * ch * o as f64 * hw * (side * side) as f64;
+            ch = o as f64;
+        }
+        total += self.prior_extra as f64 * 2.0 * 9.0 * ch * ch * hw;
+        let mask_dim = ch + 2.0;
+        let pooled = hw / (self.cross_pool * self.cross_pool) as f64;
+        total += 2.0 * ch * c * hw + 2.0 * ch * width * pooled; // prior α₀ and its tokens
+        total += 2.0 * (3.0 * c + mask_dim) * f * hw; // stem
+        for &p in &self.patches {
+            let p2 = (p * p) as f64;
+            let l = hw / p2;
+            total += 2.0 * l * (f * p2 * width + mask_dim * p2 * 2.0 * width + width * f * p2);
+            total += 2.0 * l * 4.0 * width * width + 4.0 * l * l * width; // self-attention
+            if p == 1 {
+                total += 2.0 * l * 2.0 * width * width + 2.0 * pooled * 2.0 * width * width;
+                total += 4.0 * l * pooled * width;
+            }
+            total += 2.0 * l * 8.0 * width * width; // MLP
+        }
+        total + 2.0 * 2.0 * f * c * hw // α and s heads
+    }
+}
+
 /// A linear layer starting at zero (weights and bias): a correction that begins as nothing.
 fn zero_linear(i: usize, o: usize, vb: VarBuilder) -> Result<Linear> {
     let w = vb.get_with_hints((o, i), "weight", Init::Const(0.0))?;

@@ -219,3 +219,56 @@ fn training_moves_it_off_the_baseline_towards_a_target() {
     let after = loss(&dec).to_scalar::<f32>().unwrap();
     assert!(after < 0.5 * before, "latent MSE {before} → {after}");
 }
+
+#[test]
+fn the_flop_count_applies_every_weight_where_it_runs() {
+    let dev = Device::Cpu;
+    for (cfg, (h, w)) in [
+        (DecConfig::tiny(), (16, 16)),
+        (DecConfig::flux_dev(), (8, 12)),
+    ] {
+        let vm = VarMap::new();
+        DecFormer::new(&cfg, seeded(&vm, 0, DType::F32, &dev)).unwrap();
+        let hw = (h * w) as f64;
+        let pooled = hw / (cfg.cross_pool * cfg.cross_pool) as f64;
+        let tokens = |k: usize| hw / (cfg.patches[k] * cfg.patches[k]) as f64;
+        // Where each weight runs, from its name alone.
+        let positions = |name: &str| -> f64 {
+            let part: Vec<&str> = name.split('.').collect();
+            match part[0] {
+                "prior" => {
+                    let k: usize = part[1].parse().unwrap();
+                    match cfg.prior.len().checked_sub(k + 1) {
+                        Some(_) => hw * ((cfg.factor >> (k + 1)).pow(2)) as f64,
+                        None => hw,
+                    }
+                }
+                "prior_tokens" => pooled,
+                "blocks" if part[2] == "cross" && part[3] == "kv" => pooled,
+                "blocks" => tokens(part[1].parse().unwrap()),
+                _ => hw,
+            }
+        };
+        let data = vm.data().lock().unwrap();
+        let macs: f64 = data
+            .iter()
+            .filter(|(n, _)| n.ends_with(".weight"))
+            .map(|(n, v)| v.as_tensor().elem_count() as f64 * positions(n))
+            .sum();
+        let width = cfg.width as f64;
+        let attention: f64 = (0..cfg.patches.len())
+            .map(|k| {
+                let l = tokens(k);
+                4.0 * l * l * width
+                    + if cfg.patches[k] == 1 {
+                        4.0 * l * pooled * width
+                    } else {
+                        0.0
+                    }
+            })
+            .sum();
+        let want = 2.0 * macs + attention;
+        let got = cfg.flops(h, w);
+        assert!((got - want).abs() < 1e-9 * want, "{got} against {want}");
+    }
+}

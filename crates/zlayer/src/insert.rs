@@ -67,6 +67,9 @@ pub struct InsertArgs {
     /// The same layers as a Photoshop document (.psd), for GIMP and Photoshop.
     #[arg(long)]
     psd: Option<PathBuf>,
+    /// Write the input, the result and the redrawn band (white) side by side here.
+    #[arg(long)]
+    show: Option<PathBuf>,
     /// Model folder, or `bundled`.
     #[arg(long, default_value = ModelDir::BUNDLED, value_parser = ModelDir::parse)]
     model: ModelDir,
@@ -252,6 +255,16 @@ pub fn run(a: InsertArgs) -> Result<(), Failure> {
         names(g.occludees(new)),
         image.width * image.height,
     );
+    if let Some(path) = &a.show {
+        let mut band = Image::new(image.width, image.height);
+        for (px, &b) in band.pixels.iter_mut().zip(&out.band) {
+            let v = if b { 1.0 } else { 0.0 };
+            *px = Straight([v, v, v, 1.0]);
+        }
+        let side = zlayer_app::output::row(&[image.clone(), out.image.clone(), band]);
+        write_png(path, &side, BitDepth::Eight).map_err(user)?;
+        eprintln!("wrote {}", path.display());
+    }
     if let Some(path) = &a.scene_out {
         let text = zlayer_scene::export(s, Format::Native)
             .map_err(|e| Failure::Internal(e.to_string()))?;

@@ -490,6 +490,11 @@ fn train_and_generate_end_to_end_smoke() {
         .map(|m| m["method"].as_str().unwrap())
         .collect();
     assert_eq!(methods, ["linear", "decformer", "pixel"]);
+    // Against the VAE's own rendering of the composite, the ceiling is exact by definition.
+    let pixel = &report["methods"][2];
+    assert_eq!(pixel["bands"]["edge_l1_target"], 0.0, "{pixel}");
+    assert_eq!(pixel["by_kind"].as_array().unwrap().len(), 4);
+    assert!(report["methods"][0]["bands"]["edge_l1"].as_f64().unwrap() > 0.0);
     assert!(scored.join("pelc-curve.png").is_file());
     assert!(
         text(&run.stdout).contains("| decformer |"),

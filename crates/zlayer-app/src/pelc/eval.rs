@@ -8,10 +8,13 @@
 //!
 //! Each is decoded and compared with x*: per-pixel error (mean over channels, in [0, 1])
 //! against signed distance to the mask edge (m ≥ ½), its mean within 2 px of the edge (halo
-//! L1), and whole-image PSNR and SSIM. Times are of producing the blended latent, per pair,
-//! beside one forward of the tiny DiT at batch 1.
+//! L1) and within 8 px (edge L1), and whole-image PSNR and SSIM. Halo and edge L1 are also
+//! given per mask kind, and against x_T = D(E(x*)), the VAE's own rendering of the
+//! composite and DecFormer's training target: against it the ceiling's error is zero, so the
+//! linear blend's error there is all a latent blend can remove. Times are of producing the
+//! blended latent, per pair, beside one forward of the tiny DiT at batch 1.
 
-use super::{Pair, decode, encode, tensors};
+use super::{MASK_KINDS, Pair, decode, encode, tensors};
 use crate::Failure;
 use crate::internal;
 use candle_core::{Device, Result, Tensor};
@@ -24,6 +27,48 @@ use zlayer_model::pelc::DecFormer;
 /// Largest |signed distance| the curve bins.
 pub const CURVE_MAX: i32 = 16;
 
+/// Half-width of the halo band, in pixels.
+pub const HALO_PX: f64 = 2.0;
+
+/// Half-width of the edge band, in pixels (the paper's "within 8 px of the edge").
+pub const EDGE_PX: f64 = 8.0;
+
+/// Halo and edge L1 of one mask kind (or all), against x* and against x_T.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct Bands {
+    /// Mean error within [`HALO_PX`] of the edge, against x*.
+    pub halo_l1: f64,
+    /// Mean error within [`EDGE_PX`] of the edge, against x*.
+    pub edge_l1: f64,
+    /// The same as `halo_l1`, against x_T = D(E(x*)).
+    pub halo_l1_target: f64,
+    /// The same as `edge_l1`, against x_T.
+    pub edge_l1_target: f64,
+}
+
+/// Sums behind [`Bands`]: (total, images) for each of its four figures.
+#[derive(Default, Clone, Copy)]
+struct BandSums([(f64, usize); 4]);
+
+impl BandSums {
+    fn add(&mut self, k: usize, v: Option<f64>) {
+        if let Some(v) = v {
+            self.0[k].0 += v;
+            self.0[k].1 += 1;
+        }
+    }
+
+    fn bands(&self) -> Bands {
+        let m = |k: usize| self.0[k].0 / self.0[k].1.max(1) as f64;
+        Bands {
+            halo_l1: m(0),
+            edge_l1: m(1),
+            halo_l1_target: m(2),
+            edge_l1_target: m(3),
+        }
+    }
+}
+
 /// One method's scores.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct MethodScore {
@@ -35,6 +80,10 @@ pub struct MethodScore {
     pub ssim: f64,
     /// Mean error within 2 px of the mask edge.
     pub halo_l1: f64,
+    /// Halo and edge L1 of all pairs, against x* and x_T.
+    pub bands: Bands,
+    /// The same per mask kind, in [`MASK_KINDS`] order.
+    pub by_kind: Vec<(&'static str, Bands)>,
     /// Mean error of the whole image.
     pub l1: f64,
     /// Error against signed distance, pooled over pairs.
@@ -48,6 +97,8 @@ struct Acc {
     psnr: f64,
     ssim: f64,
     halo: (f64, usize),
+    bands: BandSums,
+    kinds: [BandSums; 4],
     l1: f64,
     hist: DistanceHistogram,
     seconds: f64,
@@ -73,6 +124,8 @@ impl Acc {
             psnr: 0.0,
             ssim: 0.0,
             halo: (0.0, 0),
+            bands: BandSums::default(),
+            kinds: [BandSums::default(); 4],
             l1: 0.0,
             hist: DistanceHistogram::new(CURVE_MAX),
             seconds: 0.0,
@@ -80,18 +133,40 @@ impl Acc {
         }
     }
 
-    fn add(&mut self, got: &[[f32; 3]], want: &[[f32; 3]], mask: &[f32], size: usize) {
-        let err: Vec<f64> = got
-            .iter()
-            .zip(want)
-            .map(|(p, q)| (0..3).map(|c| (p[c] - q[c]).abs() as f64).sum::<f64>() / 3.0)
-            .collect();
-        let inside: Vec<bool> = mask.iter().map(|&m| m >= 0.5).collect();
+    fn add(
+        &mut self,
+        got: &[[f32; 3]],
+        want: &[[f32; 3]],
+        target: &[[f32; 3]],
+        pair: &Pair,
+        size: usize,
+    ) {
+        let err = |want: &[[f32; 3]]| -> Vec<f64> {
+            got.iter()
+                .zip(want)
+                .map(|(p, q)| (0..3).map(|c| (p[c] - q[c]).abs() as f64).sum::<f64>() / 3.0)
+                .collect()
+        };
+        let (err, err_t) = (err(want), err(target));
+        let inside: Vec<bool> = pair.mask.iter().map(|&m| m >= 0.5).collect();
+        let band = |e: &[f64], px: f64| halo_l1(e, &inside, size, size, px);
+        for (k, v) in [
+            band(&err, HALO_PX),
+            band(&err, EDGE_PX),
+            band(&err_t, HALO_PX),
+            band(&err_t, EDGE_PX),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            self.bands.add(k, v);
+            self.kinds[pair.kind].add(k, v);
+        }
         for b in error_by_distance(&err, &inside, size, size, CURVE_MAX) {
             self.hist
                 .add(b.distance, b.mean_error * b.count as f64, b.count);
         }
-        if let Some(h) = halo_l1(&err, &inside, size, size, 2.0) {
+        if let Some(h) = band(&err, HALO_PX) {
             self.halo.0 += h;
             self.halo.1 += 1;
         }
@@ -108,6 +183,12 @@ impl Acc {
             psnr: self.psnr / n,
             ssim: self.ssim / n,
             halo_l1: self.halo.0 / self.halo.1.max(1) as f64,
+            bands: self.bands.bands(),
+            by_kind: MASK_KINDS
+                .iter()
+                .zip(&self.kinds)
+                .map(|(&k, b)| (k, b.bands()))
+                .collect(),
             l1: self.l1 / n,
             curve: self.hist.bins(),
             ms_per_pair: 1000.0 * self.seconds / n,
@@ -115,22 +196,47 @@ impl Acc {
     }
 }
 
-/// Scores the methods on `pairs` (DecFormer's only when `dec` is given), in batches of 8.
+/// One pair as pictures (8-bit RGB, `size²`), by column name: the inputs, the mask, x*,
+/// each method's decoded blend and, but for the ceiling's, its error against x* (×4).
+pub type Panels = Vec<(String, Vec<[u8; 3]>)>;
+
+/// Scores the methods on `pairs` (DecFormer's only when `dec` is given), in batches of 8,
+/// and shows the first `show` pairs.
 pub fn evaluate(
     vae: &VaeBundle,
     dec: Option<&DecFormer>,
     pairs: &[Pair],
     size: usize,
+    show: usize,
     dev: &Device,
-) -> std::result::Result<Vec<MethodScore>, Failure> {
+) -> std::result::Result<(Vec<MethodScore>, Vec<Panels>), Failure> {
     let mut accs = vec![Acc::new("linear"), Acc::new("pixel")];
     if dec.is_some() {
         accs.insert(1, Acc::new("decformer"));
     }
+    let mut shown = Vec::new();
     for chunk in pairs.chunks(8) {
-        batch(vae, dec, chunk, size, dev, &mut accs).map_err(internal)?;
+        let wanted = show.saturating_sub(shown.len()).min(chunk.len());
+        let panels = batch(vae, dec, chunk, size, dev, &mut accs, wanted).map_err(internal)?;
+        shown.extend(panels);
     }
-    Ok(accs.into_iter().map(Acc::finish).collect())
+    Ok((accs.into_iter().map(Acc::finish).collect(), shown))
+}
+
+fn to8(px: &[[f32; 3]]) -> Vec<[u8; 3]> {
+    px.iter()
+        .map(|p| p.map(|v| (v * 255.0).round().clamp(0.0, 255.0) as u8))
+        .collect()
+}
+
+/// |got − want| per channel, ×4, as a picture.
+fn difference(got: &[[f32; 3]], want: &[[f32; 3]]) -> Vec<[u8; 3]> {
+    let d: Vec<[f32; 3]> = got
+        .iter()
+        .zip(want)
+        .map(|(g, w)| [0, 1, 2].map(|c| ((g[c] - w[c]).abs() * 4.0).min(1.0)))
+        .collect();
+    to8(&d)
 }
 
 /// Adds one batch of pairs to every method's scores.
@@ -141,7 +247,8 @@ fn batch(
     size: usize,
     dev: &Device,
     accs: &mut [Acc],
-) -> Result<()> {
+    show: usize,
+) -> Result<Vec<Panels>> {
     let [a, b, _, m] = tensors(chunk, size, dev)?;
     let (za, zb) = (encode(vae, &a)?, encode(vae, &b)?);
     let composite = |za: &Tensor, zb: &Tensor| -> Result<Tensor> {
@@ -149,7 +256,26 @@ fn batch(
         let mb = m.broadcast_as(xa.shape())?;
         (&xa * (1.0 - &mb)?)? + (&xb * &mb)?
     };
-    let want = rgb(&composite(&za, &zb)?)?;
+    let x_star = composite(&za, &zb)?;
+    let want = rgb(&x_star)?;
+    let target = rgb(&decode(vae, &encode(vae, &x_star)?)?)?;
+    let mut panels: Vec<Panels> = chunk[..show]
+        .iter()
+        .zip(&want)
+        .map(|(p, w)| {
+            let grey: Vec<[u8; 3]> = p
+                .mask
+                .iter()
+                .map(|&m| [(m * 255.0).round() as u8; 3])
+                .collect();
+            vec![
+                ("A".into(), p.a.clone()),
+                ("B".into(), p.b.clone()),
+                (format!("mask ({})", MASK_KINDS[p.kind]), grey),
+                ("x*".into(), to8(w)),
+            ]
+        })
+        .collect();
     for acc in accs.iter_mut() {
         let t = Instant::now();
         let z = match (acc.method, dec) {
@@ -161,10 +287,17 @@ fn batch(
         acc.seconds += t.elapsed().as_secs_f64();
         let got = rgb(&decode(vae, &z)?)?;
         for (k, p) in chunk.iter().enumerate() {
-            acc.add(&got[k], &want[k], &p.mask, size);
+            acc.add(&got[k], &want[k], &target[k], p, size);
+        }
+        for (k, shown) in panels.iter_mut().enumerate() {
+            shown.push((acc.method.into(), to8(&got[k])));
+            if acc.method != "pixel" {
+                // The bitmap font is ASCII, and a column is 16 characters wide.
+                shown.push(("|err| x4".into(), difference(&got[k], &want[k])));
+            }
         }
     }
-    Ok(())
+    Ok(panels)
 }
 
 /// Milliseconds of one forward of the tiny DiT (random weights: the cost is the shape's) at
