@@ -15,12 +15,14 @@
 //! - [`protocol`], [`flip`]: the paired evaluation of methods on held-out scenes, and the
 //!   order-flip test.
 //! - [`grpo`]: Flow-GRPO on a trained branch, rewarded on decoded images, with held-out reports.
+//! - [`alpha`]: the alpha-aware VAE's RGBA data (opaque images, amodal layers) and scores.
 //! - [`pelc`]: latent-compositing pairs (four mask kinds), their composite, DecFormer's loss.
 //! - [`tune`]: the grounding ratio a trained branch samples with, chosen on validation scenes.
 //! - [`report`]: progress bars, loss curves, evaluation reports.
 //! - [`device`]: where the Flux-scale model runs.
 #![warn(missing_docs)]
 
+pub mod alpha;
 pub mod bundled;
 pub mod data;
 pub mod device;

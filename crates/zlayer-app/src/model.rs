@@ -158,6 +158,12 @@ impl Model {
 /// A trained VAE file (`vae.safetensors` with its `vae.json`) and the image side it was
 /// trained at.
 pub fn vae_file(path: &Path, dev: &Device) -> Result<(VaeBundle, u32), Failure> {
+    if !path.is_file() {
+        return Err(Failure::User(format!(
+            "{}: no such VAE file; train one with `zlayer train vae --out DIR` and pass DIR/vae.safetensors",
+            path.display()
+        )));
+    }
     let src = Source::File(path.to_path_buf());
     let vae = load_vae(&src, dev).map_err(Failure::User)?;
     let size = src

@@ -17,6 +17,7 @@
 //! - [`rollout`]: Flow-GRPO rollouts of the layout branch and the policy loss over them.
 //! - [`regional`]: per-scene sequences with regional masks, for the `global` baselines.
 //! - [`text`]: word-level tokenizer and the tiny text encoder.
+//! - [`alpha`]: the alpha-aware RGBA VAE: opaque initialisation from the RGB VAE, composite loss.
 //! - [`vae`]: the small KL autoencoder (nearest-then-conv upsampling).
 //! - [`pelc`]: DecFormer, pixel-equivalent latent compositing (per-channel blend and residual).
 //! - [`optim`]: AdamW with saved state, clipping, warmup/cosine, EMA, exact-resume checkpoints.
@@ -24,6 +25,7 @@
 //! - [`sampling`]: rectified flow: noise, schedule, Euler `denoise`, guidance, training pairs.
 #![warn(missing_docs)]
 
+pub mod alpha;
 pub mod base;
 pub mod bench;
 pub mod branch;

@@ -244,6 +244,13 @@ impl Stage {
     }
 }
 
+/// KL(N(μ, σ²) ‖ N(0, 1)) = ½ (μ² + σ² − 1 − log σ²), averaged per element.
+pub fn kl_to_normal(mean: &Tensor, logvar: &Tensor) -> Result<Tensor> {
+    ((mean.sqr()? + logvar.exp()?)?.affine(1.0, -1.0)? - logvar)?
+        .mean_all()?
+        .affine(0.5, 0.0)
+}
+
 /// Encoder and decoder.
 #[derive(Debug, Clone)]
 pub struct Vae {
@@ -331,10 +338,7 @@ impl Vae {
     pub fn loss(&self, x: &Tensor, eps: &Tensor, beta: f64) -> Result<(Tensor, Tensor, Tensor)> {
         let (mean, logvar) = self.posterior(x)?;
         let mse = self.reconstruction(x, &mean, &logvar, eps, None)?;
-        // KL(N(μ, σ²) ‖ N(0, 1)) = ½ (μ² + σ² − 1 − log σ²), averaged per element.
-        let kl = ((mean.sqr()? + logvar.exp()?)?.affine(1.0, -1.0)? - &logvar)?
-            .mean_all()?
-            .affine(0.5, 0.0)?;
+        let kl = kl_to_normal(&mean, &logvar)?;
         let total = (&mse + kl.affine(beta, 0.0)?)?;
         Ok((total, mse, kl))
     }
