@@ -7,6 +7,7 @@ use zlayer_composite::ora::write_ora;
 use zlayer_composite::psd::write_psd;
 use zlayer_composite::resample::bilinear;
 use zlayer_composite::{BitDepth, Image, Layer, LayerStack, Straight, write_png};
+use zlayer_scene::Scene;
 
 /// One generated image and its instances' maps on the token grid.
 pub struct InstanceLayers {
@@ -22,6 +23,58 @@ pub struct InstanceLayers {
     pub captions: Vec<String>,
     /// Instance indices, back-most first.
     pub draw_order: Vec<usize>,
+    /// What the stack's embedded metadata says of it.
+    pub describe: Option<Describe>,
+}
+
+/// What a layer stack's embedded metadata records: the scene and how it was made.
+#[derive(Debug, Clone)]
+pub struct Describe {
+    /// The command that made it (`generate`, `insert`, `recompose`).
+    pub made_by: String,
+    /// The scene, in native form.
+    pub scene: Scene,
+    /// How it was made (model, method, seed, steps), as the command records it.
+    pub provenance: serde_json::Value,
+}
+
+/// A stack's embedded metadata (`zlayer.json` in OpenRaster, XMP in PSD), as JSON.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct StackMeta {
+    /// The zlayer version that wrote it.
+    pub zlayer: String,
+    /// The command that made it.
+    pub made_by: String,
+    /// The scene: ids, captions, boxes, order.
+    pub scene: Scene,
+    /// Which layer of the stack (0 at the bottom) is which instance of the scene.
+    pub layers: Vec<LayerRef>,
+    /// How it was made.
+    #[serde(default)]
+    pub provenance: serde_json::Value,
+}
+
+/// One instance's layer in a stack.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct LayerRef {
+    /// Index in the stack, 0 at the bottom.
+    pub layer: usize,
+    /// Index of the instance in the scene.
+    pub instance: usize,
+}
+
+impl Describe {
+    /// The metadata JSON of a stack whose instance layers are `layers`.
+    pub fn metadata(&self, layers: Vec<LayerRef>) -> String {
+        let meta = StackMeta {
+            zlayer: env!("CARGO_PKG_VERSION").into(),
+            made_by: self.made_by.clone(),
+            scene: self.scene.clone(),
+            layers,
+            provenance: self.provenance.clone(),
+        };
+        serde_json::to_string_pretty(&meta).expect("plain data")
+    }
 }
 
 impl InstanceLayers {
@@ -115,6 +168,7 @@ impl InstanceLayers {
             &alphas,
             &self.captions,
             &self.draw_order,
+            self.describe.as_ref(),
         );
         let layers = &mut stack.layers;
         for &k in &self.draw_order {
@@ -131,13 +185,14 @@ impl InstanceLayers {
 
 /// A layer stack of `image`: the whole image at the bottom (named `bottom`), then per
 /// instance, back to front (`draw_order`), the image cut out by its alpha at the image's size
-/// and named `K: caption`.
+/// and named `K: caption`; `describe` becomes its embedded metadata.
 pub fn cutouts(
     image: &Image<Straight>,
     bottom: &str,
     alphas: &[Vec<f32>],
     captions: &[String],
     draw_order: &[usize],
+    describe: Option<&Describe>,
 ) -> LayerStack {
     let mut layers = vec![Layer::new(bottom, image.clone())];
     for &k in draw_order {
@@ -147,9 +202,18 @@ pub fn cutouts(
         }
         layers.push(Layer::new(format!("{k}: {}", captions[k]), img));
     }
+    let refs = draw_order
+        .iter()
+        .enumerate()
+        .map(|(j, &k)| LayerRef {
+            layer: j + 1,
+            instance: k,
+        })
+        .collect();
     LayerStack {
         width: image.width,
         height: image.height,
         layers,
+        metadata: describe.map(|d| d.metadata(refs)),
     }
 }

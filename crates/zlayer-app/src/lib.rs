@@ -10,6 +10,7 @@
 //! - [`output`], [`layers`]: tensors as pictures at the canvas size; instance maps and
 //!   OpenRaster layer stacks.
 //! - [`insert`]: a new instance put into an existing image at its place in the order (PELC).
+//! - [`recompose`]: a layered file's instances re-ordered, moved or hidden, composited exactly.
 //! - [`preview`]: the picture of a declared scene (boxes by depth, arrows, hatched overlaps).
 //! - [`data`]: the synthetic world as scenes, batches, tensors and layouts.
 //! - [`protocol`], [`flip`]: the paired evaluation of methods on held-out scenes, and the
@@ -38,6 +39,7 @@ pub mod pelc;
 pub mod pipeline;
 pub mod preview;
 pub mod protocol;
+pub mod recompose;
 pub mod report;
 pub mod scene_file;
 pub mod tune;

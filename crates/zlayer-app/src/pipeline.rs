@@ -97,6 +97,11 @@ impl SceneOutput {
                 .map(|i| i.caption.clone())
                 .collect(),
             draw_order: scene.graph().draw_order(),
+            describe: Some(crate::layers::Describe {
+                made_by: "generate".into(),
+                scene: scene.scene().clone(),
+                provenance: serde_json::Value::Null,
+            }),
         })
     }
 }

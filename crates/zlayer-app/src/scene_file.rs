@@ -13,6 +13,14 @@ pub fn load(file: &Path) -> Result<Loaded, Failure> {
     Ok(loaded)
 }
 
+/// Writes a scene as native JSON, atomically.
+pub fn write(path: &Path, scene: &zlayer_scene::Scene) -> Result<(), Failure> {
+    let text = zlayer_scene::export(scene, zlayer_scene::Format::Native)
+        .map_err(|e| Failure::Internal(e.to_string()))?;
+    zlayer_composite::atomic_write(path, |f| std::io::Write::write_all(f, text.as_bytes()))
+        .map_err(|e| Failure::User(format!("{}: {e}", path.display())))
+}
+
 /// Reads and validates a scene; warnings stay in the result.
 pub fn load_quiet(file: &Path) -> Result<Loaded, SceneError> {
     let bytes = std::fs::read(file)

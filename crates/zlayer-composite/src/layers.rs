@@ -28,6 +28,10 @@ pub struct LayerStack {
     pub height: usize,
     /// Layers, bottom first.
     pub layers: Vec<Layer>,
+    /// zlayer's description of the stack (JSON: the scene, how it was made, which layer is
+    /// which instance), embedded in the file: a `zlayer.json` entry in OpenRaster, an XMP
+    /// packet in PSD.
+    pub metadata: Option<String>,
 }
 
 impl Layer {
@@ -53,6 +57,7 @@ impl LayerStack {
             width,
             height,
             layers,
+            metadata: None,
         }
     }
 

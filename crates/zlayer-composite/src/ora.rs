@@ -8,6 +8,7 @@
 
 use crate::io::{BitDepth, IoError, atomic_write, decode_png, encode_png};
 use crate::layers::{Layer, LayerStack, thumbnail};
+use crate::psd::XMP_NS;
 use std::io::{Cursor, Read, Write};
 use std::path::Path;
 use zip::CompressionMethod;
@@ -30,12 +31,25 @@ pub enum OraError {
     Format(String, String),
 }
 
-fn xml_escape(s: &str) -> String {
+/// Text as XML character data or an attribute value.
+pub(crate) fn xml_escape(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
         .replace('"', "&quot;")
 }
+
+/// The inverse of [`xml_escape`] (and `&apos;`).
+pub(crate) fn xml_unescape(s: &str) -> String {
+    s.replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&quot;", "\"")
+        .replace("&apos;", "'")
+        .replace("&amp;", "&")
+}
+
+/// The zip entry that holds a stack's metadata.
+pub const METADATA_ENTRY: &str = "zlayer.json";
 
 /// Encodes a stack as OpenRaster bytes.
 pub fn encode_ora(stack: &LayerStack, depth: BitDepth) -> Result<Vec<u8>, String> {
@@ -47,8 +61,13 @@ pub fn encode_ora(stack: &LayerStack, depth: BitDepth) -> Result<Vec<u8>, String
     zip.write_all(MIMETYPE.as_bytes())
         .map_err(|e| e.to_string())?;
 
+    // The metadata's entry is named on <image>, in zlayer's namespace, for readers that look.
+    let meta_attr = match stack.metadata {
+        Some(_) => format!(" xmlns:zlayer=\"{XMP_NS}\" zlayer:metadata=\"{METADATA_ENTRY}\""),
+        None => String::new(),
+    };
     let mut xml = format!(
-        "<?xml version='1.0' encoding='UTF-8'?>\n<image version=\"0.0.5\" w=\"{}\" h=\"{}\">\n <stack>\n",
+        "<?xml version='1.0' encoding='UTF-8'?>\n<image version=\"0.0.5\" w=\"{}\" h=\"{}\"{meta_attr}>\n <stack>\n",
         stack.width, stack.height
     );
     for (k, l) in stack.layers.iter().enumerate().rev() {
@@ -70,6 +89,10 @@ pub fn encode_ora(stack: &LayerStack, depth: BitDepth) -> Result<Vec<u8>, String
             .map_err(err)?;
         zip.write_all(&encode_png(&l.image, depth)?)
             .map_err(|e| e.to_string())?;
+    }
+    if let Some(m) = &stack.metadata {
+        zip.start_file(METADATA_ENTRY, deflated).map_err(err)?;
+        zip.write_all(m.as_bytes()).map_err(|e| e.to_string())?;
     }
     let merged = stack.flatten();
     zip.start_file("mergedimage.png", stored).map_err(err)?;
@@ -160,9 +183,16 @@ pub fn decode_ora(bytes: &[u8]) -> Result<LayerStack, OraError> {
     }
     // The file lists the top first; the stack keeps the bottom first.
     layers.reverse();
+    let metadata = match read(METADATA_ENTRY) {
+        Ok(b) => {
+            Some(String::from_utf8(b).map_err(|_| ferr(format!("{METADATA_ENTRY} is not UTF-8")))?)
+        }
+        Err(_) => None,
+    };
     Ok(LayerStack {
         width,
         height,
         layers,
+        metadata,
     })
 }

@@ -3,7 +3,8 @@
 //!
 //! What is written (Adobe's "Photoshop File Formats Specification", version 1, 8-bit RGB):
 //! - the header (`8BPS`, 3 channels, or 4 when the flattened image has transparency), empty
-//!   colour-mode data and image resources;
+//!   colour-mode data, and as the one image resource, when the stack has metadata, an XMP
+//!   packet (resource 1060) whose `zlayer:metadata` property holds it;
 //! - the layer and mask section: one record per layer, bottom first (the file's order), with
 //!   its rectangle, channels −1 (alpha), 0, 1, 2 of straight 8-bit colour, blend mode
 //!   `norm`, opacity, visibility, the name as a Pascal string and, for any character outside
@@ -28,6 +29,28 @@ pub enum PsdError {
     /// The content is not a PSD this reader understands.
     #[error("{0}: {1}")]
     Format(String, String),
+}
+
+/// zlayer's XMP namespace (also on OpenRaster's `<image>`).
+pub const XMP_NS: &str = "https://github.com/zlayer/zlayer/ns/1.0/";
+
+/// Photoshop's image resource id of XMP metadata.
+pub const XMP_RESOURCE: u16 = 1060;
+
+/// An XMP packet carrying `metadata` as the `zlayer:metadata` property.
+fn xmp_packet(metadata: &str) -> String {
+    format!(
+        "<?xpacket begin=\"\u{feff}\" id=\"W5M0MpCehiHzreSzNTczkc9d\"?><x:xmpmeta xmlns:x=\"adobe:ns:meta/\"><rdf:RDF xmlns:rdf=\"http://www.w3.org/1999/02/22-rdf-syntax-ns#\"><rdf:Description rdf:about=\"\" xmlns:zlayer=\"{XMP_NS}\"><zlayer:metadata>{}</zlayer:metadata></rdf:Description></rdf:RDF></x:xmpmeta><?xpacket end=\"w\"?>",
+        crate::ora::xml_escape(metadata)
+    )
+}
+
+/// The `zlayer:metadata` property of an XMP packet, if it has one.
+fn xmp_metadata(packet: &str) -> Option<String> {
+    let (open, close) = ("<zlayer:metadata>", "</zlayer:metadata>");
+    let start = packet.find(open)? + open.len();
+    let end = start + packet[start..].find(close)?;
+    Some(crate::ora::xml_unescape(&packet[start..end]))
 }
 
 /// Photoshop's largest canvas side for a PSD (larger needs PSB).
@@ -129,7 +152,19 @@ pub fn encode_psd(stack: &LayerStack) -> Result<Vec<u8>, String> {
     o.u16(8);
     o.u16(3); // RGB
     o.u32(0); // colour-mode data
-    o.u32(0); // image resources
+    let resources = o.length_here();
+    if let Some(m) = &stack.metadata {
+        let xmp = xmp_packet(m).into_bytes();
+        o.bytes(b"8BIM");
+        o.u16(XMP_RESOURCE);
+        o.u16(0); // an empty name, padded to even
+        o.u32(xmp.len() as u32);
+        o.bytes(&xmp);
+        if xmp.len() % 2 == 1 {
+            o.u8(0);
+        }
+    }
+    o.close_length(resources, 1);
     let section = o.length_here();
     let info = o.length_here();
     let count = stack.layers.len() as i16;
@@ -246,9 +281,27 @@ pub fn decode_psd(bytes: &[u8]) -> Result<LayerStack, String> {
             "depth {depth}, colour mode {mode}: only 8-bit RGB is read"
         ));
     }
-    for _ in 0..2 {
-        let n = r.u32()? as usize;
-        r.take(n)?;
+    let n = r.u32()? as usize; // colour-mode data
+    r.take(n)?;
+    let n = r.u32()? as usize;
+    let mut res = In {
+        b: r.take(n)?,
+        at: 0,
+    };
+    let mut metadata = None;
+    while res.at + 12 <= res.b.len() {
+        if res.take(4)? != b"8BIM" {
+            return Err("an image resource without its 8BIM signature".into());
+        }
+        let id = res.u16()?;
+        let name = res.take(1)?[0] as usize;
+        res.take(name + (name + 1) % 2)?; // the Pascal name, padded to even
+        let size = res.u32()? as usize;
+        let data = res.take(size)?;
+        res.take(size % 2)?;
+        if id == XMP_RESOURCE {
+            metadata = xmp_metadata(&String::from_utf8_lossy(data));
+        }
     }
     let _section = r.u32()?;
     let _info = r.u32()?;
@@ -354,6 +407,7 @@ pub fn decode_psd(bytes: &[u8]) -> Result<LayerStack, String> {
         width,
         height,
         layers,
+        metadata,
     })
 }
 
@@ -398,6 +452,7 @@ mod tests {
             width: 9,
             height: 6,
             layers: vec![layer("background", 9, 6, 1), top, layer("猫", 2, 2, 3)],
+            metadata: None,
         };
         let bytes = encode_psd(&stack).unwrap();
         assert_eq!(&bytes[..4], b"8BPS");
@@ -453,6 +508,7 @@ mod tests {
             width: 0,
             height: 4,
             layers: vec![],
+            metadata: None,
         };
         assert!(encode_psd(&empty).unwrap_err().contains("1 to 30000"));
         assert!(decode_psd(b"PNG").unwrap_err().contains("truncated"));

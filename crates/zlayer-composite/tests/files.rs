@@ -126,6 +126,7 @@ fn offsets_opacity_and_visibility() {
         width: 4,
         height: 2,
         layers: vec![hidden, top],
+        metadata: None,
     };
     let out = stack.composite();
     // Only pixel (3, 0) is covered: the layer is shifted right by 3 and up by 1.
@@ -150,6 +151,7 @@ fn demo_stack() -> LayerStack {
         width: 300,
         height: 200,
         layers,
+        metadata: None,
     }
 }
 
@@ -228,4 +230,36 @@ fn ora_round_trips() {
     let back = zlayer_composite::ora::read_ora(&path).unwrap();
     assert_eq!(back, stack);
     assert!(decode_ora(b"PK nonsense").is_err());
+}
+
+/// Metadata with every character XML and JSON escape, and some that are not ASCII.
+const METADATA: &str = r#"{"scene": {"prompt": "a <red> & "blue" 猫 's"}, "seed": 7}"#;
+
+#[test]
+fn metadata_round_trips_through_ora_and_psd() {
+    let mut stack = demo_stack();
+    stack.metadata = Some(METADATA.into());
+    let dir = tmpdir("meta");
+    let (ora, psd) = (dir.join("m.ora"), dir.join("m.psd"));
+    write_ora(&ora, &stack, BitDepth::Eight).unwrap();
+    let back = zlayer_composite::ora::read_ora(&ora).unwrap();
+    assert_eq!(back.metadata.as_deref(), Some(METADATA));
+    // The entry is a plain zip member, and <image> names it.
+    let bytes = std::fs::read(&ora).unwrap();
+    let mut zip = zip::ZipArchive::new(std::io::Cursor::new(bytes)).unwrap();
+    let mut xml = String::new();
+    std::io::Read::read_to_string(&mut zip.by_name("stack.xml").unwrap(), &mut xml).unwrap();
+    assert!(xml.contains("zlayer:metadata=\"zlayer.json\""), "{xml}");
+    assert!(zip.by_name("zlayer.json").is_ok());
+    zlayer_composite::psd::write_psd(&psd, &stack).unwrap();
+    let back = zlayer_composite::psd::read_psd(&psd).unwrap();
+    assert_eq!(back.metadata.as_deref(), Some(METADATA));
+    assert_eq!(back.layers.len(), stack.layers.len());
+    // Without metadata, none comes back.
+    stack.metadata = None;
+    zlayer_composite::psd::write_psd(&psd, &stack).unwrap();
+    assert_eq!(
+        zlayer_composite::psd::read_psd(&psd).unwrap().metadata,
+        None
+    );
 }

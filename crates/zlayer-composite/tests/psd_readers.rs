@@ -38,6 +38,7 @@ fn stack() -> LayerStack {
         width: w,
         height: h,
         layers: vec![Layer::new("generated image", bg), disk, glass, hidden],
+        metadata: Some(r#"{"scene": {"prompt": "a <red> & \"blue\" 猫"}}"#.into()),
     }
 }
 
@@ -70,6 +71,9 @@ for l in psd:
         "name": l.name, "visible": l.visible, "opacity": l.opacity,
         "bbox": list(l.bbox), "pixels": [list(img.getpixel((x, y))) for (x, y) in [(0, 0), (4, 3), (img.width - 1, img.height - 1)]],
     })
+from psd_tools.constants import Resource
+xmp = psd.image_resources.get_data(Resource.XMP_METADATA)
+out["xmp"] = xmp.decode("utf-8") if isinstance(xmp, bytes) else xmp
 print(json.dumps(out))
 "#;
 
@@ -95,6 +99,18 @@ fn psd_tools_reads_every_layer_as_written() {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let s = stack();
     assert_eq!(v["size"], serde_json::json!([s.width, s.height]));
+    // The XMP packet, read by psd-tools, holds the metadata, XML-escaped.
+    let xmp = v["xmp"].as_str().expect("an XMP resource");
+    let meta = s.metadata.as_deref().unwrap();
+    let escaped = meta
+        .replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;");
+    assert!(
+        xmp.contains(&format!("<zlayer:metadata>{escaped}</zlayer:metadata>")),
+        "{xmp}"
+    );
     let layers = v["layers"].as_array().unwrap();
     assert_eq!(layers.len(), s.layers.len(), "{v}");
     for (l, r) in s.layers.iter().zip(layers) {

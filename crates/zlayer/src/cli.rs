@@ -112,6 +112,19 @@ enum Command {
   zlayer insert --scene examples/sphere-cube.json --caption \"red disk\" --box 40,40,200,200 -o out.png   # generates the scene first
   zlayer insert photo.png --caption \"yellow star\" --box 10,10,30,30 --latent-blend linear -o out.png")]
     Insert(crate::insert::InsertArgs),
+    /// Re-order, move or hide the instance layers of a layered file, and composite them
+    /// exactly in pixels.
+    ///
+    /// Reads what zlayer writes (.ora/.psd from generate, insert or recompose, whose embedded
+    /// metadata names the scene and which layer is which instance) or a `zlayer synth
+    /// --format png` scene folder with its exact amodal layers. The original order gives back
+    /// the original composite exactly.
+    #[command(after_help = "Examples:
+  zlayer synth --n 1 --size 256 --format png --out syn
+  zlayer recompose syn/000000 --order 2,0,1,3,4 -o reordered.png   # front-most first
+  zlayer recompose syn/000000 --hide 1 --move 0=30,-10 -o edited.ora --scene-out edited.json
+  zlayer recompose layers.ora --scene edited.json -o out.psd")]
+    Recompose(crate::recompose::RecomposeArgs),
     /// Time one FLUX.1-dev denoising step with random weights of the real width: the base
     /// against the layout branch with 1, 4, 8 and 16 instances (seconds, peak memory, ratios).
     ///
@@ -198,6 +211,7 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
         Command::Train(cmd) => crate::train::run(cmd),
         Command::Generate(args) => crate::generate::run(args),
         Command::Insert(args) => crate::insert::run(args),
+        Command::Recompose(args) => crate::recompose::run(args),
         Command::Serve(args) => crate::serve::run(args),
         Command::BenchStep(args) => crate::bench_step::run(args),
         Command::BenchTrain(args) => crate::bench_train::run(args),

@@ -3,7 +3,6 @@
 use crate::args::ratio;
 use candle_core::Device;
 use clap::{Args, ValueEnum};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use zlayer_app::Failure;
 use zlayer_app::insert::{InsertRequest, Place, insert};
@@ -13,7 +12,7 @@ use zlayer_app::pipeline::{Pipeline, SceneRequest};
 use zlayer_composite::{BitDepth, Image, Straight, read_png, write_png};
 use zlayer_model::base::SampleOptions;
 use zlayer_model::pelc::DecFormer;
-use zlayer_scene::{BBox, Format, Instance, Scene};
+use zlayer_scene::{BBox, Instance, Scene};
 
 /// How the new object's latent is composited into the image's.
 #[derive(Debug, Clone, Copy, PartialEq, ValueEnum)]
@@ -266,20 +265,26 @@ pub fn run(a: InsertArgs) -> Result<(), Failure> {
         eprintln!("wrote {}", path.display());
     }
     if let Some(path) = &a.scene_out {
-        let text = zlayer_scene::export(s, Format::Native)
-            .map_err(|e| Failure::Internal(e.to_string()))?;
-        zlayer_composite::atomic_write(path, |f| f.write_all(text.as_bytes()))
-            .map_err(|e| user(format!("{}: {e}", path.display())))?;
+        zlayer_app::scene_file::write(path, s)?;
         eprintln!("wrote {}", path.display());
     }
     if a.ora.is_some() || a.psd.is_some() {
         let captions: Vec<String> = s.instances.iter().map(|i| i.caption.clone()).collect();
+        let describe = zlayer_app::layers::Describe {
+            made_by: "insert".into(),
+            scene: s.clone(),
+            provenance: serde_json::json!({
+                "model": a.model, "method": a.variant, "seed": a.seed, "steps": a.steps,
+                "refine": a.refine, "band": band, "latent_blend": blend, "input": a.image,
+            }),
+        };
         let stack = zlayer_app::layers::cutouts(
             &out.image,
             "image",
             &out.visible,
             &captions,
             &g.draw_order(),
+            Some(&describe),
         );
         if let Some(path) = &a.ora {
             zlayer_composite::ora::write_ora(path, &stack, BitDepth::Eight).map_err(user)?;

@@ -15,6 +15,7 @@ mod eval_prompts;
 mod generate;
 mod insert;
 mod preview;
+mod recompose;
 mod scene_cmd;
 mod serve;
 mod synth_cmd;

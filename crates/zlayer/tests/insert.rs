@@ -84,6 +84,40 @@ fn insert_behind_keeps_the_image_outside_the_new_object_and_updates_the_scene() 
     assert_eq!(stack.layers.len(), 4, "the image and three cut-outs");
     assert!(stack.layers.iter().any(|l| l.name == "2: green cone"));
     assert!(std::fs::metadata(&ora).unwrap().len() > 1000);
+    // The layers know their scene: recompose reads it back from either file.
+    let meta: serde_json::Value = serde_json::from_str(stack.metadata.as_deref().unwrap()).unwrap();
+    assert_eq!(meta["made_by"], "insert");
+    assert_eq!(meta["scene"]["instances"][2]["id"], "new");
+    assert_eq!(meta["layers"].as_array().unwrap().len(), 3);
+    let re = d.join("re.png");
+    let o = zlayer(&[
+        "recompose",
+        &s(&ora),
+        "--order",
+        "new,sphere,cube",
+        "-o",
+        &s(&re),
+    ]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stderr).contains("front first: new, sphere, cube"),
+        "{}",
+        text(&o.stderr)
+    );
+    let o = zlayer(&[
+        "recompose",
+        &s(&psd),
+        "--order",
+        "new,sphere",
+        "-o",
+        &s(&re),
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        text(&o.stderr).contains("missing: cube"),
+        "{}",
+        text(&o.stderr)
+    );
 }
 
 #[test]

@@ -174,7 +174,13 @@ fn generate_scene(
         eprintln!("{}: {note}", path.display());
     }
     if req.maps {
-        let layers = out.layers(&loaded.scene, canvas)?;
+        let mut layers = out.layers(&loaded.scene, canvas)?;
+        if let Some(d) = &mut layers.describe {
+            d.provenance = serde_json::json!({
+                "model": a.model, "method": a.variant, "seed": opts.seed, "steps": opts.steps,
+                "guidance": opts.guidance, "grounding_ratio": a.grounding_ratio, "prompt": out.prompt,
+            });
+        }
         if let Some(dir) = &a.layers {
             let files = layers.write_dir(dir)?;
             eprintln!("wrote {} instance maps to {}", files.len(), dir.display());
