@@ -265,6 +265,49 @@ impl Layered {
         }
     }
 
+    /// Each layer over a grey checkerboard (how editors show transparency), bottom first,
+    /// then the composite: one picture per layer, at the canvas size.
+    pub fn sheet(&self) -> Vec<Image<Straight>> {
+        let (w, h) = (self.stack.width, self.stack.height);
+        let cell = (w.max(h) / 16).max(4);
+        let board = |x: usize, y: usize| {
+            if (x / cell + y / cell) % 2 == 0 {
+                0.8
+            } else {
+                0.6
+            }
+        };
+        let mut out: Vec<Image<Straight>> = self
+            .stack
+            .layers
+            .iter()
+            .map(|l| {
+                let mut img = Image::new(w, h);
+                for (p, px) in img.pixels.iter_mut().enumerate() {
+                    let (x, y) = (p % w, p / w);
+                    let (lx, ly) = (x as i64 - l.x, y as i64 - l.y);
+                    let b = board(x, y);
+                    let src = (lx >= 0
+                        && ly >= 0
+                        && (lx as usize) < l.image.width
+                        && (ly as usize) < l.image.height)
+                        .then(|| l.image.pixels[ly as usize * l.image.width + lx as usize].0);
+                    let [r, g, bl, a] = src.unwrap_or([0.0; 4]);
+                    let a = a * l.opacity * if l.visible { 1.0 } else { 0.25 };
+                    *px = Straight([
+                        r * a + b * (1.0 - a),
+                        g * a + b * (1.0 - a),
+                        bl * a + b * (1.0 - a),
+                        1.0,
+                    ]);
+                }
+                img
+            })
+            .collect();
+        out.push(self.composite());
+        out
+    }
+
     /// The stack with its metadata brought up to date, for writing.
     pub fn to_stack(&self) -> LayerStack {
         let describe = Describe {

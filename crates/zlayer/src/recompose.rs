@@ -27,6 +27,10 @@ pub struct RecomposeArgs {
     /// Move an instance: `ID=DX,DY` in canvas pixels (repeatable).
     #[arg(long = "move", value_parser = parse_move)]
     moves: Vec<(String, i64, i64)>,
+    /// Also write every layer over a checkerboard, bottom first, and the composite, side by
+    /// side (hidden layers faded).
+    #[arg(long)]
+    sheet: Option<PathBuf>,
     /// Write the edited scene here (native JSON).
     #[arg(long)]
     scene_out: Option<PathBuf>,
@@ -91,6 +95,11 @@ pub fn run(a: RecomposeArgs) -> Result<(), Failure> {
                 a.output.display()
             )));
         }
+    }
+    if let Some(path) = &a.sheet {
+        let sheet = zlayer_app::output::row(&layered.sheet());
+        zlayer_composite::write_png(path, &sheet, BitDepth::Eight).map_err(user)?;
+        eprintln!("wrote {}", path.display());
     }
     if let Some(path) = &a.scene_out {
         zlayer_app::scene_file::write(path, &layered.scene)?;

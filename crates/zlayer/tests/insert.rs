@@ -89,7 +89,7 @@ fn insert_behind_keeps_the_image_outside_the_new_object_and_updates_the_scene() 
     assert_eq!(meta["made_by"], "insert");
     assert_eq!(meta["scene"]["instances"][2]["id"], "new");
     assert_eq!(meta["layers"].as_array().unwrap().len(), 3);
-    let re = d.join("re.png");
+    let (re, sheet) = (d.join("re.png"), d.join("sheet.png"));
     let o = zlayer(&[
         "recompose",
         &s(&ora),
@@ -97,8 +97,16 @@ fn insert_behind_keeps_the_image_outside_the_new_object_and_updates_the_scene() 
         "new,sphere,cube",
         "-o",
         &s(&re),
+        "--sheet",
+        &s(&sheet),
     ]);
     assert!(o.status.success(), "{}", text(&o.stderr));
+    let sh = zlayer_composite::read_png(&sheet).unwrap();
+    assert_eq!(
+        (sh.width, sh.height),
+        (5 * 512, 512),
+        "four layers and the composite"
+    );
     assert!(
         text(&o.stderr).contains("front first: new, sphere, cube"),
         "{}",
