@@ -271,7 +271,7 @@ impl Layered {
         let (w, h) = (self.stack.width, self.stack.height);
         let cell = (w.max(h) / 16).max(4);
         let board = |x: usize, y: usize| {
-            if (x / cell + y / cell) % 2 == 0 {
+            if (x / cell + y / cell).is_multiple_of(2) {
                 0.8
             } else {
                 0.6
