@@ -417,12 +417,7 @@ impl DecFormer {
         }
         let alpha = candle_nn::ops::sigmoid(&(alpha0_logit + self.alpha.forward(&f)?)?)?;
         let residual = self.residual.forward(&f)?;
-        let blend = ((za * (1.0 - &alpha)?)? + (zb * &alpha)?)?;
-        let z = if gate == 0.0 {
-            blend
-        } else {
-            (blend + (&residual * gate)?)?
-        };
+        let z = compose(za, zb, &alpha, &residual, gate)?;
         Ok(Blend {
             z,
             alpha,
@@ -438,6 +433,16 @@ impl DecFormer {
             .broadcast_as(za.shape())?
             .to_dtype(za.dtype())?;
         (za * (1.0 - &a)?)? + (zb * &a)?
+    }
+}
+
+/// ẑ = (1 − α) ⊙ z_A + α ⊙ z_B + gate · s (DESIGN.md §4.4); a zero gate adds nothing.
+pub fn compose(za: &Tensor, zb: &Tensor, alpha: &Tensor, s: &Tensor, gate: f64) -> Result<Tensor> {
+    let blend = ((za * (1.0 - alpha)?)? + (zb * alpha)?)?;
+    if gate == 0.0 {
+        Ok(blend)
+    } else {
+        blend + (s * gate)?
     }
 }
 
