@@ -11,6 +11,7 @@
 //!   OpenRaster layer stacks.
 //! - [`insert`]: a new instance put into an existing image at its place in the order (PELC).
 //! - [`recompose`]: a layered file's instances re-ordered, moved or hidden, composited exactly.
+//! - [`layer_eval`]: RGBA layers scored against exact amodal layers (visible, hidden, alpha).
 //! - [`preview`]: the picture of a declared scene (boxes by depth, arrows, hatched overlaps).
 //! - [`data`]: the synthetic world as scenes, batches, tensors and layouts.
 //! - [`protocol`], [`flip`]: the paired evaluation of methods on held-out scenes, and the
@@ -31,6 +32,7 @@ pub mod error;
 pub mod flip;
 pub mod grpo;
 pub mod insert;
+pub mod layer_eval;
 pub mod layers;
 pub mod method;
 pub mod model;

@@ -153,6 +153,14 @@ enum Command {
     #[command(after_help = "Example:
   zlayer eval-layout --layout runs/occ/layout.safetensors,runs/global/layout.safetensors --split complex --n 300 --out eval/complex")]
     EvalLayout(crate::eval_layout::EvalLayoutArgs),
+    /// Score RGBA layers against SA-Z-synth's exact amodal layers: RGB L1 over visible and
+    /// over hidden pixels, alpha SAD/MSE/Grad/Conn, for the cut-out baselines (and, once it
+    /// exists, the decomposition model).
+    ///
+    /// Writes OUT/layers-eval.md and .json; prints the table (docs/layers.md).
+    #[command(after_help = "Example:
+  zlayer eval-layers --n 100 --split complex --out layers-eval")]
+    EvalLayers(crate::eval_layers::EvalLayersArgs),
     /// Compare ways to blend two latents under a mask on held-out pairs: the linear blend
     /// with the area-downsampled mask, a trained DecFormer (PELC), and decode–composite–
     /// encode (the ceiling), each decoded and scored against the pixel composite.
@@ -218,5 +226,6 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
         Command::EvalPrompts(args) => crate::eval_prompts::run(args),
         Command::EvalLayout(args) => crate::eval_layout::run(args),
         Command::EvalPelc(args) => crate::eval_pelc::run(args),
+        Command::EvalLayers(args) => crate::eval_layers::run(args),
     }
 }

@@ -9,6 +9,7 @@ mod bench_train;
 mod cli;
 mod compose;
 mod eval;
+mod eval_layers;
 mod eval_layout;
 mod eval_pelc;
 mod eval_prompts;
