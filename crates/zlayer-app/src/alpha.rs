@@ -13,6 +13,13 @@ fn is_layer(k: u64) -> bool {
     k % 2 == 1
 }
 
+/// The rows of the batch of samples `first..first + n` that are whole opaque images.
+pub fn opaque_rows(first: usize, n: usize) -> Vec<u32> {
+    (0..n as u32)
+        .filter(|&i| !is_layer(first as u64 + i as u64))
+        .collect()
+}
+
 /// One sample as planar RGBA in [−1, 1]: sample `k` of the run is the whole image of its
 /// scene (alpha 1) when `k` is even, else the amodal RGBA layer of one of its instances
 /// (chosen by `k`), straight alpha.

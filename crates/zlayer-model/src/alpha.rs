@@ -103,3 +103,11 @@ pub fn loss(vae: &Vae, x: &Tensor, eps: &Tensor, beta: f64) -> Result<(Tensor, T
     let kl = kl_to_normal(&mean, &logvar)?;
     Ok(((&comp + kl.affine(beta, 0.0)?)?, comp, kl))
 }
+
+/// How far the RGBA encoder has moved from the RGB one on opaque images `x` (B, 4, H, W):
+/// the mean squared difference of their posterior means, the frozen RGB VAE's detached.
+/// Weighted into the loss, it keeps the latents that base models were trained on.
+pub fn opaque_drift(vae: &Vae, rgb: &Vae, x: &Tensor) -> Result<Tensor> {
+    let want = rgb.encode(&x.narrow(1, 0, 3)?)?.detach();
+    (vae.encode(x)? - want)?.sqr()?.mean_all()
+}

@@ -6,7 +6,7 @@ mod common;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use common::max_diff;
-use zlayer_model::alpha::{composite_loss, loss, opaque_init, rgba_config};
+use zlayer_model::alpha::{composite_loss, loss, opaque_drift, opaque_init, rgba_config};
 use zlayer_model::sampling::noise;
 use zlayer_model::vae::{Vae, VaeConfig};
 
@@ -154,4 +154,28 @@ fn training_reaches_the_alpha_paths() {
         .to_scalar::<f32>()
         .unwrap();
     assert!(norm > 0.0, "the alpha output's zero weights get a gradient");
+}
+
+#[test]
+fn opaque_drift_is_zero_at_the_start_and_pulls_the_encoder_back() {
+    let dev = Device::Cpu;
+    let (rgb, rgba, vm) = pair(&dev);
+    let colour = noise((2, 3, 16, 16), 4, &dev).unwrap().tanh().unwrap();
+    let ones = Tensor::ones((2, 1, 16, 16), DType::F32, &dev).unwrap();
+    let opaque = Tensor::cat(&[&colour, &ones], 1).unwrap();
+    let d0 = opaque_drift(&rgba, &rgb, &opaque)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert!(d0 < 1e-10, "{d0}");
+    let w = vm.data().lock().unwrap()["encoder.conv_in.weight"].clone();
+    let moved = (w.as_tensor() + noise(w.as_tensor().shape(), 5, &dev).unwrap() * 0.1).unwrap();
+    w.set(&moved).unwrap();
+    let drift = opaque_drift(&rgba, &rgb, &opaque).unwrap();
+    assert!(drift.to_scalar::<f32>().unwrap() > 1e-4);
+    let grads = drift.backward().unwrap();
+    assert!(
+        grads.get(w.as_tensor()).is_some(),
+        "the encoder is pulled back"
+    );
 }

@@ -2,11 +2,12 @@
 
 use super::loop_config;
 use candle_core::Device;
+use candle_core::Tensor;
 use clap::Args;
 use std::path::PathBuf;
 use zlayer_app::Failure;
 use zlayer_app::report::Progress;
-use zlayer_model::alpha::{from_rgb, loss, rgba_config};
+use zlayer_model::alpha::{from_rgb, loss, opaque_drift, rgba_config};
 use zlayer_model::sampling::noise;
 use zlayer_model::train::{export_f16, load_weights, train_loop};
 use zlayer_model::vae::Vae;
@@ -33,6 +34,11 @@ pub struct AlphaVaeArgs {
     /// KL weight.
     #[arg(long, default_value_t = 1e-4)]
     beta: f64,
+    /// Weight of the opaque drift: the squared distance of the RGBA encoder's latents of
+    /// opaque images from the RGB VAE's, so base models trained on those latents keep
+    /// working (0: free).
+    #[arg(long, default_value_t = 1.0)]
+    keep_opaque: f64,
     /// Data seed; held-out scenes use seed + 1,000,000.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -58,7 +64,7 @@ pub fn run(a: AlphaVaeArgs) -> Result<(), Failure> {
     let vae = from_rgb(&vm, &rgb.cfg, &a.from, &dev).map_err(Failure::User)?;
     let cfg = rgba_config(&rgb.cfg);
     let lc = loop_config(a.steps, a.lr);
-    let meta = serde_json::json!({"kind": "alpha-vae", "config": cfg, "from": a.from, "beta": a.beta, "batch": a.batch, "seed": a.seed, "loop": lc});
+    let meta = serde_json::json!({"kind": "alpha-vae", "config": cfg, "from": a.from, "beta": a.beta, "keep_opaque": a.keep_opaque, "batch": a.batch, "seed": a.seed, "loop": lc});
     let bar = Progress::new(a.steps);
     let start = std::time::Instant::now();
     let f = cfg.factor();
@@ -78,11 +84,23 @@ pub fn run(a: AlphaVaeArgs) -> Result<(), Failure> {
                 &dev,
             )?;
             let (total, comp, kl) = loss(&vae, &x, &eps, a.beta)?;
+            let rows = zlayer_app::alpha::opaque_rows(step * a.batch, a.batch);
+            let (total, drift) = if a.keep_opaque > 0.0 && !rows.is_empty() {
+                let opaque = x.index_select(&Tensor::new(rows.as_slice(), &dev)?, 0)?;
+                let drift = opaque_drift(&vae, &rgb.vae, &opaque)?;
+                (
+                    (total + (&drift * a.keep_opaque)?)?,
+                    drift.to_scalar::<f32>()?,
+                )
+            } else {
+                (total, 0.0)
+            };
             Ok((
                 total,
                 vec![
                     ("composite".into(), comp.to_scalar::<f32>()?),
                     ("kl".into(), kl.to_scalar::<f32>()?),
+                    ("drift".into(), drift),
                 ],
             ))
         },
