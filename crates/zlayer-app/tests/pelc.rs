@@ -116,27 +116,11 @@ fn alpha_one_and_no_residual_is_z_b_exactly() {
     let zb = zlayer_model::sampling::noise((2, 4, 5, 6), 2, &dev).unwrap();
     let s = zlayer_model::sampling::noise((2, 4, 5, 6), 3, &dev).unwrap();
     let ones = za.ones_like().unwrap();
+    let v = |t: &candle_core::Tensor| -> Vec<f32> { t.flatten_all().unwrap().to_vec1().unwrap() };
     let got = compose(&za, &zb, &ones, &s, 0.0).unwrap();
-    let diff: f32 = (got - &zb)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar()
-        .unwrap();
-    assert_eq!(diff, 0.0);
+    assert_eq!(v(&got), v(&zb));
     // α = 0 is z_A, and the gate adds the residual as given.
     let zeros = za.zeros_like().unwrap();
     let got = compose(&za, &zb, &zeros, &s, 1.0).unwrap();
-    let want = (&za + &s).unwrap();
-    let diff: f32 = (got - want)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar()
-        .unwrap();
-    assert_eq!(diff, 0.0);
+    assert_eq!(v(&got), v(&(&za + &s).unwrap()));
 }
