@@ -39,6 +39,10 @@ pub struct LayerScores {
     pub conn: f64,
     /// Layers scored.
     pub layers: usize,
+    /// PSNR (dB) of the layers re-composited over the method's plate in the scene's order,
+    /// against the input image; methods without a plate have none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recomposite_psnr: Option<f64>,
 }
 
 /// A predicted layer: premultiplied colour and alpha per pixel, in [0, 1].
@@ -171,18 +175,61 @@ pub fn evaluate(
                 .par_iter()
                 .map(|s| baseline(m, s).map(|p| score(s, &p)))
                 .try_reduce(Sums::default, |a, b| Ok(a.add(b)))?;
-            let mean = |(t, c): (f64, usize)| t / c.max(1) as f64;
-            let per = sums.layers.max(1) as f64;
-            Ok(LayerScores {
-                method: m.to_string(),
-                visible_l1: mean(sums.visible),
-                hidden_l1: mean(sums.hidden),
-                sad: sums.sad / per,
-                mse: sums.mse / per,
-                grad: sums.grad / per,
-                conn: sums.conn / per,
-                layers: sums.layers,
-            })
+            Ok(pooled(m, sums, None))
         })
         .collect()
+}
+
+fn pooled(method: &str, sums: Sums, recomposite_psnr: Option<f64>) -> LayerScores {
+    let mean = |(t, c): (f64, usize)| t / c.max(1) as f64;
+    let per = sums.layers.max(1) as f64;
+    LayerScores {
+        method: method.to_string(),
+        visible_l1: mean(sums.visible),
+        hidden_l1: mean(sums.hidden),
+        sad: sums.sad / per,
+        mse: sums.mse / per,
+        grad: sums.grad / per,
+        conn: sums.conn / per,
+        layers: sums.layers,
+        recomposite_psnr,
+    }
+}
+
+/// Scores a model's decompositions of `scenes` (one [`Decomposition`] each, in order): its
+/// layers as [`evaluate`] scores them, and the re-composite of its layers over its plate in
+/// each scene's painter's order against the image.
+pub fn score_decompositions(
+    method: &str,
+    scenes: &[SynthScene],
+    decomps: &[Decomposition],
+) -> LayerScores {
+    let (mut sums, mut se, mut count) = (Sums::default(), 0.0, 0usize);
+    for (s, d) in scenes.iter().zip(decomps) {
+        sums = sums.add(score(s, &d.layers));
+        let mut order: Vec<usize> = (0..s.layers.len()).collect();
+        order.sort_by_key(|&i| std::cmp::Reverse(s.spec.instances[i].rank));
+        for (p, px) in s.image.iter().enumerate() {
+            let mut c = d.plate[p];
+            for &k in &order {
+                let (l, a) = (&d.layers[k], d.layers[k].alpha[p]);
+                c = [0, 1, 2].map(|ch| l.premul[p][ch] + c[ch] * (1.0 - a));
+            }
+            for ch in 0..3 {
+                let e = (c[ch] - px[ch] as f32 / 255.0) as f64;
+                se += e * e;
+            }
+            count += 3;
+        }
+    }
+    let mse = se / count.max(1) as f64;
+    pooled(method, sums, Some(10.0 * (1.0 / mse.max(1e-12)).log10()))
+}
+
+/// A method's layers for one scene, with the background plate they go over.
+pub struct Decomposition {
+    /// One layer per instance.
+    pub layers: Vec<Predicted>,
+    /// The plate, RGB in [0, 1].
+    pub plate: Vec<[f32; 3]>,
 }

@@ -194,26 +194,80 @@ pub fn cutouts(
     draw_order: &[usize],
     describe: Option<&Describe>,
 ) -> LayerStack {
-    let mut layers = vec![Layer::new(bottom, image.clone())];
+    let cut: Vec<Image<Straight>> = alphas
+        .iter()
+        .map(|alpha| {
+            let mut img = image.clone();
+            for (px, a) in img.pixels.iter_mut().zip(alpha) {
+                px.0[3] = a.clamp(0.0, 1.0);
+            }
+            img
+        })
+        .collect();
+    stack_of(image.clone(), bottom, cut, captions, draw_order, describe)
+}
+
+/// A layer stack: `bottom` (named `bottom_name`) at the bottom, then each instance's layer
+/// (indexed as the scene's instances) back to front by `draw_order`, named `K: caption`;
+/// `describe` becomes its embedded metadata, which says which layer is which instance.
+pub fn stack_of(
+    bottom: Image<Straight>,
+    bottom_name: &str,
+    mut instances: Vec<Image<Straight>>,
+    captions: &[String],
+    draw_order: &[usize],
+    describe: Option<&Describe>,
+) -> LayerStack {
+    let (width, height) = (bottom.width, bottom.height);
+    let mut layers = vec![Layer::new(bottom_name, bottom)];
     for &k in draw_order {
-        let mut img = image.clone();
-        for (px, a) in img.pixels.iter_mut().zip(&alphas[k]) {
-            px.0[3] = a.clamp(0.0, 1.0);
-        }
+        let img = std::mem::replace(
+            &mut instances[k],
+            Image {
+                width: 0,
+                height: 0,
+                pixels: Vec::new(),
+            },
+        );
         layers.push(Layer::new(format!("{k}: {}", captions[k]), img));
     }
-    let refs = draw_order
+    LayerStack {
+        width,
+        height,
+        layers,
+        metadata: describe.map(|d| d.metadata(layer_refs(draw_order))),
+    }
+}
+
+/// Which stack layer is which instance when the instances sit above one bottom layer, back
+/// to front by `draw_order`.
+pub fn layer_refs(draw_order: &[usize]) -> Vec<LayerRef> {
+    draw_order
         .iter()
         .enumerate()
         .map(|(j, &k)| LayerRef {
             layer: j + 1,
             instance: k,
         })
-        .collect();
-    LayerStack {
-        width: image.width,
-        height: image.height,
-        layers,
-        metadata: describe.map(|d| d.metadata(refs)),
+        .collect()
+}
+
+/// Writes `stack` as OpenRaster to `ora` and as PSD to `psd`, where given, and says so.
+pub fn write_files(
+    stack: &LayerStack,
+    ora: Option<&Path>,
+    psd: Option<&Path>,
+) -> Result<(), Failure> {
+    fn user(e: impl std::fmt::Display) -> Failure {
+        Failure::User(e.to_string())
     }
+    if let Some(path) = ora {
+        write_ora(path, stack, BitDepth::Eight).map_err(user)?;
+        eprintln!("wrote {}", path.display());
+    }
+    if let Some(path) = psd {
+        write_psd(path, stack).map_err(user)?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(())
 }

@@ -27,6 +27,7 @@
 pub mod alpha;
 pub mod bundled;
 pub mod data;
+pub mod decompose;
 pub mod device;
 pub mod error;
 pub mod flip;

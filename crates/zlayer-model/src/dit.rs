@@ -167,6 +167,18 @@ impl SingleStreamBlock {
 
     /// `x + gate · linear2([attn(q, k, v), gelu(mlp)])`.
     pub fn forward(&self, x: &Tensor, vec: &Tensor, pe: &(Tensor, Tensor)) -> Result<Tensor> {
+        self.forward_masked(x, vec, pe, None)
+    }
+
+    /// [`Self::forward`] with an additive attention bias (B, 1, 1, L) over keys: padded
+    /// sequences of different lengths in one batch.
+    pub fn forward_masked(
+        &self,
+        x: &Tensor,
+        vec: &Tensor,
+        pe: &(Tensor, Tensor),
+        bias: Option<&Tensor>,
+    ) -> Result<Tensor> {
         let m = &self.modulation.forward(vec)?[0];
         let x_mod = m.modulate(&layer_norm(x)?)?;
         // The base path takes stacked heads; `body` keeps q and k before RoPE for the branch's
@@ -176,7 +188,7 @@ impl SingleStreamBlock {
         let qkv = linear_part(l1, &x_mod, 0, h3)?;
         let mlp = linear_part(l1, &x_mod, h3, l1.weight().dim(0)? - h3)?;
         let heads = qkv_heads(&qkv, &self.norm, (&pe.0, &pe.1), self.heads)?;
-        let attn = attend_stacked(&heads, None)?;
+        let attn = attend_stacked(&heads, bias)?;
         let out = self
             .linear2
             .forward(&Tensor::cat(&[attn, gelu(&mlp)?], D::Minus1)?)?;

@@ -19,6 +19,7 @@
 //! - [`text`]: word-level tokenizer and the tiny text encoder.
 //! - [`alpha`]: the alpha-aware RGBA VAE: opaque initialisation from the RGB VAE, composite loss.
 //! - [`vae`]: the small KL autoencoder (nearest-then-conv upsampling).
+//! - [`omni`]: the multi-task layer model: RGBA latent frames on the RoPE layer axis, a task token.
 //! - [`pelc`]: DecFormer, pixel-equivalent latent compositing (per-channel blend and residual).
 //! - [`optim`]: AdamW with saved state, clipping, warmup/cosine, EMA, exact-resume checkpoints.
 //! - [`train`]: training loops (data as a function of the step), PSNR, latent statistics, f16 export.
@@ -43,6 +44,7 @@ pub mod larender;
 pub mod layers;
 pub mod layout;
 pub mod layout_model;
+pub mod omni;
 pub mod optim;
 pub mod pelc;
 pub mod regional;

@@ -125,6 +125,19 @@ enum Command {
   zlayer recompose syn/000000 --hide 1 --move 0=30,-10 -o edited.ora --scene-out edited.json
   zlayer recompose layers.ora --scene edited.json -o out.psd")]
     Recompose(crate::recompose::RecomposeArgs),
+    /// Split an image into its background plate and one amodal RGBA layer per instance of
+    /// its scene, hidden parts included, with the multi-task layer model.
+    ///
+    /// The scene's boxes say where each instance is (its whole extent, hidden parts too),
+    /// its captions what it is, and its `occludes` who is in front. The layers come out at
+    /// the image's size: as PNGs (--out), OpenRaster (--ora) or PSD (--psd) with the scene
+    /// embedded, so `zlayer recompose` can re-order, move or hide them.
+    #[command(after_help = "Examples:
+  zlayer synth --n 1 --size 64 --split complex --seed 7 --format png --out syn
+  zlayer decompose syn/000000/image.png --scene syn/000000/scene.json --out layers --sheet sheet.png
+  zlayer decompose photo.png --scene photo.json --ora photo.ora --layer-model runs/layers
+  zlayer recompose photo.ora --order cube,sphere -o reordered.png")]
+    Decompose(crate::decompose::DecomposeArgs),
     /// Time one FLUX.1-dev denoising step with random weights of the real width: the base
     /// against the layout branch with 1, 4, 8 and 16 instances (seconds, peak memory, ratios).
     ///
@@ -220,6 +233,7 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
         Command::Generate(args) => crate::generate::run(args),
         Command::Insert(args) => crate::insert::run(args),
         Command::Recompose(args) => crate::recompose::run(args),
+        Command::Decompose(args) => crate::decompose::run(args),
         Command::Serve(args) => crate::serve::run(args),
         Command::BenchStep(args) => crate::bench_step::run(args),
         Command::BenchTrain(args) => crate::bench_train::run(args),

@@ -286,14 +286,7 @@ pub fn run(a: InsertArgs) -> Result<(), Failure> {
             &g.draw_order(),
             Some(&describe),
         );
-        if let Some(path) = &a.ora {
-            zlayer_composite::ora::write_ora(path, &stack, BitDepth::Eight).map_err(user)?;
-            eprintln!("wrote {}", path.display());
-        }
-        if let Some(path) = &a.psd {
-            zlayer_composite::psd::write_psd(path, &stack).map_err(user)?;
-            eprintln!("wrote {}", path.display());
-        }
+        zlayer_app::layers::write_files(&stack, a.ora.as_deref(), a.psd.as_deref())?;
     }
     eprintln!(
         "done in {:.2} s; wrote {}",

@@ -8,6 +8,7 @@ mod bench_step;
 mod bench_train;
 mod cli;
 mod compose;
+mod decompose;
 mod eval;
 mod eval_layers;
 mod eval_layout;

@@ -4,6 +4,7 @@ use zlayer_app::data::{base_batch, scenes, synth_words, to_tensor};
 use zlayer_app::report::{Progress, plot_loss};
 pub mod alpha;
 pub mod grpo;
+pub mod layers;
 pub mod layout;
 pub mod pelc;
 
@@ -64,6 +65,19 @@ pub enum TrainCommand {
     #[command(after_help = "Example:
   zlayer train alpha-vae --from models/tiny16/vae.safetensors --out runs/alpha-vae --steps 1500")]
     AlphaVae(alpha::AlphaVaeArgs),
+    /// The multi-task layer model (OmniAlpha's sequence-to-sequence DiT): RGBA latents as
+    /// frames on the RoPE layer axis, a task token, and each instance's caption, box and
+    /// depth level. Tasks: decomposition (image + scene → background plate and an amodal
+    /// RGBA layer per instance), matting, object removal and layer-conditioned completion,
+    /// all from SA-Z-synth's exact layers.
+    ///
+    /// Writes DIR/omni.ckpt.safetensors (resumable), DIR/omni-loss.csv/.png, and at the end
+    /// DIR/omni.safetensors with DIR/omni.json and a copy of the VAE: a folder that
+    /// `zlayer decompose --layer-model DIR` reads. It then scores held-out decompositions.
+    #[command(after_help = "Example:
+  zlayer train alpha-vae --out runs/alpha --steps 1500
+  zlayer train layers --vae runs/alpha/vae.safetensors --out runs/layers --steps 3000")]
+    Layers(layers::LayersArgs),
 }
 
 /// Flags of `zlayer train base`.
@@ -221,6 +235,7 @@ pub fn run(cmd: TrainCommand) -> Result<(), Failure> {
         TrainCommand::Grpo(a) => grpo::run(a),
         TrainCommand::Pelc(a) => pelc::run(a),
         TrainCommand::AlphaVae(a) => alpha::run(a),
+        TrainCommand::Layers(a) => layers::run(a),
     }
 }
 
