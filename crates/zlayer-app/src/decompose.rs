@@ -579,3 +579,25 @@ pub fn decompose_image(
     let layers = d.layers.iter().map(up).collect();
     Ok((plate, layers))
 }
+
+/// Writes `plate.png` and `layer-K.png` per instance K into `dir`, straight alpha.
+pub fn write_layers_dir(
+    dir: &std::path::Path,
+    plate: &Image<Straight>,
+    layers: &[Image<Straight>],
+) -> std::result::Result<(), crate::Failure> {
+    use crate::Failure;
+    use zlayer_composite::{BitDepth, write_png};
+    let user = |e: zlayer_composite::IoError| Failure::User(e.to_string());
+    std::fs::create_dir_all(dir).map_err(|e| Failure::User(format!("{}: {e}", dir.display())))?;
+    write_png(&dir.join("plate.png"), plate, BitDepth::Eight).map_err(user)?;
+    for (k, l) in layers.iter().enumerate() {
+        write_png(&dir.join(format!("layer-{k}.png")), l, BitDepth::Eight).map_err(user)?;
+    }
+    eprintln!(
+        "wrote {} (plate.png and {} layers)",
+        dir.display(),
+        layers.len()
+    );
+    Ok(())
+}

@@ -5,7 +5,7 @@ use candle_core::Device;
 use clap::Args;
 use std::path::PathBuf;
 use zlayer_app::Failure;
-use zlayer_app::decompose::{LayerModel, decompose_image};
+use zlayer_app::decompose::{LayerModel, decompose_image, write_layers_dir};
 use zlayer_app::layers::{Describe, layer_refs, stack_of};
 use zlayer_app::recompose::Layered;
 use zlayer_composite::{BitDepth, read_png, write_png};
@@ -66,16 +66,7 @@ pub fn run(a: DecomposeArgs) -> Result<(), Failure> {
     let (plate, layers) =
         decompose_image(&lm, &image, &scene, steps, a.seed, &dev).map_err(Failure::Internal)?;
     if let Some(dir) = &a.out {
-        std::fs::create_dir_all(dir).map_err(|e| user(format!("{}: {e}", dir.display())))?;
-        write_png(&dir.join("plate.png"), &plate, BitDepth::Eight).map_err(user)?;
-        for (k, l) in layers.iter().enumerate() {
-            write_png(&dir.join(format!("layer-{k}.png")), l, BitDepth::Eight).map_err(user)?;
-        }
-        eprintln!(
-            "wrote {} (plate.png and {} layers)",
-            dir.display(),
-            layers.len()
-        );
+        write_layers_dir(dir, &plate, &layers)?;
     }
     let captions: Vec<String> = scene.instances.iter().map(|i| i.caption.clone()).collect();
     let order = loaded.scene.graph().draw_order();

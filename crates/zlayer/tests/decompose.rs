@@ -169,4 +169,44 @@ fn a_trained_layer_model_decomposes_into_files_recompose_reads() {
         zlayer_composite::read_png(&dir.join("b.png")).unwrap(),
     );
     assert_eq!(a.pixels, b.pixels);
+
+    // generate --layers decomposes what it drew, at the scene's canvas.
+    let generate = |extra: &[&str]| {
+        let base = [
+            "generate",
+            "examples/sphere-cube.json",
+            "-o",
+            &d("g.png"),
+            "--steps",
+            "2",
+        ];
+        zlayer(&[&base[..], extra].concat())
+    };
+    let o = generate(&[
+        "--layers",
+        &d("g"),
+        "--layer-model",
+        &d("layers"),
+        "--ora",
+        &d("g.ora"),
+    ]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    for f in ["plate.png", "layer-0.png", "layer-1.png"] {
+        let img = zlayer_composite::read_png(&dir.join("g").join(f)).unwrap();
+        assert_eq!((img.width, img.height), (512, 512), "{f}");
+    }
+    let names: Vec<String> = zlayer_composite::ora::read_ora(&dir.join("g.ora"))
+        .unwrap()
+        .layers
+        .into_iter()
+        .map(|l| l.name)
+        .collect();
+    assert_eq!(
+        names,
+        ["background plate", "1: blue cube", "0: red sphere"],
+        "bottom first"
+    );
+    let o = generate(&["--layers", &d("g"), "--layer-model", "none"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(text(&o.stderr).contains("--maps"), "{}", text(&o.stderr));
 }

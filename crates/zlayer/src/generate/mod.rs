@@ -1,6 +1,8 @@
 //! `zlayer generate`: images from a prompt with the tiny model.
 
 use crate::args::ratio;
+use zlayer_app::decompose::{LayerModel, OmniMeta, decompose_image, write_layers_dir};
+use zlayer_app::layers::{Describe, stack_of};
 use zlayer_app::method::Method;
 use zlayer_app::model::ModelDir;
 use zlayer_app::output::{at_canvas, peak_rss_mb, row};
@@ -75,13 +77,23 @@ pub struct GenerateArgs {
     /// larender (training-free).
     #[arg(long, default_value = "occlusionformer", requires = "scene", value_parser = Method::parse)]
     variant: Method,
+    /// With a scene: decompose the first sample with the layer model and write, at the
+    /// scene's canvas, the background plate (`plate.png`) and each instance's amodal RGBA
+    /// layer, hidden parts included (`layer-K.png`), here.
+    #[arg(long, requires = "scene")]
+    layers: Option<PathBuf>,
     /// With a scene: write each instance's predicted amodal mask (alignment head,
     /// `mask-K.png`) and its share of the Z-order composition (`weight-K.png`) here, for the
     /// first sample, at the last grounded step.
     #[arg(long, requires = "scene")]
-    layers: Option<PathBuf>,
-    /// With a scene: write the first sample as an OpenRaster file (GIMP, Krita): the image,
-    /// each instance cut out by its composition share (back to front), and the masks hidden.
+    maps: Option<PathBuf>,
+    /// The layer model for --layers, --ora and --psd (a `zlayer train layers` folder), or
+    /// `none`. Without one, --ora and --psd hold cut-outs of the image by each instance's
+    /// composition share, and the predicted masks hidden.
+    #[arg(long, default_value = "models/tiny16/layers", requires = "scene")]
+    layer_model: String,
+    /// With a scene: write the first sample as an OpenRaster file (GIMP, Krita): the plate
+    /// and the instances' layers back to front, with the scene embedded.
     #[arg(long, requires = "scene")]
     ora: Option<PathBuf>,
     /// With a scene: the same layers as a Photoshop document (.psd: GIMP, Photoshop,
@@ -159,6 +171,7 @@ fn generate_scene(
             "the model draws {size}×{size} px; upscaled to the scene's {w}×{h} canvas (--native writes {size}×{size})"
         );
     }
+    let lm = layer_model(a)?;
     let req = SceneRequest {
         scene: &loaded.scene,
         method: a.variant,
@@ -167,34 +180,82 @@ fn generate_scene(
         opts,
         grounding_ratio: a.grounding_ratio,
         strict: a.strict,
-        maps: a.layers.is_some() || a.ora.is_some() || a.psd.is_some(),
+        maps: a.maps.is_some() || (lm.is_none() && (a.ora.is_some() || a.psd.is_some())),
     };
     let out = pipeline.scene(&req).map_err(|e| e.in_file(path))?;
     for note in &out.notes {
         eprintln!("{}: {note}", path.display());
     }
+    let provenance = serde_json::json!({
+        "model": a.model, "method": a.variant, "seed": opts.seed, "steps": opts.steps,
+        "guidance": opts.guidance, "grounding_ratio": a.grounding_ratio, "prompt": out.prompt,
+    });
     if req.maps {
         let mut layers = out.layers(&loaded.scene, canvas)?;
         if let Some(d) = &mut layers.describe {
-            d.provenance = serde_json::json!({
-                "model": a.model, "method": a.variant, "seed": opts.seed, "steps": opts.steps,
-                "guidance": opts.guidance, "grounding_ratio": a.grounding_ratio, "prompt": out.prompt,
-            });
+            d.provenance = provenance.clone();
         }
-        if let Some(dir) = &a.layers {
+        if let Some(dir) = &a.maps {
             let files = layers.write_dir(dir)?;
             eprintln!("wrote {} instance maps to {}", files.len(), dir.display());
         }
-        if let Some(path) = &a.ora {
-            layers.write_ora(path)?;
-            eprintln!("wrote {}", path.display());
-        }
-        if let Some(path) = &a.psd {
-            layers.write_psd(path)?;
-            eprintln!("wrote {}", path.display());
+        if lm.is_none() {
+            zlayer_app::layers::write_files(&layers.stack(), a.ora.as_deref(), a.psd.as_deref())?;
         }
     }
+    if let Some((lm, meta)) = &lm {
+        let first = out
+            .images
+            .narrow(0, 0, 1)
+            .map_err(|e| Failure::Internal(e.to_string()))?;
+        let image = at_canvas(&first, canvas)
+            .map_err(|e| Failure::Internal(e.to_string()))?
+            .remove(0);
+        let (plate, insts) =
+            decompose_image(lm, &image, scene, meta.steps, opts.seed, &Device::Cpu)
+                .map_err(Failure::Internal)?;
+        if let Some(dir) = &a.layers {
+            write_layers_dir(dir, &plate, &insts)?;
+        }
+        let mut provenance = provenance;
+        provenance["layer_model"] = a.layer_model.clone().into();
+        let describe = Describe {
+            made_by: "generate".into(),
+            scene: scene.clone(),
+            provenance,
+        };
+        let captions: Vec<String> = scene.instances.iter().map(|i| i.caption.clone()).collect();
+        let order = loaded.scene.graph().draw_order();
+        let stack = stack_of(
+            plate,
+            "background plate",
+            insts,
+            &captions,
+            &order,
+            Some(&describe),
+        );
+        zlayer_app::layers::write_files(&stack, a.ora.as_deref(), a.psd.as_deref())?;
+    }
     Ok((out.images, canvas))
+}
+
+/// The layer model that --layers, --ora and --psd use: none when none is asked for or,
+/// for --ora and --psd alone, when the default folder has none (they hold cut-outs then).
+fn layer_model(a: &GenerateArgs) -> Result<Option<(LayerModel, OmniMeta)>, Failure> {
+    if a.layers.is_none() && a.ora.is_none() && a.psd.is_none() || a.layer_model == "none" {
+        if a.layers.is_some() {
+            return Err(Failure::User(
+                "--layers needs a layer model (--layer-model DIR); --maps DIR writes the instance maps".into(),
+            ));
+        }
+        return Ok(None);
+    }
+    let dir = Path::new(&a.layer_model);
+    let default = a.layer_model == "models/tiny16/layers";
+    if a.layers.is_none() && default && !dir.join("omni.json").is_file() {
+        return Ok(None);
+    }
+    LayerModel::load(dir, &Device::Cpu).map(Some)
 }
 
 /// Writes the images side by side to `output`, each resized to `canvas` (width, height)
