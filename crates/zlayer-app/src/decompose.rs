@@ -8,7 +8,7 @@
 //! holds the latent cells its amodal box touches; at decoding, the cells outside it take the
 //! latents of a fully transparent image, and alpha outside the box is zero.
 
-use crate::layer_eval::{Decomposition, Predicted};
+use crate::layer_eval::{Decomposition, LayerScores, Predicted, evaluate, score_decompositions};
 use candle_core::{Device, Result, Tensor};
 use zlayer_composite::rgba::{Premul8, Straight8, over_stack8, quantize8};
 use zlayer_composite::{Image, Straight};
@@ -17,7 +17,7 @@ use zlayer_model::omni::{Batch, Frame, Omni, Role, Sequence, Task};
 use zlayer_model::sampling::{Rng, schedule};
 use zlayer_model::text::Tokenizer;
 use zlayer_scene::{BBox, OcclusionGraph, Scene};
-use zlayer_synth::SynthScene;
+use zlayer_synth::{Params, Split, SynthScene, scene_at};
 
 /// Straight RGBA pixels in [0, 1], row-major.
 pub type Rgba = Vec<[f32; 4]>;
@@ -448,23 +448,40 @@ pub fn decompose(
         }
         full.push(z);
     }
-    let mut images = decode(&lm.vae, &full, grid, dev).map_err(e)?;
+    let images = decode(&lm.vae, &full, grid, dev).map_err(e)?;
+    Ok(clipped(images, scene, size))
+}
+
+/// Decoded frames (the plate, then one per instance) as [`Layers`]: each instance's alpha
+/// zero outside its amodal box, every value within [0, 1].
+fn clipped(mut images: Vec<Rgba>, scene: &Scene, size: u32) -> Layers {
     let plate = images.remove(0);
     let side = size as usize;
     for (k, layer) in images.iter_mut().enumerate() {
         let b = scene.instances[k].bbox;
         for (p, px) in layer.iter_mut().enumerate() {
             let (x, y) = ((p % side) as f64 + 0.5, (p / side) as f64 + 0.5);
-            if x < b.x1 || x >= b.x2 || y < b.y1 || y >= b.y2 || px[3] < 0.0 {
+            if x < b.x1 || x >= b.x2 || y < b.y1 || y >= b.y2 {
                 px[3] = 0.0;
             }
             *px = px.map(|v| v.clamp(0.0, 1.0));
         }
     }
-    Ok(Layers {
+    Layers {
         plate,
         layers: images,
-    })
+    }
+}
+
+/// A synthetic scene's exact plate and layers through the VAE alone, clipped as a
+/// decomposition is: the best any model working in its latents can do.
+pub fn round_trip(vae: &VaeBundle, s: &SynthScene, dev: &Device) -> Result<Layers> {
+    let size = s.spec.params.size;
+    let mut images = vec![opaque(&s.background)];
+    images.extend(s.layers.iter().map(|l| straight(l)));
+    let z = encode(vae, &images, size, dev)?;
+    let grid = size as usize / vae.cfg.factor();
+    Ok(clipped(decode(vae, &z, grid, dev)?, &s.scene, size))
 }
 
 /// The layer model's description beside its weights (`omni.json`).
@@ -600,4 +617,38 @@ pub fn write_layers_dir(
         layers.len()
     );
     Ok(())
+}
+
+/// The model's decompositions of held-out scenes `0..n` of `seed` in `split`, scored beside
+/// the two cut-out baselines and the VAE's own round trip of the exact layers.
+pub fn heldout(
+    lm: &LayerModel,
+    (seed, n, split): (u64, usize, Split),
+    steps: usize,
+    dev: &Device,
+) -> std::result::Result<Vec<LayerScores>, String> {
+    let params = Params::new(split, lm.size);
+    let sc: Vec<SynthScene> = (0..n as u64).map(|i| scene_at(seed, i, &params)).collect();
+    let bar = crate::report::Progress::new(n);
+    let mut decomps = Vec::with_capacity(n);
+    for (i, s) in sc.iter().enumerate() {
+        decomps.push(decompose(lm, &s.image, &s.scene, steps, seed ^ i as u64, dev)?.scored());
+        bar.update(i + 1, "decomposing held-out scenes".into());
+    }
+    bar.finish();
+    let mut scores = evaluate(
+        &["segmenter-cutout", "visible-cutout"],
+        seed,
+        n,
+        lm.size,
+        split,
+    )?;
+    scores.push(score_decompositions("layer-model", &sc, &decomps));
+    let ceiling = sc
+        .iter()
+        .map(|s| round_trip(&lm.vae, s, dev).map(|l| l.scored()))
+        .collect::<Result<Vec<_>>>()
+        .map_err(|e| e.to_string())?;
+    scores.push(score_decompositions("vae-round-trip", &sc, &ceiling));
+    Ok(scores)
 }

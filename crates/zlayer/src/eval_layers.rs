@@ -5,6 +5,7 @@ use clap::Args;
 use std::io::Write;
 use std::path::PathBuf;
 use zlayer_app::Failure;
+use zlayer_app::decompose::{LayerModel, heldout};
 use zlayer_app::layer_eval::{BASELINES, LayerScores, evaluate};
 
 /// Flags of `zlayer eval-layers`.
@@ -25,6 +26,13 @@ pub struct EvalLayersArgs {
     /// Data seed of the held-out scenes.
     #[arg(long, default_value_t = 1_000_000)]
     seed: u64,
+    /// Also decompose the scenes with this layer model (a `zlayer train layers` folder) and
+    /// score it beside the cut-outs and its VAE's round trip of the exact layers.
+    #[arg(long)]
+    layer_model: Option<PathBuf>,
+    /// Sampling steps of the layer model [default: the model's].
+    #[arg(long, requires = "layer_model")]
+    steps: Option<usize>,
     /// Output folder: layers-eval.md and layers-eval.json.
     #[arg(long, default_value = "layers-eval")]
     out: PathBuf,
@@ -40,7 +48,26 @@ pub fn run(a: EvalLayersArgs) -> Result<(), Failure> {
         return Err(user("--n must be positive and --size at least 16"));
     }
     let methods: Vec<&str> = a.methods.iter().map(String::as_str).collect();
-    let scores = evaluate(&methods, a.seed, a.n, a.size, a.split.into()).map_err(user)?;
+    let mut scores = evaluate(&methods, a.seed, a.n, a.size, a.split.into()).map_err(user)?;
+    if let Some(dir) = &a.layer_model {
+        let dev = candle_core::Device::Cpu;
+        let (lm, meta) = LayerModel::load(dir, &dev)?;
+        if lm.size != a.size {
+            return Err(user(format!(
+                "{}: the layer model works at {} px; pass --size {}",
+                dir.display(),
+                lm.size,
+                lm.size
+            )));
+        }
+        let steps = a.steps.unwrap_or(meta.steps).max(1);
+        let more =
+            heldout(&lm, (a.seed, a.n, a.split.into()), steps, &dev).map_err(Failure::Internal)?;
+        scores.extend(
+            more.into_iter()
+                .filter(|m| !methods.contains(&m.method.as_str())),
+        );
+    }
     let md = table(&scores, a.n, a.split);
     print!("{md}");
     std::fs::create_dir_all(&a.out).map_err(|e| user(format!("{}: {e}", a.out.display())))?;
@@ -63,12 +90,20 @@ pub fn run(a: EvalLayersArgs) -> Result<(), Failure> {
 
 fn table(scores: &[LayerScores], n: usize, split: SplitArg) -> String {
     let mut s = String::from(
-        "| method | RGB L1, visible | RGB L1, hidden | alpha SAD | alpha MSE | alpha Grad | alpha Conn |\n|---|---|---|---|---|---|---|\n",
+        "| method | RGB L1, visible | RGB L1, hidden | alpha SAD | alpha MSE | alpha Grad | alpha Conn | re-composite PSNR |\n|---|---|---|---|---|---|---|---|\n",
     );
     for m in scores {
         s += &format!(
-            "| {} | {:.4} | {:.4} | {:.3} | {:.5} | {:.3} | {:.3} |\n",
-            m.method, m.visible_l1, m.hidden_l1, m.sad, m.mse, m.grad, m.conn
+            "| {} | {:.4} | {:.4} | {:.3} | {:.5} | {:.3} | {:.3} | {} |\n",
+            m.method,
+            m.visible_l1,
+            m.hidden_l1,
+            m.sad,
+            m.mse,
+            m.grad,
+            m.conn,
+            m.recomposite_psnr
+                .map_or("—".into(), |p| format!("{p:.2} dB"))
         );
     }
     s + &format!(

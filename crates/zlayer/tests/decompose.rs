@@ -87,6 +87,23 @@ fn a_trained_layer_model_decomposes_into_files_recompose_reads() {
             .any(|m| m["method"] == "layer-model")
     );
 
+    // eval-layers scores it beside the baselines and its VAE's own round trip.
+    ok(&[
+        "eval-layers",
+        "--n",
+        "2",
+        "--layer-model",
+        &d("layers"),
+        "--steps",
+        "2",
+        "--out",
+        &d("ev"),
+    ]);
+    let md = std::fs::read_to_string(dir.join("ev/layers-eval.md")).unwrap();
+    for m in ["segmenter-cutout", "layer-model", "vae-round-trip", " dB |"] {
+        assert!(md.contains(m), "{m}: {md}");
+    }
+
     ok(&[
         "synth",
         "--n",

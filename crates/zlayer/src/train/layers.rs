@@ -8,15 +8,14 @@ use clap::Args;
 use std::path::{Path, PathBuf};
 use zlayer_app::Failure;
 use zlayer_app::data::{scenes, synth_words};
-use zlayer_app::decompose::{LayerModel, OmniMeta, Plan, decompose, sequences};
-use zlayer_app::layer_eval::{LayerScores, evaluate, score_decompositions};
+use zlayer_app::decompose::{LayerModel, OmniMeta, Plan, heldout, sequences};
 use zlayer_app::report::Progress;
 use zlayer_model::init::{adaln_zero, seeded};
 use zlayer_model::omni::{Batch, Omni, OmniConfig, Sequence, Task};
 use zlayer_model::sampling::Rng;
 use zlayer_model::text::Tokenizer;
 use zlayer_model::train::{export_f16, train_loop};
-use zlayer_synth::{Params, Split, scene_at};
+use zlayer_synth::Split;
 
 /// Flags of `zlayer train layers`.
 #[derive(Debug, Args)]
@@ -181,13 +180,8 @@ pub fn run(a: LayersArgs) -> Result<(), Failure> {
     .map_err(Failure::Internal)?;
     let minutes = start.elapsed().as_secs_f64() / 60.0;
     let (lm, _) = LayerModel::load(&a.out, &dev)?;
-    let scores = heldout(
-        &lm,
-        a.seed + 1_000_000,
-        a.heldout.max(1),
-        a.sample_steps,
-        &dev,
-    )?;
+    let held = (a.seed + 1_000_000, a.heldout.max(1), Split::Complex);
+    let scores = heldout(&lm, held, a.sample_steps, &dev).map_err(Failure::Internal)?;
     let mut json = serde_json::to_value(&omni_meta).map_err(internal)?;
     json["steps_trained"] = trainer.step.into();
     json["train_minutes"] = minutes.into();
@@ -214,37 +208,6 @@ pub fn run(a: LayersArgs) -> Result<(), Failure> {
     }
     eprintln!("wrote {}", weights.display());
     Ok(())
-}
-
-/// The model's decompositions of held-out complex scenes, scored beside the two baselines.
-pub fn heldout(
-    lm: &LayerModel,
-    seed: u64,
-    n: usize,
-    steps: usize,
-    dev: &Device,
-) -> Result<Vec<LayerScores>, Failure> {
-    let sc: Vec<_> = (0..n as u64)
-        .map(|i| scene_at(seed, i, &Params::new(Split::Complex, lm.size)))
-        .collect();
-    let decomps = sc
-        .iter()
-        .enumerate()
-        .map(|(i, s)| {
-            decompose(lm, &s.image, &s.scene, steps, seed ^ i as u64, dev).map(|l| l.scored())
-        })
-        .collect::<Result<Vec<_>, String>>()
-        .map_err(Failure::Internal)?;
-    let mut scores = evaluate(
-        &["segmenter-cutout", "visible-cutout"],
-        seed,
-        n,
-        lm.size,
-        Split::Complex,
-    )
-    .map_err(Failure::Internal)?;
-    scores.push(score_decompositions("layer-model", &sc, &decomps));
-    Ok(scores)
 }
 
 /// Puts the VAE (and its .json) beside the model, so the run folder loads on its own.
