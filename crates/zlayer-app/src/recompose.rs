@@ -36,6 +36,77 @@ pub struct Edit {
     pub hide: Vec<String>,
     /// Instance ids to move, by (dx, dy) canvas pixels.
     pub moves: Vec<(String, i64, i64)>,
+    /// Instance ids to recolour: the new base colour, and its vocabulary name if it has one.
+    pub recolours: Vec<(String, Recolour)>,
+}
+
+/// A new base colour for a layer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Recolour {
+    /// sRGB in [0, 1].
+    pub rgb: [f32; 3],
+    /// The colour word it came from (`red`, …), which replaces the caption's colour word.
+    pub word: Option<String>,
+}
+
+impl Recolour {
+    /// `#rrggbb` or a colour of the vocabulary (`zlayer synth --vocab`).
+    pub fn parse(s: &str) -> Result<Self, String> {
+        if let Some(c) = zlayer_synth::vocab::Colour::from_name(s) {
+            return Ok(Self {
+                rgb: c.rgb().map(|v| v as f32 / 255.0),
+                word: Some(s.to_string()),
+            });
+        }
+        let hex = s
+            .strip_prefix('#')
+            .filter(|h| h.len() == 6 && h.chars().all(|c| c.is_ascii_hexdigit()));
+        let Some(hex) = hex else {
+            return Err(format!(
+                "{s:?}: a colour is #rrggbb or a colour word (red, blue, …; see zlayer synth --vocab)"
+            ));
+        };
+        let byte = |i: usize| u8::from_str_radix(&hex[i..i + 2], 16).unwrap_or(0) as f32 / 255.0;
+        Ok(Self {
+            rgb: [byte(0), byte(2), byte(4)],
+            word: None,
+        })
+    }
+}
+
+/// Rec. 709 luma of straight sRGB.
+fn luma(c: [f32; 3]) -> f32 {
+    0.2126 * c[0] + 0.7152 * c[1] + 0.0722 * c[2]
+}
+
+/// Recolours `img` to base colour `rgb`, keeping its shading: each pixel becomes
+/// `rgb × luma(pixel) / luma̅`, luma̅ the alpha-weighted mean luma of the layer, so a flat
+/// layer takes `rgb` exactly and the ratios of lumas (shading, stripes) stay; alpha is kept.
+pub fn recolour(img: &mut Image<Straight>, rgb: [f32; 3]) {
+    let (sum, weight) = img.pixels.iter().fold((0.0f64, 0.0f64), |(s, w), p| {
+        let a = p.0[3] as f64;
+        (s + a * luma([p.0[0], p.0[1], p.0[2]]) as f64, w + a)
+    });
+    let mean = if weight > 0.0 {
+        (sum / weight) as f32
+    } else {
+        0.0
+    };
+    for p in &mut img.pixels {
+        let k = if mean > 0.0 {
+            luma([p.0[0], p.0[1], p.0[2]]) / mean
+        } else {
+            1.0
+        };
+        let a = p.0[3];
+        p.0 = [0, 1, 2, 3].map(|c| {
+            if c < 3 {
+                (rgb[c] * k).clamp(0.0, 1.0)
+            } else {
+                a
+            }
+        });
+    }
 }
 
 fn user(e: impl std::fmt::Display) -> Failure {
@@ -157,7 +228,8 @@ impl Layered {
 
     /// Applies `edit`: the instance layers take the slots they held, in the new order (so
     /// layers that are not instances stay where they were), hidden ones stay in the file
-    /// but are not drawn, and moved ones shift with their boxes.
+    /// but are not drawn, recoloured ones take their new colour (and caption word), and
+    /// moved ones shift with their boxes.
     pub fn apply(&mut self, edit: &Edit) -> Result<(), Failure> {
         if let Some(order) = &edit.order {
             let mut front_first = Vec::new();
@@ -197,6 +269,29 @@ impl Layered {
         for id in &edit.hide {
             let l = self.layer_of(self.instance(id)?)?;
             self.stack.layers[l].visible = false;
+        }
+        for (id, colour) in &edit.recolours {
+            let k = self.instance(id)?;
+            let l = self.layer_of(k)?;
+            recolour(&mut self.stack.layers[l].image, colour.rgb);
+            if let Some(word) = &colour.word {
+                let inst = &mut self.scene.instances[k];
+                let mut words: Vec<String> = inst
+                    .caption
+                    .split_whitespace()
+                    .map(str::to_string)
+                    .collect();
+                match words
+                    .iter()
+                    .position(|w| zlayer_synth::vocab::Colour::from_name(w).is_some())
+                {
+                    Some(i) => words[i] = word.clone(),
+                    None => words.insert(0, word.clone()),
+                }
+                inst.caption = words.join(" ");
+                let layer = &mut self.stack.layers[l];
+                layer.name = format!("{k}: {}", inst.caption);
+            }
         }
         for (id, dx, dy) in &edit.moves {
             let k = self.instance(id)?;

@@ -140,3 +140,89 @@ fn bad_edits_and_files_say_what_is_wrong() {
     let e = Layered::read_file(&plain).unwrap_err().to_string();
     assert!(e.contains("no zlayer metadata"), "{e}");
 }
+
+#[test]
+fn recolouring_sets_the_base_colour_keeps_shading_and_alpha_and_renames() {
+    use zlayer_app::recompose::{Recolour, recolour};
+    use zlayer_composite::{Image, Straight};
+    // A flat layer takes the colour exactly; luma ratios and alpha stay, over random layers.
+    let mut rng = zlayer_scene::rng::Rng::new(5);
+    for _ in 0..500 {
+        let target = [
+            rng.uniform() as f32,
+            rng.uniform() as f32,
+            rng.uniform() as f32,
+        ];
+        let base = [
+            rng.uniform() as f32 * 0.8 + 0.1,
+            rng.uniform() as f32 * 0.8 + 0.1,
+            rng.uniform() as f32 * 0.8 + 0.1,
+        ];
+        let shade: Vec<f32> = (0..16).map(|_| 0.5 + rng.uniform() as f32).collect();
+        let alpha: Vec<f32> = (0..16).map(|_| rng.uniform() as f32).collect();
+        let px = |k: &[f32]| Image {
+            width: 4,
+            height: 4,
+            pixels: (0..16)
+                .map(|i| Straight([base[0] * k[i], base[1] * k[i], base[2] * k[i], alpha[i]]))
+                .collect(),
+        };
+        let mut flat = px(&[1.0; 16]);
+        recolour(&mut flat, target);
+        for (p, a) in flat.pixels.iter().zip(&alpha) {
+            for c in 0..3 {
+                assert!(
+                    (p.0[c] - target[c]).abs() < 1e-5,
+                    "{:?} against {target:?}",
+                    p.0
+                );
+            }
+            assert_eq!(p.0[3], *a);
+        }
+        let mut shaded = px(&shade);
+        recolour(&mut shaded, target);
+        let l = |p: &Straight| 0.2126 * p.0[0] + 0.7152 * p.0[1] + 0.0722 * p.0[2];
+        let (a, b) = (&shaded.pixels[0], &shaded.pixels[1]);
+        let unclamped = shaded
+            .pixels
+            .iter()
+            .all(|p| p.0[..3].iter().all(|&v| v < 1.0));
+        if unclamped && l(b) > 1e-3 {
+            assert!((l(a) / l(b) - shade[0] / shade[1]).abs() < 1e-3);
+        }
+    }
+    // Through an edit: only that layer changes, and the caption takes the colour word.
+    let (dir, s) = folder("recolour", Split::Regular, 4, 64);
+    let mut l = Layered::read_synth(&dir).unwrap();
+    let id = s.scene.instances[0].id.clone();
+    let before = l.stack.clone();
+    l.apply(&Edit {
+        recolours: vec![(id.clone(), Recolour::parse("blue").unwrap())],
+        ..Edit::default()
+    })
+    .unwrap();
+    let k = l.refs.iter().find(|r| r.instance == 0).unwrap().layer;
+    for (j, (a, b)) in before.layers.iter().zip(&l.stack.layers).enumerate() {
+        assert_eq!(a.image.pixels == b.image.pixels, j != k, "layer {j}");
+    }
+    assert!(
+        l.scene.instances[0].caption.starts_with("blue "),
+        "{}",
+        l.scene.instances[0].caption
+    );
+    assert!(
+        l.stack.layers[k]
+            .name
+            .ends_with(&l.scene.instances[0].caption)
+    );
+    assert_eq!(
+        Recolour::parse("#3366cc").unwrap().rgb,
+        [
+            0x33 as f32 / 255.0,
+            0x66 as f32 / 255.0,
+            0xcc as f32 / 255.0
+        ]
+    );
+    let e = Recolour::parse("mauve").unwrap_err();
+    assert!(e.contains("#rrggbb") && e.contains("colour word"), "{e}");
+}

@@ -3,7 +3,7 @@
 use clap::Args;
 use std::path::PathBuf;
 use zlayer_app::Failure;
-use zlayer_app::recompose::{Edit, Layered};
+use zlayer_app::recompose::{Edit, Layered, Recolour};
 use zlayer_composite::BitDepth;
 
 /// Flags of `zlayer recompose`.
@@ -27,6 +27,10 @@ pub struct RecomposeArgs {
     /// Move an instance: `ID=DX,DY` in canvas pixels (repeatable).
     #[arg(long = "move", value_parser = parse_move)]
     moves: Vec<(String, i64, i64)>,
+    /// Recolour an instance: `ID=COLOUR`, a colour word (its caption follows) or `#rrggbb`;
+    /// shading and alpha are kept (repeatable).
+    #[arg(long = "recolour", value_parser = parse_recolour)]
+    recolours: Vec<(String, Recolour)>,
     /// Also write every layer over a checkerboard, bottom first, and the composite, side by
     /// side (hidden layers faded).
     #[arg(long)]
@@ -42,6 +46,13 @@ fn parse_move(s: &str) -> Result<(String, i64, i64), String> {
     let (dx, dy) = d.split_once(',').ok_or_else(err)?;
     let n = |v: &str| v.trim().parse::<i64>().map_err(|_| err());
     Ok((id.to_string(), n(dx)?, n(dy)?))
+}
+
+fn parse_recolour(s: &str) -> Result<(String, Recolour), String> {
+    let (id, c) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?}: ID=COLOUR, e.g. sphere=blue or sphere=#3366cc"))?;
+    Ok((id.to_string(), Recolour::parse(c)?))
 }
 
 fn user(e: impl std::fmt::Display) -> Failure {
@@ -75,6 +86,7 @@ pub fn run(a: RecomposeArgs) -> Result<(), Failure> {
         order,
         hide: a.hide.clone(),
         moves: a.moves.clone(),
+        recolours: a.recolours.clone(),
     };
     layered.apply(&edit)?;
     let ext = a
