@@ -422,7 +422,7 @@ pub fn decompose(
     let plan = Plan::decomposition(opaque(image), scene, &lm.words, grid)?;
     let seqs = sequences(vec![plan], &lm.vae, size, dev).map_err(e)?;
     let batch = Batch::new(&seqs, lm.model.config(), dev).map_err(e)?;
-    let times = schedule(steps, seqs[0].len(), true);
+    let times = schedule(steps, seqs[0].len(), false);
     let x = lm.model.sample(&batch, &times, seed).map_err(e)?;
     let empty = encode(
         &lm.vae,
