@@ -73,3 +73,22 @@ pub fn keep_freed_memory() {
     }
 }
 pub use dit::{Flux, FluxInput};
+
+/// Treats subnormal floats as zero, on input and output (x86's MXCSR DAZ and FTZ bits), on
+/// this thread and the threads it starts afterwards.
+///
+/// Sharp attention drives softmax probabilities and their gradients below 1.2e-38, where
+/// every multiply on x86 takes a slow microcode path: the layer model's training step slowed
+/// from 3.5 s to 7.2 s over its first 125 steps, 70% of the time in gemm. Call it once,
+/// first thing in `main`, before any thread exists. Values that small change no result.
+pub fn flush_subnormals() {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: sets two MXCSR bits that only change how subnormal floats are read and
+    // written; called before other threads exist, which inherit the register.
+    unsafe {
+        let mut csr: u32 = 0;
+        std::arch::asm!("stmxcsr [{}]", in(reg) &mut csr, options(nostack));
+        csr |= 0x8040;
+        std::arch::asm!("ldmxcsr [{}]", in(reg) &csr, options(nostack));
+    }
+}

@@ -28,6 +28,9 @@ use std::process::ExitCode;
 
 fn main() -> ExitCode {
     zlayer_model::keep_freed_memory();
+    if std::env::var_os("ZLAYER_KEEP_SUBNORMALS").is_none() {
+        zlayer_model::flush_subnormals();
+    }
     let args = cli::Cli::parse();
     match cli::run(args) {
         Ok(()) => ExitCode::SUCCESS,
