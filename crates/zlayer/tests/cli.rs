@@ -956,7 +956,20 @@ fn train_and_generate_end_to_end_smoke() {
     ];
     let run = zlayer(&[&base_args[..], &["--variant", "larender"]].concat());
     assert_eq!(run.status.code(), Some(0), "{}", text(&run.stderr));
-    let run = zlayer(&[&base_args[..], &["--variant", "larender", "--ora", "x.ora"]].concat());
+    let run = zlayer(
+        &[
+            &base_args[..],
+            &[
+                "--variant",
+                "larender",
+                "--ora",
+                "x.ora",
+                "--layer-model",
+                "none",
+            ],
+        ]
+        .concat(),
+    );
     assert_eq!(run.status.code(), Some(2));
     assert!(
         text(&run.stderr).contains("the larender variant has none"),
