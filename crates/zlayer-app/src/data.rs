@@ -4,7 +4,7 @@
 use candle_core::{Device, Tensor};
 use rayon::prelude::*;
 use zlayer_model::layout_model::SceneLayout;
-use zlayer_scene::{Format, Imported, TokenGrid, validate};
+use zlayer_scene::{TokenGrid, validate_native};
 use zlayer_synth::{Params, Split, SynthScene, scene_at};
 
 /// Scenes `first..first + n` of `seed`, cycling through `splits`, rendered in parallel.
@@ -95,12 +95,7 @@ pub fn synth_layout(
     grid: (usize, usize),
     visible: bool,
 ) -> Result<SceneLayout, String> {
-    let loaded = validate(Imported {
-        scene: s.scene.clone(),
-        format: Format::Native,
-        warnings: Vec::new(),
-    })
-    .map_err(|e| e.to_string())?;
+    let loaded = validate_native(s.scene.clone()).map_err(|e| e.to_string())?;
     let mut layout = SceneLayout::from_scene(&loaded.scene, grid);
     let size = s.spec.params.size as usize;
     let g = TokenGrid::new(grid.1, grid.0);

@@ -22,7 +22,7 @@ use zlayer_model::base::SampleOptions;
 use zlayer_model::inpaint::Known;
 use zlayer_model::layout_model::SceneLayout;
 use zlayer_model::pelc::DecFormer;
-use zlayer_scene::{BBox, Format, Imported, Instance, Scene, ValidScene};
+use zlayer_scene::{BBox, Instance, Scene, ValidScene};
 use zlayer_synth::vocab::{Look, Material};
 
 /// Where the new instance goes in the scene's order.
@@ -140,12 +140,7 @@ fn in_front_of(g: &zlayer_scene::OcclusionGraph, anchor: usize, with_anchor: boo
 }
 
 fn validated(scene: Scene) -> Result<ValidScene, Failure> {
-    let imported = Imported {
-        scene,
-        format: Format::Native,
-        warnings: Vec::new(),
-    };
-    zlayer_scene::validate(imported)
+    zlayer_scene::validate_native(scene)
         .map(|l| l.scene)
         .map_err(|e| user(crate::scene_file::render(std::path::Path::new("scene"), &e)))
 }

@@ -207,8 +207,7 @@ pub fn score_decompositions(
     let (mut sums, mut se, mut count) = (Sums::default(), 0.0, 0usize);
     for (s, d) in scenes.iter().zip(decomps) {
         sums = sums.add(score(s, &d.layers));
-        let mut order: Vec<usize> = (0..s.layers.len()).collect();
-        order.sort_by_key(|&i| std::cmp::Reverse(s.spec.instances[i].rank));
+        let order = s.back_to_front();
         for (p, px) in s.image.iter().enumerate() {
             let mut c = d.plate[p];
             for &k in &order {

@@ -229,7 +229,7 @@ pub fn stack_of(
                 pixels: Vec::new(),
             },
         );
-        layers.push(Layer::new(format!("{k}: {}", captions[k]), img));
+        layers.push(Layer::new(layer_name(k, &captions[k]), img));
     }
     LayerStack {
         width,
@@ -237,6 +237,11 @@ pub fn stack_of(
         layers,
         metadata: describe.map(|d| d.metadata(layer_refs(draw_order))),
     }
+}
+
+/// The name of instance `k`'s layer: `K: caption`.
+pub fn layer_name(k: usize, caption: &str) -> String {
+    format!("{k}: {caption}")
 }
 
 /// Which stack layer is which instance when the instances sit above one bottom layer, back

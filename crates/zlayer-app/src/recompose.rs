@@ -8,7 +8,7 @@
 //! original order reproduces a synthetic image bit for bit.
 
 use crate::Failure;
-use crate::layers::{Describe, LayerRef, StackMeta};
+use crate::layers::{Describe, LayerRef, StackMeta, layer_name};
 use std::path::Path;
 use zlayer_composite::rgba::{Premul8, over_stack8, quantize8};
 use zlayer_composite::{Image, Layer, LayerStack, Straight};
@@ -185,7 +185,7 @@ impl Layered {
             });
             let caption = &scene.instances[k].caption;
             layers.push(Layer::new(
-                format!("{k}: {caption}"),
+                layer_name(k, caption),
                 png(format!("layer-{k}.png"))?,
             ));
         }
@@ -290,7 +290,7 @@ impl Layered {
                 }
                 inst.caption = words.join(" ");
                 let layer = &mut self.stack.layers[l];
-                layer.name = format!("{k}: {}", inst.caption);
+                layer.name = layer_name(k, &inst.caption);
             }
         }
         for (id, dx, dy) in &edit.moves {

@@ -1,10 +1,10 @@
-//! The layer model's data and decomposition: box cells, exact composites, the frames each
+//! The layer model's data and decomposition: box cells, the frames each
 //! task trains on, scoring, and what a decomposition guarantees whatever the weights.
 
 use candle_core::{DType, Device};
 use zlayer_app::data::{scenes, synth_words};
 use zlayer_app::decompose::{
-    LayerModel, Plan, box_cells, composite, decompose, depth_levels, encode, sequences,
+    LayerModel, Plan, box_cells, decompose, depth_levels, encode, sequences,
 };
 use zlayer_app::layer_eval::{Decomposition, baseline, score_decompositions};
 use zlayer_model::bundle::VaeBundle;
@@ -55,24 +55,6 @@ fn box_cells_are_the_cells_a_box_overlaps() {
             box_cells(bx, size, grid),
             naive,
             "{bx:?} on {grid}² of {size}"
-        );
-    }
-}
-
-#[test]
-fn the_composite_of_every_layer_is_the_rendered_image_exactly() {
-    for s in scenes(3, 0, 30, 48, &Split::ALL) {
-        let all: Vec<usize> = (0..s.layers.len()).collect();
-        let c = composite(&s, &all);
-        for (p, px) in s.image.iter().enumerate() {
-            let got = [0, 1, 2].map(|k| (c[p][k] * 255.0).round() as u8);
-            assert_eq!(&got, px, "pixel {p}");
-        }
-        let none = composite(&s, &[]);
-        assert!(
-            none.iter()
-                .zip(&s.background)
-                .all(|(a, b)| (0..3).all(|k| (a[k] * 255.0).round() as u8 == b[k]))
         );
     }
 }

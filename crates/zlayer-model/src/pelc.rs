@@ -445,8 +445,3 @@ pub fn compose(za: &Tensor, zb: &Tensor, alpha: &Tensor, s: &Tensor, gate: f64) 
         blend + (s * gate)?
     }
 }
-
-/// Parameters of a VarMap, for reports.
-pub fn parameters(vm: &candle_nn::VarMap) -> usize {
-    vm.all_vars().iter().map(|v| v.elem_count()).sum()
-}

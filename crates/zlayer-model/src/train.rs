@@ -117,6 +117,11 @@ pub fn train_loop(
     Ok(tr)
 }
 
+/// Parameters of a VarMap, for reports.
+pub fn parameters(vm: &VarMap) -> usize {
+    vm.all_vars().iter().map(|v| v.elem_count()).sum()
+}
+
 /// Drops the rows of a loss log after `step` (written after the last checkpoint by a run
 /// that then stopped), so that a resumed run's log has every step exactly once.
 fn truncate_log(path: &Path, step: usize) -> std::result::Result<(), String> {

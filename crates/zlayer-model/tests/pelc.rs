@@ -7,8 +7,9 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarMap;
 use zlayer_model::init::seeded;
 use zlayer_model::optim::{AdamWConfig, Trainer};
-use zlayer_model::pelc::{DecConfig, DecFormer, parameters};
+use zlayer_model::pelc::{DecConfig, DecFormer};
 use zlayer_model::sampling::noise;
+use zlayer_model::train::parameters;
 
 /// A disk mask (B, 1, s, s), radius r around (cx, cy), anti-aliased by 4×4 supersampling.
 fn disk(s: usize, cx: f32, cy: f32, r: f32, dev: &Device) -> Tensor {

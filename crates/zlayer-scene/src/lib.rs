@@ -21,4 +21,6 @@ pub use formats::{Format, Imported, export, import_str, import_value, parse_orde
 pub use graph::{Cycle, OcclusionGraph};
 pub use raster::{Mask, MaskError, TokenGrid, TokenMask};
 pub use scene::{Instance, MaskSpec, RleCounts, Scene};
-pub use validate::{Loaded, MAX_INSTANCES, MAX_SIDE, ValidScene, load_str, validate};
+pub use validate::{
+    Loaded, MAX_INSTANCES, MAX_SIDE, ValidScene, load_str, validate, validate_native,
+};

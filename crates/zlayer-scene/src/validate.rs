@@ -59,6 +59,15 @@ pub fn load_str(text: &str) -> Result<Loaded, SceneError> {
     validate(import_str(text)?)
 }
 
+/// Validates a scene already in native form (built in code, not read from a file).
+pub fn validate_native(scene: Scene) -> Result<Loaded, SceneError> {
+    validate(Imported {
+        scene,
+        format: Format::Native,
+        warnings: Vec::new(),
+    })
+}
+
 /// Validates an imported scene.
 pub fn validate(imported: Imported) -> Result<Loaded, SceneError> {
     let Imported {

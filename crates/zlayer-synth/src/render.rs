@@ -49,6 +49,48 @@ impl SynthScene {
     }
 }
 
+impl SynthScene {
+    /// Instance indices in the order they were rendered, back-most first.
+    pub fn back_to_front(&self) -> Vec<usize> {
+        back_to_front(&self.spec)
+    }
+
+    /// The background with the instances `keep` over it, back to front, by the renderer's
+    /// own 8-bit source-over: all of them give [`Self::image`] exactly.
+    pub fn composite(&self, keep: &[usize]) -> Vec<[u8; 3]> {
+        let order: Vec<usize> = self
+            .back_to_front()
+            .into_iter()
+            .filter(|i| keep.contains(i))
+            .collect();
+        compose(&self.background, &self.layers, &order)
+    }
+}
+
+fn back_to_front(spec: &SceneSpec) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..spec.instances.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(spec.instances[i].rank));
+    order
+}
+
+/// `layers[order[0]]`, `layers[order[1]]`, … over the opaque `background`, premultiplied with
+/// exact 8-bit rounding.
+fn compose(background: &[[u8; 3]], layers: &[Vec<Straight8>], order: &[usize]) -> Vec<[u8; 3]> {
+    let bg: Vec<Premul8> = background
+        .iter()
+        .map(|&[r, g, b]| Premul8([r, g, b, 255]))
+        .collect();
+    let premul: Vec<Vec<Premul8>> = order
+        .iter()
+        .map(|&i| layers[i].iter().map(|p| p.premultiply()).collect())
+        .collect();
+    let mut stack: Vec<&[Premul8]> = vec![&bg];
+    stack.extend(premul.iter().map(Vec::as_slice));
+    let mut composed = vec![Premul8::default(); background.len()];
+    over_stack8(&stack, &mut composed);
+    composed.iter().map(|p| [p.0[0], p.0[1], p.0[2]]).collect()
+}
+
 /// Pixels both amodal masks cover by at least half, needed before an order is declared.
 pub fn min_overlap_px(size: u32) -> usize {
     ((size * size) as usize / 400).max(4)
@@ -66,22 +108,7 @@ pub fn render(spec: &SceneSpec) -> SynthScene {
         amodal.push(cov);
     }
     let n = spec.instances.len();
-    let mut back_to_front: Vec<usize> = (0..n).collect();
-    back_to_front.sort_by_key(|&i| std::cmp::Reverse(spec.instances[i].rank));
-
-    let bg: Vec<Premul8> = background
-        .iter()
-        .map(|&[r, g, b]| Premul8([r, g, b, 255]))
-        .collect();
-    let premul: Vec<Vec<Premul8>> = layers
-        .iter()
-        .map(|l| l.iter().map(|p| p.premultiply()).collect())
-        .collect();
-    let mut stack: Vec<&[Premul8]> = vec![&bg];
-    stack.extend(back_to_front.iter().map(|&i| premul[i].as_slice()));
-    let mut composed = vec![Premul8::default(); size * size];
-    over_stack8(&stack, &mut composed);
-    let image = composed.iter().map(|p| [p.0[0], p.0[1], p.0[2]]).collect();
+    let image = compose(&background, &layers, &back_to_front(spec));
 
     let visible = (0..n)
         .map(|j| {

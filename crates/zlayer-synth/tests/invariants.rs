@@ -96,6 +96,16 @@ fn check(s: &SynthScene) {
         }
     }
 
+    // `SynthScene::composite` is the recomposition above, of every layer and of none.
+    assert_eq!(s.back_to_front(), order, "{ctx}");
+    let all: Vec<usize> = (0..n).collect();
+    assert_eq!(
+        s.composite(&all),
+        s.image,
+        "{ctx}: composite of every layer"
+    );
+    assert_eq!(s.composite(&[]), s.background, "{ctx}: composite of none");
+
     // occludes: front rank, a real overlap, and the back one's visible mask is empty under
     // the front one's full coverage.
     let min = min_overlap_px(spec.params.size);

@@ -5,8 +5,10 @@ use candle_core::Device;
 use clap::Args;
 use std::path::PathBuf;
 use zlayer_app::Failure;
-use zlayer_app::decompose::{LayerModel, decompose_image, write_layers_dir};
-use zlayer_app::layers::{Describe, layer_refs, stack_of};
+use zlayer_app::decompose::{
+    DEFAULT_LAYER_MODEL, LayerModel, decompose_image, layer_stack, write_layers_dir,
+};
+use zlayer_app::layers::{Describe, layer_refs};
 use zlayer_app::recompose::Layered;
 use zlayer_composite::{BitDepth, read_png, write_png};
 
@@ -35,7 +37,7 @@ pub struct DecomposeArgs {
     sheet: Option<PathBuf>,
     /// The layer model folder (omni.json, omni.safetensors, vae.safetensors), as `zlayer
     /// train layers` writes it.
-    #[arg(long, default_value = "models/tiny16/layers")]
+    #[arg(long, default_value = DEFAULT_LAYER_MODEL)]
     layer_model: PathBuf,
     /// Sampling steps [default: the model's].
     #[arg(long)]
@@ -68,8 +70,6 @@ pub fn run(a: DecomposeArgs) -> Result<(), Failure> {
     if let Some(dir) = &a.out {
         write_layers_dir(dir, &plate, &layers)?;
     }
-    let captions: Vec<String> = scene.instances.iter().map(|i| i.caption.clone()).collect();
-    let order = loaded.scene.graph().draw_order();
     let describe = Describe {
         made_by: "decompose".into(),
         scene: scene.clone(),
@@ -77,17 +77,11 @@ pub fn run(a: DecomposeArgs) -> Result<(), Failure> {
             "layer_model": a.layer_model, "steps": steps, "seed": a.seed, "input": a.image,
         }),
     };
-    let stack = stack_of(
-        plate,
-        "background plate",
-        layers,
-        &captions,
-        &order,
-        Some(&describe),
-    );
+    let count = layers.len();
+    let stack = layer_stack(&loaded.scene, plate, layers, &describe);
     zlayer_app::layers::write_files(&stack, a.ora.as_deref(), a.psd.as_deref())?;
     if let Some(path) = &a.sheet {
-        let refs = layer_refs(&order);
+        let refs = layer_refs(&loaded.scene.graph().draw_order());
         let layered = Layered {
             stack,
             scene,
@@ -100,7 +94,7 @@ pub fn run(a: DecomposeArgs) -> Result<(), Failure> {
     }
     eprintln!(
         "decomposed into a plate and {} instance layers in {:.2} s ({steps} steps)",
-        captions.len(),
+        count,
         start.elapsed().as_secs_f64()
     );
     Ok(())

@@ -3,12 +3,12 @@
 //! alpha-aware VAE's latent tokens.
 
 use candle_core::{Device, Result, Tensor};
-use zlayer_composite::rgba::{Premul8, Straight8, over_stack8};
+use zlayer_composite::rgba::Straight8;
 use zlayer_model::bundle::VaeBundle;
 use zlayer_model::omni::{Frame, Role, Sequence, Task};
 use zlayer_model::sampling::Rng;
 use zlayer_model::text::Tokenizer;
-use zlayer_scene::{BBox, OcclusionGraph, Scene};
+use zlayer_scene::{BBox, Scene, validate_native};
 use zlayer_synth::SynthScene;
 
 /// Straight RGBA pixels in [0, 1], row-major.
@@ -16,18 +16,9 @@ pub type Rgba = Vec<[f32; 4]>;
 
 /// Depth level per instance (0: nothing in front), from the scene's `occludes`.
 pub fn depth_levels(scene: &Scene) -> std::result::Result<Vec<usize>, String> {
-    let index = |id: &str| scene.instances.iter().position(|i| i.id == id);
-    let mut edges = Vec::new();
-    for (i, inst) in scene.instances.iter().enumerate() {
-        for o in &inst.occludes {
-            let j = index(o)
-                .ok_or_else(|| format!("instance {:?} occludes unknown id {o:?}", inst.id))?;
-            edges.push((i, j));
-        }
-    }
-    OcclusionGraph::from_edges(scene.instances.len(), &edges)
-        .map(|g| g.depth_levels().to_vec())
-        .map_err(|c| format!("the scene's order has a cycle through instances {:?}", c.0))
+    validate_native(scene.clone())
+        .map(|l| l.scene.graph().depth_levels().to_vec())
+        .map_err(|e| e.to_string())
 }
 
 /// The latent cells (row, column) an amodal box touches on a `grid`² latent of a `size`²
@@ -115,36 +106,6 @@ pub(super) fn opaque(rgb: &[[u8; 3]]) -> Rgba {
         .collect()
 }
 
-/// The plate with the instances `keep` over it, by the renderer's exact 8-bit source-over,
-/// back to front by the scene's ranks.
-pub fn composite(s: &SynthScene, keep: &[usize]) -> Rgba {
-    let mut order: Vec<usize> = keep.to_vec();
-    order.sort_by_key(|&i| std::cmp::Reverse(s.spec.instances[i].rank));
-    let bg: Vec<Premul8> = s
-        .background
-        .iter()
-        .map(|&[r, g, b]| Premul8([r, g, b, 255]))
-        .collect();
-    let layers: Vec<Vec<Premul8>> = order
-        .iter()
-        .map(|&i| s.layers[i].iter().map(|p| p.premultiply()).collect())
-        .collect();
-    let mut stack: Vec<&[Premul8]> = vec![&bg];
-    stack.extend(layers.iter().map(Vec::as_slice));
-    let mut out = vec![Premul8::default(); s.image.len()];
-    over_stack8(&stack, &mut out);
-    out.iter()
-        .map(|p| {
-            [
-                p.0[0] as f32 / 255.0,
-                p.0[1] as f32 / 255.0,
-                p.0[2] as f32 / 255.0,
-                1.0,
-            ]
-        })
-        .collect()
-}
-
 /// A frame before encoding: which image it shows (none for a target at inference).
 struct Planned {
     frame: Frame,
@@ -194,15 +155,28 @@ fn instance_frame(
 }
 
 impl Plan {
-    fn push(&mut self, mut frame: Frame, image: Option<Rgba>, grid: usize) {
-        if frame.role == Role::Image || frame.role == Role::Plate || frame.role == Role::Removed {
-            frame.cells = Frame::full(frame.role, frame.target, Vec::new(), (grid, grid)).cells;
+    fn new(task: Task) -> Self {
+        Plan {
+            task,
+            frames: Vec::new(),
+            images: Vec::new(),
         }
-        let image = image.map(|im| {
-            self.images.push(im);
-            self.images.len() - 1
-        });
+    }
+
+    /// Adds an image to encode; frames name it by the index returned.
+    fn image(&mut self, im: Rgba) -> usize {
+        self.images.push(im);
+        self.images.len() - 1
+    }
+
+    fn push(&mut self, frame: Frame, image: Option<usize>) {
         self.frames.push(Planned { frame, image });
+    }
+
+    /// A frame showing a new image.
+    fn push_new(&mut self, frame: Frame, im: Rgba) {
+        let i = self.image(im);
+        self.push(frame, Some(i));
     }
 
     /// A training sequence of `task` from scene `s`; `pick` chooses the instance or subset.
@@ -216,12 +190,8 @@ impl Plan {
         let scene = &s.scene;
         let levels = depth_levels(scene)?;
         let n = scene.instances.len();
-        let mut plan = Plan {
-            task,
-            frames: Vec::new(),
-            images: Vec::new(),
-        };
-        let full = |role, target| Frame::full(role, target, Vec::new(), (0, 0));
+        let mut plan = Plan::new(task);
+        let full = |role, target| Frame::full(role, target, Vec::new(), (grid, grid));
         let inst = |role, target, k| instance_frame(role, target, scene, &levels, k, words, grid);
         let mut rng = Rng::new(pick);
         let k = if n == 0 {
@@ -232,18 +202,14 @@ impl Plan {
         match (task, n) {
             (Task::Decompose, _) | (_, 0) => {
                 plan.task = Task::Decompose;
-                plan.push(full(Role::Image, false), Some(opaque(&s.image)), grid);
-                plan.push(full(Role::Plate, true), Some(opaque(&s.background)), grid);
+                plan.push_new(full(Role::Image, false), opaque(&s.image));
+                plan.push_new(full(Role::Plate, true), opaque(&s.background));
                 for k in 0..n {
-                    plan.push(
-                        inst(Role::Layer, true, k),
-                        Some(straight(&s.layers[k])),
-                        grid,
-                    );
+                    plan.push_new(inst(Role::Layer, true, k), straight(&s.layers[k]));
                 }
             }
             (Task::Matte, _) => {
-                plan.push(full(Role::Image, false), Some(opaque(&s.image)), grid);
+                plan.push_new(full(Role::Image, false), opaque(&s.image));
                 let matte = s.image.iter().zip(&s.visible[k]).map(|(p, &a)| {
                     [
                         p[0] as f32 / 255.0,
@@ -252,28 +218,25 @@ impl Plan {
                         a as f32 / 255.0,
                     ]
                 });
-                plan.push(inst(Role::Matte, true, k), Some(matte.collect()), grid);
+                plan.push_new(inst(Role::Matte, true, k), matte.collect());
             }
             (Task::Remove, _) => {
-                let image = opaque(&s.image);
-                plan.push(full(Role::Image, false), Some(image.clone()), grid);
-                plan.push(inst(Role::Marker, false, k), Some(image), grid);
+                // The marker shows the image's own latents at the instance's cells.
+                let image = plan.image(opaque(&s.image));
+                plan.push(full(Role::Image, false), Some(image));
+                plan.push(inst(Role::Marker, false, k), Some(image));
                 let rest: Vec<usize> = (0..n).filter(|&i| i != k).collect();
-                plan.push(full(Role::Removed, true), Some(composite(s, &rest)), grid);
+                plan.push_new(full(Role::Removed, true), opaque(&s.composite(&rest)));
             }
             (Task::Complete, _) => {
                 let keep: Vec<usize> = (0..n)
                     .filter(|_| !rng.next_u64().is_multiple_of(4))
                     .collect();
-                plan.push(full(Role::Plate, false), Some(opaque(&s.background)), grid);
+                plan.push_new(full(Role::Plate, false), opaque(&s.background));
                 for &k in &keep {
-                    plan.push(
-                        inst(Role::Layer, false, k),
-                        Some(straight(&s.layers[k])),
-                        grid,
-                    );
+                    plan.push_new(inst(Role::Layer, false, k), straight(&s.layers[k]));
                 }
-                plan.push(full(Role::Image, true), Some(composite(s, &keep)), grid);
+                plan.push_new(full(Role::Image, true), opaque(&s.composite(&keep)));
             }
         }
         Ok(plan)
@@ -288,26 +251,19 @@ impl Plan {
         grid: usize,
     ) -> std::result::Result<Self, String> {
         let levels = depth_levels(scene)?;
-        let mut plan = Plan {
-            task: Task::Decompose,
-            frames: Vec::new(),
-            images: Vec::new(),
-        };
-        plan.push(
-            Frame::full(Role::Image, false, Vec::new(), (0, 0)),
-            Some(image),
-            grid,
+        let mut plan = Plan::new(Task::Decompose);
+        plan.push_new(
+            Frame::full(Role::Image, false, Vec::new(), (grid, grid)),
+            image,
         );
         plan.push(
-            Frame::full(Role::Plate, true, Vec::new(), (0, 0)),
+            Frame::full(Role::Plate, true, Vec::new(), (grid, grid)),
             None,
-            grid,
         );
         for k in 0..scene.instances.len() {
             plan.push(
                 instance_frame(Role::Layer, true, scene, &levels, k, words, grid),
                 None,
-                grid,
             );
         }
         Ok(plan)
@@ -316,22 +272,24 @@ impl Plan {
 
 /// Encodes every plan's images in one VAE batch and gives the sequences.
 pub fn sequences(
-    plans: Vec<Plan>,
+    mut plans: Vec<Plan>,
     vae: &VaeBundle,
     size: u32,
     dev: &Device,
 ) -> Result<Vec<Sequence>> {
     let grid = size as usize / vae.cfg.factor();
     let c = vae.cfg.latent;
+    let counts: Vec<usize> = plans.iter().map(|p| p.images.len()).collect();
     let images: Vec<Rgba> = plans
-        .iter()
-        .flat_map(|p| p.images.iter().cloned())
+        .iter_mut()
+        .flat_map(|p| std::mem::take(&mut p.images))
         .collect();
     let latents = encode(vae, &images, size, dev)?;
     let mut first = 0;
     Ok(plans
         .into_iter()
-        .map(|p| {
+        .zip(counts)
+        .map(|(p, count)| {
             let frames = p
                 .frames
                 .into_iter()
@@ -344,7 +302,7 @@ pub fn sequences(
                     f
                 })
                 .collect();
-            first += p.images.len();
+            first += count;
             Sequence {
                 task: p.task,
                 frames,

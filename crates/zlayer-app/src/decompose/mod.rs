@@ -10,19 +10,23 @@
 
 mod frames;
 
-pub use frames::{Plan, Rgba, box_cells, composite, decode, depth_levels, encode, sequences};
+pub use frames::{Plan, Rgba, box_cells, decode, depth_levels, encode, sequences};
 
 use crate::layer_eval::{Decomposition, LayerScores, Predicted, evaluate, score_decompositions};
+use crate::layers::{Describe, stack_of};
 use candle_core::{Device, Result};
 use frames::{opaque, straight};
 use zlayer_composite::rgba::quantize8;
-use zlayer_composite::{Image, Straight};
+use zlayer_composite::{Image, LayerStack, Straight};
 use zlayer_model::bundle::VaeBundle;
 use zlayer_model::omni::{Batch, Omni};
 use zlayer_model::sampling::schedule;
 use zlayer_model::text::Tokenizer;
-use zlayer_scene::{BBox, Scene};
+use zlayer_scene::{BBox, Scene, ValidScene};
 use zlayer_synth::{Params, Split, SynthScene, scene_at};
+
+/// Where a layer model is looked for when none is named.
+pub const DEFAULT_LAYER_MODEL: &str = "models/tiny16/layers";
 
 /// The model with what it reads and writes through.
 pub struct LayerModel {
@@ -258,6 +262,31 @@ pub fn decompose_image(
     let plate = up(&d.plate);
     let layers = d.layers.iter().map(up).collect();
     Ok((plate, layers))
+}
+
+/// A layer stack of a decomposition of `scene`: the plate at the bottom, then each
+/// instance's layer back to front, named by its caption, with `describe` embedded.
+pub fn layer_stack(
+    scene: &ValidScene,
+    plate: Image<Straight>,
+    layers: Vec<Image<Straight>>,
+    describe: &Describe,
+) -> LayerStack {
+    let captions: Vec<String> = scene
+        .scene()
+        .instances
+        .iter()
+        .map(|i| i.caption.clone())
+        .collect();
+    let order = scene.graph().draw_order();
+    stack_of(
+        plate,
+        "background plate",
+        layers,
+        &captions,
+        &order,
+        Some(describe),
+    )
 }
 
 /// Writes `plate.png` and `layer-K.png` per instance K into `dir`, straight alpha.

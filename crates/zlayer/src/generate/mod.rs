@@ -1,8 +1,10 @@
 //! `zlayer generate`: images from a prompt with the tiny model.
 
 use crate::args::ratio;
-use zlayer_app::decompose::{LayerModel, OmniMeta, decompose_image, write_layers_dir};
-use zlayer_app::layers::{Describe, stack_of};
+use zlayer_app::decompose::{
+    DEFAULT_LAYER_MODEL, LayerModel, OmniMeta, decompose_image, layer_stack, write_layers_dir,
+};
+use zlayer_app::layers::Describe;
 use zlayer_app::method::Method;
 use zlayer_app::model::ModelDir;
 use zlayer_app::output::{at_canvas, peak_rss_mb, row};
@@ -90,7 +92,7 @@ pub struct GenerateArgs {
     /// The layer model for --layers, --ora and --psd (a `zlayer train layers` folder), or
     /// `none`. Without one, --ora and --psd hold cut-outs of the image by each instance's
     /// composition share, and the predicted masks hidden.
-    #[arg(long, default_value = "models/tiny16/layers", requires = "scene")]
+    #[arg(long, default_value = DEFAULT_LAYER_MODEL, requires = "scene")]
     layer_model: String,
     /// With a scene: write the first sample as an OpenRaster file (GIMP, Krita): the plate
     /// and the instances' layers back to front, with the scene embedded.
@@ -224,16 +226,7 @@ fn generate_scene(
             scene: scene.clone(),
             provenance,
         };
-        let captions: Vec<String> = scene.instances.iter().map(|i| i.caption.clone()).collect();
-        let order = loaded.scene.graph().draw_order();
-        let stack = stack_of(
-            plate,
-            "background plate",
-            insts,
-            &captions,
-            &order,
-            Some(&describe),
-        );
+        let stack = layer_stack(&loaded.scene, plate, insts, &describe);
         zlayer_app::layers::write_files(&stack, a.ora.as_deref(), a.psd.as_deref())?;
     }
     Ok((out.images, canvas))
@@ -242,7 +235,7 @@ fn generate_scene(
 /// The layer model that --layers, --ora and --psd use: none when none is asked for or,
 /// for --ora and --psd alone, when the default folder has none (they hold cut-outs then).
 fn layer_model(a: &GenerateArgs) -> Result<Option<(LayerModel, OmniMeta)>, Failure> {
-    if a.layers.is_none() && a.ora.is_none() && a.psd.is_none() || a.layer_model == "none" {
+    if a.layer_model == "none" {
         if a.layers.is_some() {
             return Err(Failure::User(
                 "--layers needs a layer model (--layer-model DIR); --maps DIR writes the instance maps".into(),
@@ -251,8 +244,9 @@ fn layer_model(a: &GenerateArgs) -> Result<Option<(LayerModel, OmniMeta)>, Failu
         return Ok(None);
     }
     let dir = Path::new(&a.layer_model);
-    let default = a.layer_model == "models/tiny16/layers";
-    if a.layers.is_none() && default && !dir.join("omni.json").is_file() {
+    let optional = a.layers.is_none() && a.layer_model == DEFAULT_LAYER_MODEL;
+    let wanted = a.layers.is_some() || a.ora.is_some() || a.psd.is_some();
+    if !wanted || optional && !dir.join("omni.json").is_file() {
         return Ok(None);
     }
     LayerModel::load(dir, &Device::Cpu).map(Some)

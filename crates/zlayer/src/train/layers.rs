@@ -14,7 +14,7 @@ use zlayer_model::init::{adaln_zero, seeded};
 use zlayer_model::omni::{Batch, Omni, OmniConfig, Sequence, Task};
 use zlayer_model::sampling::Rng;
 use zlayer_model::text::Tokenizer;
-use zlayer_model::train::{export_f16, train_loop};
+use zlayer_model::train::{export_f16, parameters, train_loop};
 use zlayer_synth::Split;
 
 /// Flags of `zlayer train layers`.
@@ -103,7 +103,7 @@ pub fn run(a: LayersArgs) -> Result<(), Failure> {
     let splits: Vec<Split> = a.splits.iter().map(|&s| s.into()).collect();
     let lc = loop_config(a.steps, a.lr);
     let meta = serde_json::json!({"kind": "omni-train", "config": cfg, "vae": a.vae, "batch": a.batch, "seed": a.seed, "decompose_share": a.decompose_share, "loop": lc});
-    let params: usize = vm.all_vars().iter().map(|v| v.elem_count()).sum();
+    let params = parameters(&vm);
     eprintln!(
         "layer model: {params} parameters, {grid}×{grid} latent cells of {} channels per frame",
         cfg.latent

@@ -7,8 +7,8 @@ use std::path::PathBuf;
 use zlayer_app::Failure;
 use zlayer_app::pelc::{LossWeights, check_size, gate, loss, pair, tensors};
 use zlayer_app::report::Progress;
-use zlayer_model::pelc::{DecConfig, DecFormer, parameters};
-use zlayer_model::train::train_loop;
+use zlayer_model::pelc::{DecConfig, DecFormer};
+use zlayer_model::train::{parameters, train_loop};
 
 /// Flags of `zlayer train pelc`.
 #[derive(Debug, Args)]
