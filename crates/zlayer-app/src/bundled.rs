@@ -1,8 +1,9 @@
 //! The bundled tiny model (`models/tiny`), built into the binary so that an installed or
 //! copied `zlayer` and a server started anywhere find their default model.
 //!
-//! About 10 MB of f16 weights: the VAE, the base, the OcclusionFormer branch and the trained
-//! baselines and ablations under `variants/`. Cargo rebuilds when any of these files change.
+//! About 14 MB of f16 weights: the VAE, the base, the OcclusionFormer branch, the trained
+//! baselines and ablations under `variants/`, and the layer model with its alpha-aware VAE
+//! under `layers/`. Cargo rebuilds when any of these files change.
 
 use zlayer_model::bundle::Source;
 
@@ -31,6 +32,12 @@ pub const VAE: Source = embed!("vae");
 
 /// The text-to-image base.
 pub const BASE: Source = embed!("base");
+
+/// The layer model (decomposition, matting, removal, completion; `zlayer train layers`).
+pub const LAYERS: Source = embed!("layers/omni");
+
+/// The layer model's alpha-aware VAE.
+pub const LAYER_VAE: Source = embed!("layers/vae");
 
 /// The trained layout branch of a variant, when the bundle has one.
 pub fn layout(variant: &str) -> Option<Source> {
@@ -70,5 +77,28 @@ mod tests {
             assert_eq!(weights, std::fs::read(path).unwrap().as_slice(), "{v}");
         }
         assert!(super::layout("unicorn").is_none());
+        for (src, stem) in [(super::LAYERS, "omni"), (super::LAYER_VAE, "vae")] {
+            let super::Source::Embedded { weights, json, .. } = src else {
+                panic!("layers/{stem} is not embedded");
+            };
+            let path = root.join("layers").join(stem);
+            assert_eq!(
+                weights,
+                std::fs::read(path.with_extension("safetensors")).unwrap()
+            );
+            assert_eq!(
+                json,
+                std::fs::read_to_string(path.with_extension("json")).unwrap()
+            );
+        }
+    }
+
+    #[test]
+    fn the_bundled_layer_model_loads_with_its_alpha_vae() {
+        let dev = candle_core::Device::Cpu;
+        let name = std::path::Path::new(crate::decompose::DEFAULT_LAYER_MODEL);
+        let (lm, meta) = crate::decompose::LayerModel::open(name, &dev).unwrap();
+        assert_eq!((lm.size, lm.vae.cfg.image_channels), (meta.image_size, 4));
+        assert_eq!(lm.words.len(), meta.words.len());
     }
 }

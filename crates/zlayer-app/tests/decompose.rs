@@ -4,9 +4,11 @@
 use candle_core::{DType, Device};
 use zlayer_app::data::{scenes, synth_words};
 use zlayer_app::decompose::{
-    LayerModel, Plan, box_cells, decompose, depth_levels, encode, sequences,
+    LayerModel, Layers, Plan, box_cells, decompose, decompose_image, depth_levels, encode, mattes,
+    sequences,
 };
 use zlayer_app::layer_eval::{Decomposition, baseline, score_decompositions};
+use zlayer_composite::{Image, Layer, LayerStack, Straight};
 use zlayer_model::bundle::VaeBundle;
 use zlayer_model::init::seeded;
 use zlayer_model::omni::{Omni, OmniConfig, Role, Task};
@@ -163,9 +165,8 @@ fn exact_layers_over_the_exact_plate_score_zero_and_recomposite_the_image() {
     );
 }
 
-#[test]
-fn a_decomposition_has_a_plate_and_a_layer_per_instance_transparent_outside_its_box() {
-    let dev = Device::Cpu;
+/// A one-block layer model on random weights at 32 px.
+fn random_layer_model(dev: &Device) -> LayerModel {
     let vae = rgba_vae(2);
     let words = Tokenizer::new(synth_words());
     let cfg = OmniConfig {
@@ -173,14 +174,33 @@ fn a_decomposition_has_a_plate_and_a_layer_per_instance_transparent_outside_its_
         ..OmniConfig::tiny(vae.cfg.latent, words.len())
     };
     let vm = candle_nn::VarMap::new();
-    let model = Omni::new(&cfg, seeded(&vm, 4, DType::F32, &dev)).unwrap();
-    let lm = LayerModel {
+    let model = Omni::new(&cfg, seeded(&vm, 4, DType::F32, dev)).unwrap();
+    LayerModel {
         model,
         vae,
         words,
         size: 32,
-    };
+    }
+}
+
+#[test]
+fn a_decomposition_has_a_plate_and_a_layer_per_instance_transparent_outside_its_box() {
+    let dev = Device::Cpu;
+    let lm = random_layer_model(&dev);
     for s in scenes(9, 0, 3, 32, &[Split::Complex]) {
+        // The matting task, batched over the instances, keeps to the boxes too.
+        let m = mattes(&lm, &s.image, &s.scene, 2, 0, &dev).unwrap();
+        assert_eq!(m.len(), s.layers.len());
+        for (k, a) in m.iter().enumerate() {
+            let b = s.scene.instances[k].bbox;
+            for (p, &v) in a.iter().enumerate() {
+                let (x, y) = ((p % 32) as f64 + 0.5, (p / 32) as f64 + 0.5);
+                assert!((0.0..=1.0).contains(&v));
+                if x < b.x1 || x >= b.x2 || y < b.y1 || y >= b.y2 {
+                    assert_eq!(v, 0.0, "matte {k} pixel {p} outside {b:?}");
+                }
+            }
+        }
         let d = decompose(&lm, &s.image, &s.scene, 2, 0, &dev).unwrap();
         assert_eq!((d.plate.len(), d.layers.len()), (32 * 32, s.layers.len()));
         for (k, l) in d.layers.iter().enumerate() {
@@ -192,6 +212,96 @@ fn a_decomposition_has_a_plate_and_a_layer_per_instance_transparent_outside_its_
                     assert_eq!(px[3], 0.0, "layer {k} pixel {p} outside {b:?}");
                 }
             }
+        }
+    }
+}
+
+/// Whatever the model predicts, the reconciled layers composite back to the image (up to
+/// its 8-bit rounding) with the model's alphas; observed ones take the segmenter's visible
+/// pixels as alpha too; and at any image size.
+#[test]
+fn observed_layers_composite_back_to_the_image() {
+    let dev = Device::Cpu;
+    let lm = random_layer_model(&dev);
+    let sc = scenes(11, 0, 4, 32, &[Split::Complex]);
+    let (mut raw, mut reconciled, mut observed) = (vec![], vec![], vec![]);
+    for s in &sc {
+        let d = decompose(&lm, &s.image, &s.scene, 2, 0, &dev).unwrap();
+        raw.push(d.scored());
+        let mut r = Layers {
+            plate: d.plate.clone(),
+            layers: d.layers.clone(),
+        };
+        let image: Vec<[f32; 3]> = s
+            .image
+            .iter()
+            .map(|p| p.map(|c| c as f32 / 255.0))
+            .collect();
+        let left = r.reconcile(&image, &s.back_to_front()).unwrap();
+        assert!(left < 1e-4, "{left}");
+        for (a, b) in r.layers.iter().zip(&d.layers) {
+            assert!(a.iter().zip(b).all(|(p, q)| p[3] == q[3]));
+        }
+        reconciled.push(r.scored());
+
+        let mut o = d;
+        assert_eq!(o.observe(&s.image, 32, &s.scene).unwrap(), None);
+        let targets = zlayer_metrics::eval::targets(&s.scene).unwrap();
+        let labels = zlayer_metrics::segment::segment(&s.image, 32, 32, &targets);
+        let order = s.back_to_front();
+        let rank = |k: usize| order.iter().position(|&j| j == k).unwrap();
+        for (k, l) in o.layers.iter().enumerate() {
+            for (p, label) in labels.iter().enumerate() {
+                match *label {
+                    Some(j) if j == k && !targets[k].glass => assert_eq!(l[p][3], 1.0),
+                    Some(j) if j != k && rank(j) < rank(k) => assert_eq!(l[p][3], 0.0),
+                    None => assert!(l[p][3] == 0.0 || l[p][3] >= 0.5),
+                    _ => {}
+                }
+            }
+        }
+        observed.push(o.scored());
+    }
+    let psnr = |name, d| score_decompositions(name, &sc, d).recomposite_psnr.unwrap();
+    let (raw, rec, obs) = (
+        psnr("raw", &raw),
+        psnr("reconciled", &reconciled),
+        psnr("observed", &observed),
+    );
+    assert!(
+        raw < 30.0 && rec > 60.0 && obs > 60.0,
+        "raw {raw} dB, reconciled {rec} dB, observed {obs} dB"
+    );
+
+    // At 80 px (the model works at 32), through decompose_image.
+    let s = &scenes(12, 0, 1, 80, &[Split::Complex])[0];
+    let img = Image {
+        width: 80,
+        height: 80,
+        pixels: s
+            .image
+            .iter()
+            .map(|p| {
+                Straight([
+                    p[0] as f32 / 255.0,
+                    p[1] as f32 / 255.0,
+                    p[2] as f32 / 255.0,
+                    1.0,
+                ])
+            })
+            .collect(),
+    };
+    let d = decompose_image(&lm, &img, &s.scene, (2, 0), true, &dev).unwrap();
+    assert_eq!(d.note, None, "the segmenter reads synthetic captions");
+    let (plate, layers) = (d.plate, d.layers);
+    let mut stack = vec![Layer::new("plate", plate)];
+    for k in s.back_to_front() {
+        stack.push(Layer::new("layer", layers[k].clone()));
+    }
+    let flat = LayerStack::from_layers(stack).flatten();
+    for (p, q) in flat.pixels.iter().zip(&img.pixels) {
+        for c in 0..3 {
+            assert!((p.0[c] - q.0[c]).abs() < 1e-3, "{p:?} against {q:?}");
         }
     }
 }

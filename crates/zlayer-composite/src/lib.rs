@@ -7,6 +7,8 @@
 //! - [`io`]: PNG 8/16-bit read and write, atomic file writes.
 //! - [`ora`]: OpenRaster export and import.
 //! - [`psd`]: Photoshop document export (layered, straight alpha, named) and its reader.
+//! - [`reconcile`]: the least change of a layer stack's colours that makes it composite back
+//!   to an observed image.
 //! - [`resample`]: bilinear resampling of planes and images (native model size to canvas).
 //! - [`with_avx2_fma`]: runs a kernel compiled for AVX2 and FMA where the CPU has them.
 #![warn(missing_docs)]
@@ -16,6 +18,7 @@ pub mod io;
 pub mod layers;
 pub mod ora;
 pub mod psd;
+pub mod reconcile;
 pub mod resample;
 pub mod rgba;
 pub mod volume;

@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use zlayer_app::decompose::{LayerModel, OmniMeta, decompose_image, layer_stack};
 use zlayer_app::method::Method;
 use zlayer_app::pipeline::{Pipeline, SceneRequest};
 use zlayer_composite::BitDepth;
@@ -141,8 +142,13 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Jobs {
-    /// A store with `limits.workers` threads drawing with `pipeline`.
-    pub fn start(pipeline: Arc<Pipeline>, limits: Limits) -> Arc<Self> {
+    /// A store with `limits.workers` threads drawing with `pipeline`, their layered files
+    /// decomposed by `layers` (cut-outs without it).
+    pub fn start(
+        pipeline: Arc<Pipeline>,
+        layers: Option<Arc<(LayerModel, OmniMeta)>>,
+        limits: Limits,
+    ) -> Arc<Self> {
         let (tx, rx) = sync_channel(limits.queue);
         let jobs = Arc::new(Self {
             map: Mutex::new(HashMap::new()),
@@ -152,10 +158,10 @@ impl Jobs {
             limits,
         });
         for _ in 0..jobs.limits.workers {
-            let (jobs, pipeline) = (jobs.clone(), pipeline.clone());
+            let (jobs, pipeline, layers) = (jobs.clone(), pipeline.clone(), layers.clone());
             std::thread::spawn(move || {
                 let rx = jobs.work.clone();
-                worker(jobs, &rx, &pipeline)
+                worker(jobs, &rx, &pipeline, layers.as_deref())
             });
         }
         jobs
@@ -271,7 +277,12 @@ impl Jobs {
     }
 }
 
-fn worker(jobs: Arc<Jobs>, rx: &Mutex<Receiver<(String, JobSpec)>>, pipeline: &Pipeline) {
+fn worker(
+    jobs: Arc<Jobs>,
+    rx: &Mutex<Receiver<(String, JobSpec)>>,
+    pipeline: &Pipeline,
+    layers: Option<&(LayerModel, OmniMeta)>,
+) {
     loop {
         let next = lock(rx).recv();
         let Ok((id, spec)) = next else { return };
@@ -282,7 +293,7 @@ fn worker(jobs: Arc<Jobs>, rx: &Mutex<Receiver<(String, JobSpec)>>, pipeline: &P
             continue; // canceled while queued: already marked
         }
         jobs.update(&id, |j| j.status.state = JobState::Running);
-        let outcome = run(&jobs, &id, &spec, pipeline, &cancel);
+        let outcome = run(&jobs, &id, &spec, (pipeline, layers), &cancel);
         jobs.update(&id, |j| {
             j.finished_at = Some(Instant::now());
             match outcome {
@@ -322,7 +333,7 @@ fn run(
     jobs: &Arc<Jobs>,
     id: &str,
     spec: &JobSpec,
-    pipeline: &Pipeline,
+    (pipeline, layer_model): (&Pipeline, Option<&(LayerModel, OmniMeta)>),
     cancel: &Arc<AtomicBool>,
 ) -> Result<(Results, Vec<String>), String> {
     let deadline = Instant::now() + jobs.limits.job_time;
@@ -362,6 +373,7 @@ fn run(
         ));
     }
     let out = out.map_err(|e| e.to_string())?;
+    let mut notes = out.notes.clone();
     let scene = spec.scene.scene.scene();
     let canvas = (!spec.native).then_some((scene.width as usize, scene.height as usize));
     let images = zlayer_app::output::at_canvas(&out.images, canvas).map_err(|e| e.to_string())?;
@@ -378,7 +390,27 @@ fn run(
         let layers = out
             .layers(&spec.scene.scene, canvas)
             .map_err(|e| e.to_string())?;
-        let stack = layers.stack();
+        let stack = match layer_model {
+            // The plate and amodal RGBA layers of the first sample, at the canvas.
+            Some((lm, meta)) => {
+                let d = decompose_image(
+                    lm,
+                    &layers.image,
+                    scene,
+                    (meta.steps, spec.opts.seed),
+                    true,
+                    &candle_core::Device::Cpu,
+                )?;
+                notes.extend(d.note);
+                let (plate, insts) = (d.plate, d.layers);
+                let describe = layers
+                    .describe
+                    .clone()
+                    .ok_or("a scene's layers describe it")?;
+                layer_stack(&spec.scene.scene, plate, insts, &describe)
+            }
+            None => layers.stack(),
+        };
         results.ora = Some(zlayer_composite::ora::encode_ora(&stack, BitDepth::Eight)?);
         results.psd = Some(zlayer_composite::psd::encode_psd(&stack)?);
         for (name, img) in layers.maps() {
@@ -386,5 +418,5 @@ fn run(
             results.maps.push((name, png));
         }
     }
-    Ok((results, out.notes))
+    Ok((results, notes))
 }

@@ -23,8 +23,10 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use jobs::{Jobs, Limits};
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
+use zlayer_app::decompose::{DEFAULT_LAYER_MODEL, LayerModel};
 use zlayer_app::model::ModelDir;
 use zlayer_app::pipeline::Pipeline;
 
@@ -40,6 +42,9 @@ pub struct Config {
     pub addr: SocketAddr,
     /// The tiny model.
     pub model: ModelDir,
+    /// The layer model whose amodal RGBA layers fill `layers.ora` and `layers.psd`
+    /// (`bundled`, a `zlayer train layers` folder); `None` gives cut-outs of the image.
+    pub layer_model: Option<PathBuf>,
     /// Request bodies larger than this many bytes are refused (413).
     pub max_body: usize,
     /// The job store's bounds.
@@ -53,6 +58,7 @@ impl Default for Config {
         Self {
             addr: SocketAddr::from(([127, 0, 0, 1], 7878)),
             model: ModelDir::Bundled,
+            layer_model: Some(PathBuf::from(DEFAULT_LAYER_MODEL)),
             max_body: 1 << 20,
             limits: Limits {
                 queue: 8,
@@ -86,7 +92,13 @@ impl State {
         let pipeline = Arc::new(
             Pipeline::load(&cfg.model, candle_core::Device::Cpu).map_err(|e| e.to_string())?,
         );
-        let jobs = Jobs::start(pipeline.clone(), cfg.limits.clone());
+        let layers = match &cfg.layer_model {
+            Some(name) => Some(Arc::new(
+                LayerModel::open(name, &candle_core::Device::Cpu).map_err(|e| e.to_string())?,
+            )),
+            None => None,
+        };
+        let jobs = Jobs::start(pipeline.clone(), layers, cfg.limits.clone());
         Ok(Arc::new(Self {
             pipeline,
             jobs,

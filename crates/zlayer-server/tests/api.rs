@@ -209,7 +209,25 @@ async fn a_job_runs_streams_its_progress_and_hands_back_every_file() {
         .call("GET", &format!("/v1/jobs/{id}/layers.ora"), Body::empty())
         .await;
     let stack = zlayer_composite::ora::decode_ora(&ora.body).unwrap();
-    assert_eq!(stack.layers.len(), 5);
+    let layer_names: Vec<&str> = stack.layers.iter().map(|l| l.name.as_str()).collect();
+    assert_eq!(
+        layer_names,
+        ["background plate", "1: blue cube", "0: red sphere"],
+        "the layer model's plate and amodal layers, bottom first"
+    );
+    // Taken from the image where they show, the layers composite back to the first sample.
+    let first = api
+        .call("GET", &format!("/v1/jobs/{id}/image-0.png"), Body::empty())
+        .await;
+    let first = zlayer_composite::io::decode_png(&first.body).unwrap();
+    let flat = stack.flatten();
+    let worst = flat
+        .pixels
+        .iter()
+        .zip(&first.pixels)
+        .flat_map(|(a, b)| (0..3).map(move |c| (a.0[c] - b.0[c]).abs()))
+        .fold(0f32, f32::max);
+    assert!(worst <= 2.5 / 255.0, "largest channel error {worst}");
     let psd = api
         .call("GET", &format!("/v1/jobs/{id}/layers.psd"), Body::empty())
         .await;

@@ -167,12 +167,13 @@ enum Command {
   zlayer eval-layout --layout runs/occ/layout.safetensors,runs/global/layout.safetensors --split complex --n 300 --out eval/complex")]
     EvalLayout(crate::eval_layout::EvalLayoutArgs),
     /// Score RGBA layers against SA-Z-synth's exact amodal layers: RGB L1 over visible and
-    /// over hidden pixels, alpha SAD/MSE/Grad/Conn, for the cut-out baselines (and, once it
-    /// exists, the decomposition model).
+    /// over hidden pixels, alpha SAD/MSE/Grad/Conn, for the cut-out baselines and, with
+    /// --layer-model, a layer model's decompositions, raw and reconciled with the image.
     ///
     /// Writes OUT/layers-eval.md and .json; prints the table (docs/layers.md).
     #[command(after_help = "Example:
-  zlayer eval-layers --n 100 --split complex --out layers-eval")]
+  zlayer eval-layers --n 100 --split complex --out layers-eval
+  zlayer eval-layers --n 150 --layer-model runs/layers --out layers-eval")]
     EvalLayers(crate::eval_layers::EvalLayersArgs),
     /// Compare ways to blend two latents under a mask on held-out pairs: the linear blend
     /// with the area-downsampled mask, a trained DecFormer (PELC), and decode–composite–

@@ -35,8 +35,8 @@ pub struct DecomposeArgs {
     /// Every layer over a checkerboard, then their composite, side by side (PNG).
     #[arg(long)]
     sheet: Option<PathBuf>,
-    /// The layer model folder (omni.json, omni.safetensors, vae.safetensors), as `zlayer
-    /// train layers` writes it.
+    /// The layer model: `bundled` (built in), or a folder (omni.json, omni.safetensors,
+    /// vae.safetensors) as `zlayer train layers` writes it.
     #[arg(long, default_value = DEFAULT_LAYER_MODEL)]
     layer_model: PathBuf,
     /// Sampling steps [default: the model's].
@@ -45,6 +45,11 @@ pub struct DecomposeArgs {
     /// Noise seed.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Keep the model's own colours everywhere. By default, wherever a layer is visible its
+    /// colours are corrected, the least that makes the layers composite back to the image
+    /// (alpha and hidden parts stay the model's).
+    #[arg(long)]
+    raw: bool,
 }
 
 fn user(e: impl std::fmt::Display) -> Failure {
@@ -60,13 +65,17 @@ pub fn run(a: DecomposeArgs) -> Result<(), Failure> {
     }
     let start = std::time::Instant::now();
     let dev = Device::Cpu;
-    let (lm, meta) = LayerModel::load(&a.layer_model, &dev)?;
+    let (lm, meta) = LayerModel::open(&a.layer_model, &dev)?;
     let image = read_png(&a.image).map_err(user)?;
     let loaded = zlayer_app::scene_file::load(&a.scene)?;
     let scene = loaded.scene.scene().clone();
     let steps = a.steps.unwrap_or(meta.steps).max(1);
-    let (plate, layers) =
-        decompose_image(&lm, &image, &scene, steps, a.seed, &dev).map_err(Failure::Internal)?;
+    let d = decompose_image(&lm, &image, &scene, (steps, a.seed), !a.raw, &dev)
+        .map_err(Failure::Internal)?;
+    if let Some(note) = &d.note {
+        eprintln!("{}: {note}", a.scene.display());
+    }
+    let (plate, layers) = (d.plate, d.layers);
     if let Some(dir) = &a.out {
         write_layers_dir(dir, &plate, &layers)?;
     }
@@ -75,6 +84,7 @@ pub fn run(a: DecomposeArgs) -> Result<(), Failure> {
         scene: scene.clone(),
         provenance: serde_json::json!({
             "layer_model": a.layer_model, "steps": steps, "seed": a.seed, "input": a.image,
+            "observed": !a.raw,
         }),
     };
     let count = layers.len();

@@ -26,8 +26,9 @@ pub struct EvalLayersArgs {
     /// Data seed of the held-out scenes.
     #[arg(long, default_value_t = 1_000_000)]
     seed: u64,
-    /// Also decompose the scenes with this layer model (a `zlayer train layers` folder) and
-    /// score it beside the cut-outs and its VAE's round trip of the exact layers.
+    /// Also decompose the scenes with this layer model (`bundled`, or a `zlayer train
+    /// layers` folder) and score it, raw and with what the image shows taken from it, beside
+    /// the cut-outs and its VAE's round trip of the exact layers.
     #[arg(long)]
     layer_model: Option<PathBuf>,
     /// Sampling steps of the layer model [default: the model's].
@@ -51,7 +52,7 @@ pub fn run(a: EvalLayersArgs) -> Result<(), Failure> {
     let mut scores = evaluate(&methods, a.seed, a.n, a.size, a.split.into()).map_err(user)?;
     if let Some(dir) = &a.layer_model {
         let dev = candle_core::Device::Cpu;
-        let (lm, meta) = LayerModel::load(dir, &dev)?;
+        let (lm, meta) = LayerModel::open(dir, &dev)?;
         if lm.size != a.size {
             return Err(user(format!(
                 "{}: the layer model works at {} px; pass --size {}",

@@ -17,6 +17,11 @@ pub struct ServeArgs {
     /// Model folder, or `bundled` (the built-in models/tiny).
     #[arg(long, default_value = ModelDir::BUNDLED, value_parser = ModelDir::parse)]
     model: ModelDir,
+    /// The layer model whose plate and amodal RGBA layers fill each job's layers.ora and
+    /// layers.psd: `bundled`, a `zlayer train layers` folder, or `none` (cut-outs of the
+    /// image by each instance's composition share).
+    #[arg(long, default_value = zlayer_app::decompose::DEFAULT_LAYER_MODEL)]
+    layer_model: std::path::PathBuf,
     /// A secret every request must send as `Authorization: Bearer SECRET`.
     #[arg(long)]
     token: Option<String>,
@@ -45,6 +50,7 @@ pub fn run(a: ServeArgs) -> Result<(), Failure> {
     let cfg = Config {
         addr: a.addr,
         model: a.model,
+        layer_model: (a.layer_model.as_os_str() != "none").then_some(a.layer_model),
         max_body: a.max_body,
         limits: Limits {
             queue: a.queue as usize,

@@ -16,8 +16,20 @@ pub type Rgba = Vec<[f32; 4]>;
 
 /// Depth level per instance (0: nothing in front), from the scene's `occludes`.
 pub fn depth_levels(scene: &Scene) -> std::result::Result<Vec<usize>, String> {
+    graph_of(scene, |g| g.depth_levels().to_vec())
+}
+
+/// The scene's instances back to front, from its `occludes`.
+pub fn draw_order(scene: &Scene) -> std::result::Result<Vec<usize>, String> {
+    graph_of(scene, |g| g.draw_order())
+}
+
+fn graph_of<T>(
+    scene: &Scene,
+    f: impl FnOnce(&zlayer_scene::OcclusionGraph) -> T,
+) -> std::result::Result<T, String> {
     validate_native(scene.clone())
-        .map(|l| l.scene.graph().depth_levels().to_vec())
+        .map(|l| f(l.scene.graph()))
         .map_err(|e| e.to_string())
 }
 
@@ -239,6 +251,28 @@ impl Plan {
                 plan.push_new(full(Role::Image, true), opaque(&s.composite(&keep)));
             }
         }
+        Ok(plan)
+    }
+
+    /// Matting of instance `k` of `scene` in `image` (opaque, the scene's size): its visible
+    /// RGBA, whose alpha is the matte.
+    pub fn matting(
+        image: Rgba,
+        scene: &Scene,
+        k: usize,
+        words: &Tokenizer,
+        grid: usize,
+    ) -> std::result::Result<Self, String> {
+        let levels = depth_levels(scene)?;
+        let mut plan = Plan::new(Task::Matte);
+        plan.push_new(
+            Frame::full(Role::Image, false, Vec::new(), (grid, grid)),
+            image,
+        );
+        plan.push(
+            instance_frame(Role::Matte, true, scene, &levels, k, words, grid),
+            None,
+        );
         Ok(plan)
     }
 

@@ -89,9 +89,9 @@ pub struct GenerateArgs {
     /// first sample, at the last grounded step.
     #[arg(long, requires = "scene")]
     maps: Option<PathBuf>,
-    /// The layer model for --layers, --ora and --psd (a `zlayer train layers` folder), or
-    /// `none`. Without one, --ora and --psd hold cut-outs of the image by each instance's
-    /// composition share, and the predicted masks hidden.
+    /// The layer model for --layers, --ora and --psd: `bundled` (built in), a `zlayer train
+    /// layers` folder, or `none`. With `none`, --ora and --psd hold cut-outs of the image by
+    /// each instance's composition share, and the predicted masks hidden.
     #[arg(long, default_value = DEFAULT_LAYER_MODEL, requires = "scene")]
     layer_model: String,
     /// With a scene: write the first sample as an OpenRaster file (GIMP, Krita): the plate
@@ -213,9 +213,19 @@ fn generate_scene(
         let image = at_canvas(&first, canvas)
             .map_err(|e| Failure::Internal(e.to_string()))?
             .remove(0);
-        let (plate, insts) =
-            decompose_image(lm, &image, scene, meta.steps, opts.seed, &Device::Cpu)
-                .map_err(Failure::Internal)?;
+        let d = decompose_image(
+            lm,
+            &image,
+            scene,
+            (meta.steps, opts.seed),
+            true,
+            &Device::Cpu,
+        )
+        .map_err(Failure::Internal)?;
+        if let Some(note) = &d.note {
+            eprintln!("{}: {note}", path.display());
+        }
+        let (plate, insts) = (d.plate, d.layers);
         if let Some(dir) = &a.layers {
             write_layers_dir(dir, &plate, &insts)?;
         }
@@ -232,8 +242,8 @@ fn generate_scene(
     Ok((out.images, canvas))
 }
 
-/// The layer model that --layers, --ora and --psd use: none when none is asked for or,
-/// for --ora and --psd alone, when the default folder has none (they hold cut-outs then).
+/// The layer model that --layers, --ora and --psd use; none when they are not asked for or
+/// with `--layer-model none` (--ora and --psd hold cut-outs then).
 fn layer_model(a: &GenerateArgs) -> Result<Option<(LayerModel, OmniMeta)>, Failure> {
     if a.layer_model == "none" {
         if a.layers.is_some() {
@@ -243,13 +253,11 @@ fn layer_model(a: &GenerateArgs) -> Result<Option<(LayerModel, OmniMeta)>, Failu
         }
         return Ok(None);
     }
-    let dir = Path::new(&a.layer_model);
-    let optional = a.layers.is_none() && a.layer_model == DEFAULT_LAYER_MODEL;
     let wanted = a.layers.is_some() || a.ora.is_some() || a.psd.is_some();
-    if !wanted || optional && !dir.join("omni.json").is_file() {
+    if !wanted {
         return Ok(None);
     }
-    LayerModel::load(dir, &Device::Cpu).map(Some)
+    LayerModel::open(Path::new(&a.layer_model), &Device::Cpu).map(Some)
 }
 
 /// Writes the images side by side to `output`, each resized to `canvas` (width, height)
