@@ -366,11 +366,14 @@ fn run(
         maps: spec.method.has_layers(),
     };
     let out = zlayer_model::sampling::observed(observe, || pipeline.scene(&req));
-    if timed_out.load(Ordering::Relaxed) {
-        return Err(format!(
+    let late = || {
+        format!(
             "the job ran past its time limit of {} s; ask for fewer --steps or samples, or start the server with a longer --job-time",
             jobs.limits.job_time.as_secs()
-        ));
+        )
+    };
+    if timed_out.load(Ordering::Relaxed) {
+        return Err(late());
     }
     let out = out.map_err(|e| e.to_string())?;
     let mut notes = out.notes.clone();
@@ -401,6 +404,10 @@ fn run(
                     true,
                     &candle_core::Device::Cpu,
                 )?;
+                // The limit covers the decomposition too, though it cannot stop midway.
+                if Instant::now() > deadline {
+                    return Err(late());
+                }
                 notes.extend(d.note);
                 let (plate, insts) = (d.plate, d.layers);
                 let describe = layers
