@@ -164,8 +164,12 @@ pub fn vae_file(path: &Path, dev: &Device) -> Result<(VaeBundle, u32), Failure> 
             path.display()
         )));
     }
-    let src = Source::File(path.to_path_buf());
-    let vae = load_vae(&src, dev).map_err(Failure::User)?;
+    vae_of(&Source::File(path.to_path_buf()), dev)
+}
+
+/// A VAE and its image side in pixels, from a file or the bundle.
+pub fn vae_of(src: &Source, dev: &Device) -> Result<(VaeBundle, u32), Failure> {
+    let vae = load_vae(src, dev).map_err(Failure::User)?;
     let size = src
         .json()
         .and_then(|v| {

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use zlayer_app::decompose::{LayerModel, OmniMeta, decompose_image, layer_stack};
+use zlayer_app::decompose::{LayerModel, OmniMeta, decompose_image};
 use zlayer_app::method::Method;
 use zlayer_app::pipeline::{Pipeline, SceneRequest};
 use zlayer_composite::BitDepth;
@@ -408,13 +408,12 @@ fn run(
                 if Instant::now() > deadline {
                     return Err(late());
                 }
-                notes.extend(d.note);
-                let (plate, insts) = (d.plate, d.layers);
+                notes.extend(d.note.clone());
                 let describe = layers
                     .describe
-                    .clone()
+                    .as_ref()
                     .ok_or("a scene's layers describe it")?;
-                layer_stack(&spec.scene.scene, plate, insts, &describe)
+                d.stack(&spec.scene.scene, describe)
             }
             None => layers.stack(),
         };

@@ -5,9 +5,7 @@ use candle_core::Device;
 use clap::Args;
 use std::path::PathBuf;
 use zlayer_app::Failure;
-use zlayer_app::decompose::{
-    DEFAULT_LAYER_MODEL, LayerModel, decompose_image, layer_stack, write_layers_dir,
-};
+use zlayer_app::decompose::{DEFAULT_LAYER_MODEL, LayerModel, decompose_image, write_layers_dir};
 use zlayer_app::layers::{Describe, layer_refs};
 use zlayer_app::recompose::Layered;
 use zlayer_composite::{BitDepth, read_png, write_png};
@@ -75,9 +73,8 @@ pub fn run(a: DecomposeArgs) -> Result<(), Failure> {
     if let Some(note) = &d.note {
         eprintln!("{}: {note}", a.scene.display());
     }
-    let (plate, layers) = (d.plate, d.layers);
     if let Some(dir) = &a.out {
-        write_layers_dir(dir, &plate, &layers)?;
+        write_layers_dir(dir, &d.plate, &d.layers)?;
     }
     let describe = Describe {
         made_by: "decompose".into(),
@@ -87,8 +84,8 @@ pub fn run(a: DecomposeArgs) -> Result<(), Failure> {
             "observed": !a.raw,
         }),
     };
-    let count = layers.len();
-    let stack = layer_stack(&loaded.scene, plate, layers, &describe);
+    let count = d.layers.len();
+    let stack = d.stack(&loaded.scene, &describe);
     zlayer_app::layers::write_files(&stack, a.ora.as_deref(), a.psd.as_deref())?;
     if let Some(path) = &a.sheet {
         let refs = layer_refs(&loaded.scene.graph().draw_order());

@@ -19,7 +19,7 @@ use frames::{opaque, straight};
 use zlayer_composite::rgba::quantize8;
 use zlayer_composite::{Image, LayerStack, Straight};
 use zlayer_metrics::segment::segment;
-use zlayer_model::bundle::{Source, VaeBundle, load_vae};
+use zlayer_model::bundle::{Source, VaeBundle};
 use zlayer_model::omni::{Batch, Omni};
 use zlayer_model::sampling::schedule;
 use zlayer_model::text::Tokenizer;
@@ -175,16 +175,13 @@ pub fn mattes(
     let plans = (0..scene.instances.len())
         .map(|k| Plan::matting(im.clone(), scene, k, &lm.words, lm.grid()))
         .collect::<std::result::Result<Vec<_>, _>>()?;
-    let mut frames: Vec<Rgba> = sample(lm, plans, steps, seed, dev)?
-        .into_iter()
-        .flatten()
-        .collect();
-    // `clipped` takes its first frame as the plate.
-    frames.insert(0, Vec::new());
-    let layers = clipped(frames, scene, lm.size).layers;
-    Ok(layers
-        .into_iter()
-        .map(|l| l.iter().map(|p| p[3]).collect())
+    let frames = sample(lm, plans, steps, seed, dev)?.into_iter().flatten();
+    Ok(frames
+        .zip(&scene.instances)
+        .map(|(mut m, inst)| {
+            clip_to_box(&mut m, inst.bbox, lm.size as usize);
+            m.iter().map(|p| p[3]).collect()
+        })
         .collect())
 }
 
@@ -248,20 +245,23 @@ fn clipped(mut images: Vec<Rgba>, scene: &Scene, size: u32) -> Layers {
     for px in &mut plate {
         *px = [px[0], px[1], px[2], 1.0].map(|v| v.clamp(0.0, 1.0));
     }
-    let side = size as usize;
     for (k, layer) in images.iter_mut().enumerate() {
-        let b = scene.instances[k].bbox;
-        for (p, px) in layer.iter_mut().enumerate() {
-            let (x, y) = ((p % side) as f64 + 0.5, (p / side) as f64 + 0.5);
-            if x < b.x1 || x >= b.x2 || y < b.y1 || y >= b.y2 {
-                px[3] = 0.0;
-            }
-            *px = px.map(|v| v.clamp(0.0, 1.0));
-        }
+        clip_to_box(layer, scene.instances[k].bbox, size as usize);
     }
     Layers {
         plate,
         layers: images,
+    }
+}
+
+/// Clamps every value of `layer` (`side` pixels a row) to [0, 1], and its alpha to 0 outside `b`.
+fn clip_to_box(layer: &mut Rgba, b: BBox, side: usize) {
+    for (p, px) in layer.iter_mut().enumerate() {
+        let (x, y) = ((p % side) as f64 + 0.5, (p / side) as f64 + 0.5);
+        if x < b.x1 || x >= b.x2 || y < b.y1 || y >= b.y2 {
+            px[3] = 0.0;
+        }
+        *px = px.map(|v| v.clamp(0.0, 1.0));
     }
 }
 
@@ -341,14 +341,7 @@ impl LayerModel {
                 serde_json::from_value(v).map_err(|e| format!("{}: {e}", omni.json_name()))
             })
             .map_err(Failure::User)?;
-        let bundle = load_vae(vae, dev).map_err(Failure::User)?;
-        let size: u32 = vae
-            .json()
-            .and_then(|v| {
-                serde_json::from_value(v["image_size"].clone())
-                    .map_err(|e| format!("{}: image_size: {e}", vae.json_name()))
-            })
-            .map_err(Failure::User)?;
+        let (bundle, size) = crate::model::vae_of(vae, dev)?;
         if bundle.cfg.image_channels != 4
             || bundle.cfg.latent != meta.config.latent
             || size != meta.image_size
@@ -383,6 +376,28 @@ pub struct Decomposed {
     pub layers: Vec<Image<Straight>>,
     /// What the user should know of how it was made (see [`Layers::observe`]).
     pub note: Option<String>,
+}
+
+impl Decomposed {
+    /// The layer stack: the plate at the bottom, then each instance's layer back to front,
+    /// named by its caption, with `describe` embedded.
+    pub fn stack(self, scene: &ValidScene, describe: &Describe) -> LayerStack {
+        let captions: Vec<String> = scene
+            .scene()
+            .instances
+            .iter()
+            .map(|i| i.caption.clone())
+            .collect();
+        let order = scene.graph().draw_order();
+        stack_of(
+            self.plate,
+            "background plate",
+            self.layers,
+            &captions,
+            &order,
+            Some(describe),
+        )
+    }
 }
 
 /// `scene` with its canvas mapped onto `width × height` pixels.
@@ -465,31 +480,6 @@ pub fn decompose_image(
         layers: full.layers.into_iter().map(img).collect(),
         note,
     })
-}
-
-/// A layer stack of a decomposition of `scene`: the plate at the bottom, then each
-/// instance's layer back to front, named by its caption, with `describe` embedded.
-pub fn layer_stack(
-    scene: &ValidScene,
-    plate: Image<Straight>,
-    layers: Vec<Image<Straight>>,
-    describe: &Describe,
-) -> LayerStack {
-    let captions: Vec<String> = scene
-        .scene()
-        .instances
-        .iter()
-        .map(|i| i.caption.clone())
-        .collect();
-    let order = scene.graph().draw_order();
-    stack_of(
-        plate,
-        "background plate",
-        layers,
-        &captions,
-        &order,
-        Some(describe),
-    )
 }
 
 /// Writes `plate.png` and `layer-K.png` per instance K into `dir`, straight alpha.

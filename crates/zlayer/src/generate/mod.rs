@@ -2,7 +2,7 @@
 
 use crate::args::ratio;
 use zlayer_app::decompose::{
-    DEFAULT_LAYER_MODEL, LayerModel, OmniMeta, decompose_image, layer_stack, write_layers_dir,
+    DEFAULT_LAYER_MODEL, LayerModel, OmniMeta, decompose_image, write_layers_dir,
 };
 use zlayer_app::layers::Describe;
 use zlayer_app::method::Method;
@@ -225,9 +225,8 @@ fn generate_scene(
         if let Some(note) = &d.note {
             eprintln!("{}: {note}", path.display());
         }
-        let (plate, insts) = (d.plate, d.layers);
         if let Some(dir) = &a.layers {
-            write_layers_dir(dir, &plate, &insts)?;
+            write_layers_dir(dir, &d.plate, &d.layers)?;
         }
         let mut provenance = provenance;
         provenance["layer_model"] = a.layer_model.clone().into();
@@ -236,7 +235,7 @@ fn generate_scene(
             scene: scene.clone(),
             provenance,
         };
-        let stack = layer_stack(&loaded.scene, plate, insts, &describe);
+        let stack = d.stack(&loaded.scene, &describe);
         zlayer_app::layers::write_files(&stack, a.ora.as_deref(), a.psd.as_deref())?;
     }
     Ok((out.images, canvas))
