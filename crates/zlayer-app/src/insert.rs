@@ -233,7 +233,7 @@ fn targets(scene: &Scene, captions: &[String], size: usize) -> Result<Vec<Target
 
 /// 1 for tokens of a `g × g` grid whose cell touches `free` (a `size²` pixel mask), else 0:
 /// the tokens to keep, as (1, g², 1).
-fn keep_tokens(
+pub(crate) fn keep_tokens(
     free: &[bool],
     size: usize,
     g: usize,
@@ -265,7 +265,10 @@ fn box_pixels(scene: &Scene, b: BBox, (w, h): (usize, usize)) -> Vec<bool> {
 }
 
 /// An image (1, 3, S, S) in [−1, 1] from pixels.
-fn to_tensor(img: &Image<Straight>, dev: &candle_core::Device) -> candle_core::Result<Tensor> {
+pub(crate) fn to_tensor(
+    img: &Image<Straight>,
+    dev: &candle_core::Device,
+) -> candle_core::Result<Tensor> {
     let n = img.width * img.height;
     let mut v = vec![0f32; 3 * n];
     for (p, px) in img.pixels.iter().enumerate() {

@@ -11,6 +11,7 @@
 //!   OpenRaster layer stacks.
 //! - [`insert`]: a new instance put into an existing image at its place in the order (PELC).
 //! - [`recompose`]: a layered file's instances re-ordered, moved or hidden, composited exactly.
+//! - [`harmonise`]: the seams of an edited stack redrawn by a short denoise, the rest kept.
 //! - [`layer_eval`]: RGBA layers scored against exact amodal layers (visible, hidden, alpha).
 //! - [`preview`]: the picture of a declared scene (boxes by depth, arrows, hatched overlaps).
 //! - [`data`]: the synthetic world as scenes, batches, tensors and layouts.
@@ -32,6 +33,7 @@ pub mod device;
 pub mod error;
 pub mod flip;
 pub mod grpo;
+pub mod harmonise;
 pub mod insert;
 pub mod layer_eval;
 pub mod layers;

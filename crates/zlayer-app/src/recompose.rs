@@ -360,6 +360,38 @@ impl Layered {
         }
     }
 
+    /// Per canvas pixel, which layer pixel shows there: that of the topmost visible layer
+    /// whose alpha (after the layer's opacity) is at least one half, as (key, index of the
+    /// pixel in that layer's image). The key is the instance for instance layers and
+    /// `usize::MAX - slot` for the others, so it survives re-ordering; `None` where no layer
+    /// covers the pixel. Comparing two of these says what an edit revealed
+    /// ([`crate::harmonise::revealed`]).
+    pub fn shown(&self) -> Vec<Option<(usize, usize)>> {
+        let (w, h) = (self.stack.width, self.stack.height);
+        let mut shown = vec![None; w * h];
+        for (slot, l) in self.stack.layers.iter().enumerate() {
+            if !l.visible {
+                continue;
+            }
+            let key = self
+                .refs
+                .iter()
+                .find(|r| r.layer == slot)
+                .map_or(usize::MAX - slot, |r| r.instance);
+            for (p, px) in l.image.pixels.iter().enumerate() {
+                let (x, y) = (
+                    (p % l.image.width) as i64 + l.x,
+                    (p / l.image.width) as i64 + l.y,
+                );
+                let inside = x >= 0 && y >= 0 && x < w as i64 && y < h as i64;
+                if inside && px.0[3] * l.opacity >= 0.5 {
+                    shown[y as usize * w + x as usize] = Some((key, p));
+                }
+            }
+        }
+        shown
+    }
+
     /// Each layer over a grey checkerboard (how editors show transparency), bottom first,
     /// then the composite: one picture per layer, at the canvas size.
     pub fn sheet(&self) -> Vec<Image<Straight>> {

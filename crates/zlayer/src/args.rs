@@ -1,7 +1,8 @@
 //! Flag types and value parsers that several commands share. A command imports these and the
 //! application crate, never another command.
 
-use clap::ValueEnum;
+use clap::{Args, ValueEnum};
+use zlayer_model::base::SampleOptions;
 use zlayer_model::layout_model::Variant;
 
 /// The synthetic world's difficulty splits.
@@ -32,6 +33,41 @@ pub fn ratio(s: &str) -> Result<f64, String> {
         _ => Err(format!(
             "{s:?}: a fraction of the steps, from 0 (base model only) to 1 (every step)"
         )),
+    }
+}
+
+/// A flow time where a refinement starts: a number in (0, 1].
+pub fn flow_time(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(t) if t > 0.0 && t <= 1.0 => Ok(t),
+        _ => Err(format!(
+            "{s:?}: a flow time in (0, 1], e.g. 0.3 (1 redraws from pure noise)"
+        )),
+    }
+}
+
+/// Steps, seed and guidance of a denoise that redraws part of an image.
+#[derive(Debug, Args)]
+pub struct Denoise {
+    /// Euler steps of the whole schedule (a refinement runs the part below its start).
+    #[arg(long, default_value_t = 20)]
+    pub steps: usize,
+    /// Seed of the noise.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Classifier-free guidance [default: the model's tuned value, else 1 (off)].
+    #[arg(long)]
+    pub guidance: Option<f64>,
+}
+
+impl Denoise {
+    /// The sampling options, with the model's tuned guidance where none was given.
+    pub fn options(&self, model: &zlayer_app::model::Model) -> SampleOptions {
+        SampleOptions {
+            steps: self.steps,
+            guidance: self.guidance.unwrap_or_else(|| model.guidance()),
+            seed: self.seed,
+        }
     }
 }
 

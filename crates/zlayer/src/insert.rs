@@ -1,6 +1,6 @@
 //! `zlayer insert`: put a new object into an image, in front of or behind what is there.
 
-use crate::args::ratio;
+use crate::args::{Denoise, ratio};
 use candle_core::Device;
 use clap::{Args, ValueEnum};
 use std::path::{Path, PathBuf};
@@ -90,15 +90,8 @@ pub struct InsertArgs {
     /// model's pixels; everything outside is the input, bit for bit [default: 2 model pixels].
     #[arg(long)]
     band: Option<usize>,
-    /// Euler steps of the drawing.
-    #[arg(long, default_value_t = 20)]
-    steps: usize,
-    /// Seed of the noise.
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
-    /// Classifier-free guidance [default: the model's tuned value, else 1 (off)].
-    #[arg(long)]
-    guidance: Option<f64>,
+    #[command(flatten)]
+    denoise: Denoise,
     /// Fraction of the steps that run the layout branch [default: the model file's].
     #[arg(long, value_parser = ratio)]
     grounding_ratio: Option<f64>,
@@ -158,11 +151,7 @@ pub fn run(a: InsertArgs) -> Result<(), Failure> {
     let dev = Device::Cpu;
     let pipeline = Pipeline::load(&a.model, dev.clone())?;
     let (dec, blend) = blender(&a, &dev)?;
-    let opts = SampleOptions {
-        steps: a.steps,
-        guidance: a.guidance.unwrap_or_else(|| pipeline.model.guidance()),
-        seed: a.seed,
-    };
+    let opts = a.denoise.options(&pipeline.model);
     let loaded = a
         .scene
         .as_deref()
@@ -274,7 +263,7 @@ pub fn run(a: InsertArgs) -> Result<(), Failure> {
             made_by: "insert".into(),
             scene: s.clone(),
             provenance: serde_json::json!({
-                "model": a.model, "method": a.variant, "seed": a.seed, "steps": a.steps,
+                "model": a.model, "method": a.variant, "seed": a.denoise.seed, "steps": a.denoise.steps,
                 "refine": a.refine, "band": band, "latent_blend": blend, "input": a.image,
             }),
         };

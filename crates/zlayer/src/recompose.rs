@@ -1,10 +1,16 @@
 //! `zlayer recompose`: re-order, move or hide the instance layers of a layered file.
 
+use crate::args::{Denoise, flow_time};
 use clap::Args;
 use std::path::PathBuf;
 use zlayer_app::Failure;
+use zlayer_app::harmonise::{HarmoniseRequest, harmonise, revealed};
+use zlayer_app::method::Method;
+use zlayer_app::model::ModelDir;
+use zlayer_app::pipeline::Pipeline;
 use zlayer_app::recompose::{Edit, Layered, Recolour};
-use zlayer_composite::BitDepth;
+use zlayer_composite::{BitDepth, Image, Straight};
+use zlayer_model::layout_model::Variant;
 
 /// Flags of `zlayer recompose`.
 #[derive(Debug, Args)]
@@ -38,6 +44,28 @@ pub struct RecomposeArgs {
     /// Write the edited scene here (native JSON).
     #[arg(long)]
     scene_out: Option<PathBuf>,
+    /// Redraw what the edit revealed (hidden parts of layers and of the plate, which the
+    /// layers only guessed) by a short denoise with the scene's prompt, fading into the
+    /// recomposite over --band; every other pixel stays the exact recomposite, bit for bit.
+    /// Needs a .png output.
+    #[arg(long)]
+    harmonise: bool,
+    /// The model that harmonises: a model folder, or `bundled`.
+    #[arg(long, default_value = ModelDir::BUNDLED, value_parser = ModelDir::parse)]
+    model: ModelDir,
+    /// What denoises: a trained branch of the model (boxes and order), or `base` (the
+    /// prompt alone) [default: occlusionformer where the model has it, else base].
+    #[arg(long, value_parser = Method::parse)]
+    variant: Option<Method>,
+    /// Where the denoise starts, as a flow time in (0, 1]: higher redraws more.
+    #[arg(long, default_value_t = 0.3, value_parser = flow_time)]
+    refine: f64,
+    /// Half-width in canvas pixels of the band over which the redrawn pixels fade into the
+    /// recomposite [default: one model pixel].
+    #[arg(long)]
+    band: Option<usize>,
+    #[command(flatten)]
+    denoise: Denoise,
 }
 
 fn parse_move(s: &str) -> Result<(String, i64, i64), String> {
@@ -88,16 +116,28 @@ pub fn run(a: RecomposeArgs) -> Result<(), Failure> {
         moves: a.moves.clone(),
         recolours: a.recolours.clone(),
     };
-    layered.apply(&edit)?;
     let ext = a
         .output
         .extension()
         .and_then(|e| e.to_str())
         .unwrap_or("")
         .to_ascii_lowercase();
+    if a.harmonise && ext != "png" {
+        return Err(user(format!(
+            "{}: --harmonise changes the flat image, not the layers; write a .png (and the layers, exact, in a second run without --harmonise)",
+            a.output.display()
+        )));
+    }
+    let before = a.harmonise.then(|| layered.shown());
+    layered.apply(&edit)?;
     match ext.as_str() {
-        "png" => zlayer_composite::write_png(&a.output, &layered.composite(), BitDepth::Eight)
-            .map_err(user)?,
+        "png" => {
+            let mut image = layered.composite();
+            if let Some(before) = before {
+                image = harmonised(&a, &layered, before, image)?;
+            }
+            zlayer_composite::write_png(&a.output, &image, BitDepth::Eight).map_err(user)?
+        }
         "ora" => zlayer_composite::ora::write_ora(&a.output, &layered.to_stack(), BitDepth::Eight)
             .map_err(user)?,
         "psd" => zlayer_composite::psd::write_psd(&a.output, &layered.to_stack()).map_err(user)?,
@@ -131,4 +171,54 @@ pub fn run(a: RecomposeArgs) -> Result<(), Failure> {
         a.output.display()
     );
     Ok(())
+}
+
+/// The recomposite `after` with what the edit revealed redrawn (`before`: what each pixel
+/// showed before it, [`Layered::shown`]).
+fn harmonised(
+    a: &RecomposeArgs,
+    layered: &Layered,
+    before: Vec<Option<(usize, usize)>>,
+    after: Image<Straight>,
+) -> Result<Image<Straight>, Failure> {
+    let (w, h) = (after.width, after.height);
+    let redraw = revealed(&before, &layered.shown());
+    let pipeline = Pipeline::load(&a.model, candle_core::Device::Cpu)?;
+    let size = pipeline.model.size;
+    let band = a.band.unwrap_or_else(|| w.max(h).div_ceil(size));
+    let opts = a.denoise.options(&pipeline.model);
+    let method = a
+        .variant
+        .unwrap_or(if a.model.layout("occlusionformer").is_some() {
+            Method::Branch(Variant::Occlusionformer)
+        } else {
+            Method::Base
+        });
+    let out = harmonise(
+        &pipeline,
+        &HarmoniseRequest {
+            image: &after,
+            redraw: &redraw,
+            scene: &layered.scene,
+            method,
+            grounding_ratio: None,
+            opts,
+            refine: a.refine,
+            band,
+            strict: false,
+        },
+    )?;
+    for note in &out.notes {
+        eprintln!("{note}");
+    }
+    let shown = redraw.iter().filter(|&&b| b).count();
+    let redrawn = out.band.iter().filter(|&&b| b).count();
+    eprintln!(
+        "harmonised with {} ({}) from flow time {}: {shown} revealed pixels, {redrawn} of {} with the band redrawn, the rest exact",
+        a.model.name(),
+        method.name(),
+        a.refine,
+        w * h
+    );
+    Ok(out.image)
 }

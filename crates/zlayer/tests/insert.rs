@@ -112,6 +112,38 @@ fn insert_behind_keeps_the_image_outside_the_new_object_and_updates_the_scene() 
         "{}",
         text(&o.stderr)
     );
+    // Moving a cut-out reveals the image beneath it; --harmonise redraws that, and refuses
+    // to write layers it would not change.
+    let moved = d.join("moved.png");
+    let harmonise = |out: &std::path::Path| {
+        zlayer(&[
+            "recompose",
+            &s(&ora),
+            "--move",
+            "new=40,0",
+            "-o",
+            &s(out),
+            "--harmonise",
+            "--steps",
+            "4",
+        ])
+    };
+    let o = harmonise(&moved);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stderr).contains("harmonised with bundled (occlusionformer) from flow time 0.3"),
+        "{}",
+        text(&o.stderr)
+    );
+    let m = zlayer_composite::read_png(&moved).unwrap();
+    assert_eq!((m.width, m.height), (512, 512));
+    let o = harmonise(&d.join("moved.ora"));
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        text(&o.stderr).contains("write a .png"),
+        "{}",
+        text(&o.stderr)
+    );
     let o = zlayer(&[
         "recompose",
         &s(&psd),
