@@ -117,6 +117,7 @@ fn scene(k: usize, side: u32) -> SceneLayout {
 
 fn generation(c: &mut Criterion) {
     zlayer_model::keep_freed_memory();
+    zlayer_model::fix_thread_count();
     let dev = Device::Cpu;
     let (m, text) = model(&dev);
     let ids = m

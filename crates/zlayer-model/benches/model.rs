@@ -13,6 +13,7 @@ use zlayer_model::bench::{BATCH, GRID, PROMPT, TrainStep, sgemm_inputs, tiny_mod
 /// Peak: one square sgemm through candle (and so through the same gemm crate).
 fn sgemm(c: &mut Criterion) {
     zlayer_model::keep_freed_memory();
+    zlayer_model::fix_thread_count();
     let n = 1024;
     let (a, b) = sgemm_inputs(n, &Device::Cpu).unwrap();
     let mut g = c.benchmark_group("peak");
@@ -26,6 +27,7 @@ fn sgemm(c: &mut Criterion) {
 /// channels): forward, backward, clipping, update, EMA.
 fn train_step(c: &mut Criterion) {
     zlayer_model::keep_freed_memory();
+    zlayer_model::fix_thread_count();
     let mut step = TrainStep::new(&Device::Cpu).unwrap();
     eprintln!(
         "train step: {BATCH} samples, {:.2} GFLOP counted ({} prompt tokens); samples/s = {BATCH} / time",

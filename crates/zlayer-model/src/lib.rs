@@ -74,6 +74,20 @@ pub fn keep_freed_memory() {
 }
 pub use dit::{Flux, FluxInput};
 
+/// Fixes, once, the thread count that candle's CPU matmul asks for on every call: without
+/// `RAYON_NUM_THREADS`, candle 0.11 answers by parsing /proc/cpuinfo (`num_cpus::
+/// get_physical`), about 20,000 reads in a 4-second generation benchmark. Sets the variable to
+/// the count candle would have chosen, so results and threads are unchanged. Call it first
+/// thing in `main`, before any other thread exists.
+pub fn fix_thread_count() {
+    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
+        let n = candle_core::utils::get_num_threads();
+        // SAFETY: called before other threads exist, so nothing reads the environment while
+        // it changes.
+        unsafe { std::env::set_var("RAYON_NUM_THREADS", n.to_string()) };
+    }
+}
+
 /// Treats subnormal floats as zero, on input and output (x86's MXCSR DAZ and FTZ bits), on
 /// this thread and the threads it starts afterwards.
 ///

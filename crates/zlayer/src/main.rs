@@ -28,6 +28,7 @@ use std::process::ExitCode;
 
 fn main() -> ExitCode {
     zlayer_model::keep_freed_memory();
+    zlayer_model::fix_thread_count();
     if std::env::var_os("ZLAYER_KEEP_SUBNORMALS").is_none() {
         zlayer_model::flush_subnormals();
     }
