@@ -9,7 +9,7 @@
 //! result replaces the recomposite there and fades out over a band: every pixel farther than
 //! the band from a revealed one is the exact recomposite, bit for bit.
 
-use crate::insert::{dilate, feather, keep_tokens, paste, to_tensor};
+use crate::insert::{Drawer, dilate, feather, keep_tokens, paste, to_tensor, validated};
 use crate::method::{Method, SceneSampler};
 use crate::pipeline::{Pipeline, model_captions, scene_prompt};
 use crate::{Failure, internal, user};
@@ -17,7 +17,6 @@ use std::collections::HashSet;
 use zlayer_composite::{Image, Straight};
 use zlayer_model::base::SampleOptions;
 use zlayer_model::inpaint::Known;
-use zlayer_model::layout_model::SceneLayout;
 use zlayer_scene::Scene;
 
 /// What to harmonise, and how.
@@ -97,20 +96,15 @@ pub fn harmonise(p: &Pipeline, req: &HarmoniseRequest) -> Result<Harmonised, Fai
     let dev = &p.dev;
     let (size, factor) = (m.size, m.vae.cfg.factor());
     let g = size / factor;
-    let valid = zlayer_scene::validate_native(req.scene.clone())
-        .map_err(|e| user(crate::scene_file::render(std::path::Path::new("scene"), &e)))?
-        .scene;
+    let valid = validated(req.scene.clone())?;
     let captions = model_captions(&valid, &m.base.tokenizer, req.strict, &mut notes)?;
     let prompt = if req.scene.prompt.trim().is_empty() {
         zlayer_synth::sample::prompt(&captions, false, zlayer_synth::vocab::Background::Plain)
     } else {
         scene_prompt(&valid, &captions, &m.base.tokenizer, &mut notes)
     };
-    let ids = m
-        .base
-        .tokenizer
-        .batch(&[prompt.as_str()], m.base.max_len, dev)
-        .map_err(user)?;
+    let sampler = SceneSampler::for_method(&p.dir, req.method, m.base.clone(), dev)?;
+    let drawer = Drawer::new(p, sampler, &valid, &captions, prompt)?;
 
     let weight = feather(req.redraw, (w, h), req.band);
     // The model pixels whose footprint on the canvas reaches the band, and one more around
@@ -137,28 +131,7 @@ pub fn harmonise(p: &Pipeline, req: &HarmoniseRequest) -> Result<Harmonised, Fai
         keep,
         start: req.refine,
     };
-    let z = match SceneSampler::for_method(&p.dir, req.method, m.base.clone(), dev)? {
-        None => m
-            .base
-            .sample_known(&ids, (g, g), m.vae.cfg.latent, &req.opts, Some(&known)),
-        Some(s) => {
-            let mut layout = SceneLayout::from_scene(&valid, (g, g));
-            for (inst, caption) in layout.instances.iter_mut().zip(&captions) {
-                inst.caption = caption.clone();
-            }
-            s.sample(
-                &ids,
-                &[prompt.as_str()],
-                std::slice::from_ref(&layout),
-                ((g, g), m.vae.cfg.latent),
-                &req.opts,
-                req.grounding_ratio,
-                Some(&known),
-            )
-            .map(|(t, _)| t)
-        }
-    }
-    .map_err(internal)?;
+    let z = drawer.draw(&known, &req.opts, req.grounding_ratio)?;
     let x = m.vae.decode_tokens(&z, g, g).map_err(internal)?;
     let drawn = crate::output::at_canvas(&x, Some((w, h)))
         .map_err(internal)?

@@ -139,7 +139,7 @@ fn in_front_of(g: &zlayer_scene::OcclusionGraph, anchor: usize, with_anchor: boo
     front
 }
 
-fn validated(scene: Scene) -> Result<ValidScene, Failure> {
+pub(crate) fn validated(scene: Scene) -> Result<ValidScene, Failure> {
     zlayer_scene::validate_native(scene)
         .map(|l| l.scene)
         .map_err(|e| user(crate::scene_file::render(std::path::Path::new("scene"), &e)))
@@ -292,6 +292,74 @@ fn to_tokens(z: &Tensor) -> candle_core::Result<Tensor> {
     z.reshape((b, c, h * w))?.transpose(1, 2)?.contiguous()
 }
 
+/// What draws a scene's latent around a known region: the method's sampler with the
+/// scene's layout (captions as the model reads them), or the base alone, and the prompt.
+pub(crate) struct Drawer<'a> {
+    p: &'a Pipeline,
+    sampler: Option<SceneSampler>,
+    prompt: String,
+    ids: Tensor,
+    layout: SceneLayout,
+}
+
+impl<'a> Drawer<'a> {
+    /// A drawer of `scene` with `prompt`, by `sampler` (`None`: the base alone).
+    pub(crate) fn new(
+        p: &'a Pipeline,
+        sampler: Option<SceneSampler>,
+        scene: &ValidScene,
+        captions: &[String],
+        prompt: String,
+    ) -> Result<Self, Failure> {
+        let m = &p.model;
+        let g = m.size / m.vae.cfg.factor();
+        let mut layout = SceneLayout::from_scene(scene, (g, g));
+        for (inst, caption) in layout.instances.iter_mut().zip(captions) {
+            inst.caption = caption.clone();
+        }
+        let ids = m
+            .base
+            .tokenizer
+            .batch(&[prompt.as_str()], m.base.max_len, &p.dev)
+            .map_err(user)?;
+        Ok(Self {
+            p,
+            sampler,
+            prompt,
+            ids,
+            layout,
+        })
+    }
+
+    /// The latent tokens (1, g², C) drawn keeping `known`.
+    pub(crate) fn draw(
+        &self,
+        known: &Known,
+        opts: &SampleOptions,
+        grounding_ratio: Option<f64>,
+    ) -> Result<Tensor, Failure> {
+        let m = &self.p.model;
+        let g = m.size / m.vae.cfg.factor();
+        match &self.sampler {
+            None => m
+                .base
+                .sample_known(&self.ids, (g, g), m.vae.cfg.latent, opts, Some(known)),
+            Some(s) => s
+                .sample(
+                    &self.ids,
+                    &[self.prompt.as_str()],
+                    std::slice::from_ref(&self.layout),
+                    ((g, g), m.vae.cfg.latent),
+                    opts,
+                    grounding_ratio,
+                    Some(known),
+                )
+                .map(|(t, _)| t),
+        }
+        .map_err(internal)
+    }
+}
+
 /// Inserts `req.instance` into `req.image`; `dec` blends the latents (the linear blend
 /// when `None`).
 pub fn insert(
@@ -330,34 +398,13 @@ pub fn insert(
     } else {
         scene_prompt(&placed, &captions, &m.base.tokenizer, &mut notes)
     };
-    let mut layout = SceneLayout::from_scene(&placed, (g, g));
-    for (inst, caption) in layout.instances.iter_mut().zip(&captions) {
-        inst.caption = caption.clone();
-    }
-    let ids = m
-        .base
-        .tokenizer
-        .batch(&[prompt.as_str()], m.base.max_len, dev)
-        .map_err(user)?;
-    let draw = |known: &Known, seed: u64| -> Result<Tensor, Failure> {
-        let opts = SampleOptions { seed, ..req.opts };
-        match &sampler {
-            None => m
-                .base
-                .sample_known(&ids, (g, g), m.vae.cfg.latent, &opts, Some(known)),
-            Some(s) => s
-                .sample(
-                    &ids,
-                    &[prompt.as_str()],
-                    std::slice::from_ref(&layout),
-                    ((g, g), m.vae.cfg.latent),
-                    &opts,
-                    req.grounding_ratio,
-                    Some(known),
-                )
-                .map(|(t, _)| t),
-        }
-        .map_err(internal)
+    let drawer = Drawer::new(p, sampler, &placed, &captions, prompt)?;
+    let draw = |known: &Known, seed: u64| {
+        drawer.draw(
+            known,
+            &SampleOptions { seed, ..req.opts },
+            req.grounding_ratio,
+        )
     };
 
     // 1. The input at the model's size, and who shows where in it.

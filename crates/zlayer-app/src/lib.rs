@@ -11,7 +11,7 @@
 //!   OpenRaster layer stacks.
 //! - [`insert`]: a new instance put into an existing image at its place in the order (PELC).
 //! - [`recompose`]: a layered file's instances re-ordered, moved or hidden, composited exactly.
-//! - [`harmonise`]: the seams of an edited stack redrawn by a short denoise, the rest kept.
+//! - [`harmonise`]: what an edit of a stack revealed, redrawn by a short denoise; the rest kept.
 //! - [`layer_eval`]: RGBA layers scored against exact amodal layers (visible, hidden, alpha).
 //! - [`preview`]: the picture of a declared scene (boxes by depth, arrows, hatched overlaps).
 //! - [`data`]: the synthetic world as scenes, batches, tensors and layouts.

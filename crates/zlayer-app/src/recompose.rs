@@ -113,6 +113,21 @@ fn user(e: impl std::fmt::Display) -> Failure {
     Failure::User(e.to_string())
 }
 
+/// The pixels of `l` that land on a `w × h` canvas at its offset: (index on the canvas,
+/// index in the layer's image, pixel).
+fn on_canvas(l: &Layer, (w, h): (usize, usize)) -> impl Iterator<Item = (usize, usize, &Straight)> {
+    l.image
+        .pixels
+        .iter()
+        .enumerate()
+        .filter_map(move |(p, px)| {
+            let x = (p % l.image.width) as i64 + l.x;
+            let y = (p / l.image.width) as i64 + l.y;
+            let inside = x >= 0 && y >= 0 && x < w as i64 && y < h as i64;
+            inside.then(|| (y as usize * w + x as usize, p, px))
+        })
+}
+
 impl Layered {
     /// The layers of a zlayer OpenRaster or PSD file (by its extension), with its metadata.
     pub fn read_file(path: &Path) -> Result<Self, Failure> {
@@ -333,19 +348,12 @@ impl Layered {
             .map(|l| {
                 let mut plane = vec![Premul8::default(); w * h];
                 let a = quantize8(l.opacity) as u32;
-                for (p, px) in l.image.pixels.iter().enumerate() {
-                    let (x, y) = (
-                        (p % l.image.width) as i64 + l.x,
-                        (p / l.image.width) as i64 + l.y,
-                    );
-                    if x < 0 || y < 0 || x >= w as i64 || y >= h as i64 {
-                        continue;
-                    }
+                for (q, _, px) in on_canvas(l, (w, h)) {
                     let mut s = px.to_u8();
                     if a < 255 {
                         s.0[3] = zlayer_composite::rgba::div255(s.0[3] as u32 * a);
                     }
-                    plane[y as usize * w + x as usize] = s.premultiply();
+                    plane[q] = s.premultiply();
                 }
                 plane
             })
@@ -378,14 +386,9 @@ impl Layered {
                 .iter()
                 .find(|r| r.layer == slot)
                 .map_or(usize::MAX - slot, |r| r.instance);
-            for (p, px) in l.image.pixels.iter().enumerate() {
-                let (x, y) = (
-                    (p % l.image.width) as i64 + l.x,
-                    (p / l.image.width) as i64 + l.y,
-                );
-                let inside = x >= 0 && y >= 0 && x < w as i64 && y < h as i64;
-                if inside && px.0[3] * l.opacity >= 0.5 {
-                    shown[y as usize * w + x as usize] = Some((key, p));
+            for (q, p, px) in on_canvas(l, (w, h)) {
+                if px.0[3] * l.opacity >= 0.5 {
+                    shown[q] = Some((key, p));
                 }
             }
         }
