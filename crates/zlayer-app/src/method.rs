@@ -129,8 +129,13 @@ impl SceneSampler {
             let place = model
                 .layout_path(name)
                 .map_or("the bundled model".into(), |p| p.display().to_string());
+            let older = if *model == ModelDir::Bundled {
+                "; the repository's models/tiny, the older 8-channel model, has every baseline and ablation (--model models/tiny)"
+            } else {
+                ""
+            };
             return Err(Failure::User(format!(
-                "{place}: no trained `{name}` branch; {} and copy DIR/layout.* there (larender needs no training)",
+                "{place}: no trained `{name}` branch; {} and copy DIR/layout.* there (larender needs no training){older}",
                 match method {
                     Method::Grpo => format!(
                         "fine-tune the occlusionformer branch with `zlayer train grpo --model {} --out DIR`",

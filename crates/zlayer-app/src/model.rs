@@ -10,7 +10,7 @@ use zlayer_model::bundle::{Source, VaeBundle, load_base, load_vae};
 /// Where a tiny model lives.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ModelDir {
-    /// `models/tiny`, built into the binary ([`crate::bundled`]).
+    /// `models/tiny16`, built into the binary ([`crate::bundled`]).
     Bundled,
     /// A folder with `vae.*` and `base.*`, the branch `layout.*` and `variants/NAME/layout.*`.
     Dir(PathBuf),
@@ -68,6 +68,17 @@ impl ModelDir {
             )));
         }
         Ok(Source::File(path))
+    }
+
+    /// The DecFormer that blends this model's latents (`pelc.safetensors`), when it has one.
+    pub fn pelc(&self) -> Option<Source> {
+        match self {
+            Self::Bundled => Some(crate::bundled::PELC),
+            Self::Dir(dir) => {
+                let path = Self::file(dir, "pelc");
+                path.is_file().then_some(Source::File(path))
+            }
+        }
     }
 
     /// Where a named variant's trained branch is: `occlusionformer` at the top,

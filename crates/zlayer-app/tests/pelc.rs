@@ -3,7 +3,7 @@
 
 use candle_core::{DType, Device};
 use candle_nn::VarMap;
-use zlayer_app::pelc::{LossWeights, gate, loss, pair, tensors};
+use zlayer_app::pelc::{LossWeights, PixelTarget, gate, loss, pair, tensors};
 use zlayer_model::bundle::VaeBundle;
 use zlayer_model::init::seeded;
 use zlayer_model::pelc::{DecConfig, DecFormer, compose};
@@ -52,6 +52,7 @@ fn run(dir: &std::path::Path, fail_at: Option<usize>) -> Vec<(String, Vec<f32>)>
         latent: 1.0,
         halo: 4.0,
         gradient: 1.0,
+        target: PixelTarget::RoundTrip,
     };
     let attempt = |fail: Option<usize>| {
         let vm = VarMap::new();
@@ -123,4 +124,61 @@ fn alpha_one_and_no_residual_is_z_b_exactly() {
     let zeros = za.zeros_like().unwrap();
     let got = compose(&za, &zb, &zeros, &s, 1.0).unwrap();
     assert_eq!(v(&got), v(&(&za + &s).unwrap()));
+}
+
+#[test]
+fn the_composite_target_is_the_blend_of_the_decoded_inputs() {
+    let dev = Device::Cpu;
+    let bundle = vae(&dev);
+    let cfg = DecConfig {
+        latent: 4,
+        prior: vec![8, 8],
+        features: 8,
+        width: 32,
+        heads: 4,
+        ..DecConfig::tiny()
+    };
+    let vm = VarMap::new();
+    let dec = DecFormer::new(&cfg, seeded(&vm, 3, DType::F32, &dev)).unwrap();
+    // Indices 0 and 2 give instance and soft masks: fractional values, where the targets part.
+    let pairs: Vec<_> = [0u64, 2, 4].iter().map(|&i| pair(9, i, 32)).collect();
+    let batch = tensors(&pairs, 32, &dev).unwrap();
+    let only_l1 = |target| LossWeights {
+        latent: 0.0,
+        halo: 0.0,
+        gradient: 0.0,
+        target,
+    };
+    let (_, [_, l1, _]) =
+        loss(&dec, &bundle, &batch, 1.0, only_l1(PixelTarget::Composite)).unwrap();
+    // The naive reference, pixel by pixel.
+    let v = |t: &candle_core::Tensor| -> Vec<f32> { t.flatten_all().unwrap().to_vec1().unwrap() };
+    let [a, b, _, m] = &batch;
+    let (za, zb) = (
+        zlayer_app::pelc::encode(&bundle, a).unwrap(),
+        zlayer_app::pelc::encode(&bundle, b).unwrap(),
+    );
+    let got =
+        v(&zlayer_app::pelc::decode(&bundle, &dec.forward(&za, &zb, m, 1.0).unwrap().z).unwrap());
+    let (xa, xb) = (
+        v(&zlayer_app::pelc::decode(&bundle, &za).unwrap()),
+        v(&zlayer_app::pelc::decode(&bundle, &zb).unwrap()),
+    );
+    let mask = v(m);
+    let plane = 32 * 32;
+    let want: f64 = (0..got.len())
+        .map(|i| {
+            let w = mask[(i / (3 * plane)) * plane + i % plane];
+            let x = (1.0 - w) * xa[i] + w * xb[i];
+            f64::from((got[i] - x).abs())
+        })
+        .sum::<f64>()
+        / got.len() as f64;
+    assert!((f64::from(l1) - want).abs() < 1e-5, "{l1} against {want}");
+    let (_, [_, round_trip, _]) =
+        loss(&dec, &bundle, &batch, 1.0, only_l1(PixelTarget::RoundTrip)).unwrap();
+    assert!(
+        (round_trip - l1).abs() > 1e-3,
+        "the two targets agree: {round_trip}"
+    );
 }

@@ -91,7 +91,7 @@ enum Command {
     ///
     /// Words must be in the model's vocabulary; open vocabulary needs the Flux-scale model.
     /// A scene is validated first (a cycle or a bad box never reaches the model); its boxes,
-    /// captions and Z-order drive the layout branch (`models/tiny/layout.safetensors`).
+    /// captions and Z-order drive the layout branch (`models/tiny16/layout.safetensors`).
     #[command(after_help = "Examples:
   zlayer generate --prompt \"a red sphere in front of a blue cube on a sky background\" -o out.png --n 4
   zlayer generate examples/sphere-cube.json -o out.png --grounding-ratio 0.3
@@ -157,7 +157,7 @@ enum Command {
     /// Score the base model on held-out global prompts: does the metrics segmenter find every
     /// prompted colour in the generated image? Writes a summary, a CSV and a sample sheet.
     ///
-    /// Example: `zlayer eval-prompts --model models/tiny --n 200`
+    /// Example: `zlayer eval-prompts --model models/tiny16 --n 200 --guidance 2`
     EvalPrompts(crate::eval_prompts::EvalPromptsArgs),
     /// Compare trained layout branches on held-out synthetic scenes: each generates the same
     /// scenes from the same noise, and the metrics crate scores order, Occ. F1 and masks.

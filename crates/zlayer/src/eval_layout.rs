@@ -32,7 +32,7 @@ pub struct EvalLayoutArgs {
     )]
     layouts: Vec<PathBuf>,
     /// Model folder with the vae and base the branches were trained on, or `bundled` (the
-    /// built-in models/tiny).
+    /// built-in models/tiny16).
     #[arg(long, default_value = ModelDir::BUNDLED, value_parser = ModelDir::parse)]
     model: ModelDir,
     /// Output folder: gt/, one folder per variant, summary.md, summary.json, grid.png.

@@ -46,7 +46,8 @@ pub fn run(a: EvalPelcArgs) -> Result<(), Failure> {
     let dev = Device::Cpu;
     let (dec, meta) = match &a.pelc {
         Some(path) => {
-            let (dec, meta) = zlayer_app::pelc::load(path, &dev)?;
+            let (dec, meta) =
+                zlayer_app::pelc::load(&zlayer_model::bundle::Source::File(path.clone()), &dev)?;
             (Some(dec), Some(meta))
         }
         None => (None, None),

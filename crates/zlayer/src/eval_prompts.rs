@@ -25,7 +25,7 @@ use zlayer_synth::{Split, SynthScene};
 #[derive(Debug, Args)]
 pub struct EvalPromptsArgs {
     /// Model folder with vae.safetensors and base.safetensors (and their .json), or
-    /// `bundled` (the built-in models/tiny).
+    /// `bundled` (the built-in models/tiny16).
     #[arg(long, default_value = ModelDir::BUNDLED, value_parser = ModelDir::parse)]
     model: ModelDir,
     /// Held-out prompts to score.

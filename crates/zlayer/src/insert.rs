@@ -11,6 +11,7 @@ use zlayer_app::model::ModelDir;
 use zlayer_app::pipeline::{Pipeline, SceneRequest};
 use zlayer_composite::{BitDepth, Image, Straight, read_png, write_png};
 use zlayer_model::base::SampleOptions;
+use zlayer_model::bundle::Source;
 use zlayer_model::pelc::DecFormer;
 use zlayer_scene::{BBox, Instance, Scene};
 
@@ -124,15 +125,12 @@ fn sixteen_bit(path: &Path) -> bool {
 
 /// The DecFormer that `--latent-blend` and `--pelc` ask for, and a line saying which.
 fn blender(a: &InsertArgs, dev: &Device) -> Result<(Option<DecFormer>, String), Failure> {
-    let found = a.pelc.clone().or_else(|| match &a.model {
-        ModelDir::Dir(d) => Some(d.join("pelc.safetensors")).filter(|p| p.is_file()),
-        ModelDir::Bundled => None,
-    });
+    let found = a.pelc.clone().map(Source::File).or_else(|| a.model.pelc());
     match (a.latent_blend, found) {
         (LatentBlend::Linear, _) => Ok((None, "linear".into())),
-        (_, Some(path)) => {
-            let (dec, _) = zlayer_app::pelc::load(&path, dev)?;
-            Ok((Some(dec), format!("DecFormer ({})", path.display())))
+        (_, Some(src)) => {
+            let (dec, _) = zlayer_app::pelc::load(&src, dev)?;
+            Ok((Some(dec), format!("DecFormer ({})", src.name())))
         }
         (LatentBlend::Pelc, None) => Err(user(format!(
             "--latent-blend pelc: {} has no pelc.safetensors; train one with `zlayer train pelc --vae MODEL/vae.safetensors --out DIR` and pass --pelc DIR/pelc.safetensors",

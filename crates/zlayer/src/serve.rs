@@ -14,7 +14,7 @@ pub struct ServeArgs {
     /// Address to listen on; anything but loopback needs --token.
     #[arg(long, default_value = "127.0.0.1:7878")]
     addr: SocketAddr,
-    /// Model folder, or `bundled` (the built-in models/tiny).
+    /// Model folder, or `bundled` (the built-in models/tiny16).
     #[arg(long, default_value = ModelDir::BUNDLED, value_parser = ModelDir::parse)]
     model: ModelDir,
     /// The layer model whose plate and amodal RGBA layers fill each job's layers.ora and

@@ -1275,7 +1275,7 @@ fn the_bundled_model_works_outside_the_repository() {
         "2",
         "--native",
         "--model",
-        repo().join("models/tiny").to_str().unwrap(),
+        repo().join("models/tiny16").to_str().unwrap(),
     ]);
     assert_eq!(run.status.code(), Some(0), "{}", text(&run.stderr));
     assert_eq!(built_in, std::fs::read(dir.join("folder.png")).unwrap());

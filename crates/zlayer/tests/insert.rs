@@ -192,8 +192,25 @@ fn insert_names_what_is_wrong() {
         e.contains("no instance \"tree\"") && e.contains("sphere, cube"),
         "{e}"
     );
-    let e = run(&["--box", "10,10,50,50", "--latent-blend", "pelc"]);
+    // The 8-channel model has no DecFormer, and the bundled one blends 16 channels.
+    let e = run(&[
+        "--box",
+        "10,10,50,50",
+        "--latent-blend",
+        "pelc",
+        "--model",
+        "models/tiny",
+    ]);
     assert!(e.contains("train pelc"), "{e}");
+    let e = run(&[
+        "--box",
+        "10,10,50,50",
+        "--model",
+        "models/tiny",
+        "--pelc",
+        "models/tiny16/pelc.safetensors",
+    ]);
+    assert!(e.contains("16-channel latents at 4×"), "{e}");
     let e = run(&["--box", "10,10,50,50", "--id", "cube"]);
     assert!(e.contains("already has an instance \"cube\""), "{e}");
     assert!(

@@ -26,7 +26,7 @@ use zlayer_model::text::Tokenizer;
 use zlayer_scene::{BBox, Scene, ValidScene};
 use zlayer_synth::{Params, Split, SynthScene, scene_at};
 
-/// The `--layer-model` word for the layer model built into the binary (`models/tiny/layers`).
+/// The `--layer-model` word for the layer model built into the binary (`models/tiny16/layers`).
 pub const DEFAULT_LAYER_MODEL: &str = "bundled";
 
 /// The model with what it reads and writes through.

@@ -14,7 +14,7 @@
 //! linear blend's error there is all a latent blend can remove. Times are of producing the
 //! blended latent, per pair, beside one forward of the tiny DiT at batch 1.
 
-use super::{MASK_KINDS, Pair, decode, encode, tensors};
+use super::{MASK_KINDS, Pair, decode, decoded_composite, encode, tensors};
 use crate::Failure;
 use crate::internal;
 use candle_core::{Device, Result, Tensor};
@@ -251,12 +251,7 @@ fn batch(
 ) -> Result<Vec<Panels>> {
     let [a, b, _, m] = tensors(chunk, size, dev)?;
     let (za, zb) = (encode(vae, &a)?, encode(vae, &b)?);
-    let composite = |za: &Tensor, zb: &Tensor| -> Result<Tensor> {
-        let (xa, xb) = (decode(vae, za)?, decode(vae, zb)?);
-        let mb = m.broadcast_as(xa.shape())?;
-        (&xa * (1.0 - &mb)?)? + (&xb * &mb)?
-    };
-    let x_star = composite(&za, &zb)?;
+    let x_star = decoded_composite(vae, &za, &zb, &m)?;
     let want = rgb(&x_star)?;
     let target = rgb(&decode(vae, &encode(vae, &x_star)?)?)?;
     let mut panels: Vec<Panels> = chunk[..show]
@@ -281,7 +276,7 @@ fn batch(
         let z = match (acc.method, dec) {
             ("decformer", Some(d)) => d.forward(&za, &zb, &m, 1.0)?.z,
             // The ceiling pays for its own decodes.
-            ("pixel", _) => encode(vae, &composite(&za, &zb)?)?,
+            ("pixel", _) => encode(vae, &decoded_composite(vae, &za, &zb, &m)?)?,
             _ => DecFormer::linear_blend(&za, &zb, &m, vae.cfg.factor())?,
         };
         acc.seconds += t.elapsed().as_secs_f64();

@@ -13,7 +13,7 @@ pub mod eval;
 
 use crate::Failure;
 use candle_core::{DType, Device, Result, Tensor};
-use zlayer_model::bundle::VaeBundle;
+use zlayer_model::bundle::{Source, VaeBundle};
 use zlayer_model::pelc::DecFormer;
 use zlayer_synth::{Params, Split, scene_at};
 
@@ -174,7 +174,7 @@ pub fn tensors(pairs: &[Pair], size: usize, dev: &Device) -> Result<[Tensor; 4]>
     Ok([a, b, x, Tensor::from_vec(m, (n, 1, size, size), dev)?])
 }
 
-/// The loss weights.
+/// The loss weights, and what the decoded blend is compared with.
 #[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
 pub struct LossWeights {
     /// λ_E on the latent MSE.
@@ -183,6 +183,42 @@ pub struct LossWeights {
     pub halo: f64,
     /// λ_G on the L1 of pixel gradients (in place of LPIPS).
     pub gradient: f64,
+    /// The pixel target (runs before it existed used the round trip).
+    #[serde(default)]
+    pub target: PixelTarget,
+}
+
+/// What DecFormer's decoded blend is trained to match.
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PixelTarget {
+    /// x_T = D(E(x)), the VAE's rendering of the composite x of the two images (DESIGN.md
+    /// §4.4): reachable by some latent, so the VAE's own error cancels.
+    #[default]
+    RoundTrip,
+    /// x* = (1 − m)·D(z_A) + m·D(z_B), the composite of the decoded inputs, which
+    /// decoder-equivalence asks for and `eval-pelc` scores against; the latent target is E(x*).
+    Composite,
+}
+
+impl std::str::FromStr for PixelTarget {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "round-trip" => Ok(Self::RoundTrip),
+            "composite" => Ok(Self::Composite),
+            _ => Err(format!(
+                "{s:?}: the pixel target is round-trip or composite"
+            )),
+        }
+    }
+}
+
+/// x* = (1 − m)·D(z_A) + m·D(z_B): the pixel composite of two decoded latents.
+pub fn decoded_composite(vae: &VaeBundle, za: &Tensor, zb: &Tensor, m: &Tensor) -> Result<Tensor> {
+    let (xa, xb) = (decode(vae, za)?, decode(vae, zb)?);
+    let mb = m.broadcast_as(xa.shape())?;
+    (&xa * (1.0 - &mb)?)? + (&xb * &mb)?
 }
 
 /// Mean |∂x/∂x| + |∂x/∂y| differences between two images (B, 3, H, W).
@@ -204,10 +240,21 @@ pub fn loss(
     gate: f64,
     w: LossWeights,
 ) -> Result<(Tensor, [f32; 3])> {
-    let (za, zb, zt) = (encode(vae, a)?, encode(vae, b)?, encode(vae, x)?);
+    let (za, zb) = (encode(vae, a)?, encode(vae, b)?);
+    let (zt, target) = match w.target {
+        PixelTarget::RoundTrip => {
+            let zt = encode(vae, x)?;
+            let target = decode(vae, &zt)?;
+            (zt, target)
+        }
+        PixelTarget::Composite => {
+            let target = decoded_composite(vae, &za, &zb, m)?;
+            (encode(vae, &target)?, target)
+        }
+    };
+    let target = target.detach();
     let out = dec.forward(&za, &zb, m, gate)?;
     let latent = (&out.z - &zt)?.sqr()?.mean_all()?;
-    let target = decode(vae, &zt)?.detach();
     let pixels = decode(vae, &out.z)?;
     let weight = ((dec.halo_band(m)? * w.halo)? + 1.0)?;
     let l1 = (&pixels - &target)?
@@ -230,20 +277,16 @@ pub fn gate(step: usize, alpha_steps: usize, warmup: usize) -> f64 {
 }
 
 /// A trained DecFormer from `pelc.safetensors` and the `pelc.json` beside it (its config
-/// and how it was trained), in f32.
+/// and how it was trained), or the bundled one, in f32.
 pub fn load(
-    path: &std::path::Path,
+    src: &Source,
     dev: &Device,
 ) -> std::result::Result<(DecFormer, serde_json::Value), Failure> {
-    let user = |e: String| Failure::User(format!("{}: {e}", path.display()));
-    let json = path.with_extension("json");
-    let text = std::fs::read_to_string(&json)
-        .map_err(|e| Failure::User(format!("{}: {e}", json.display())))?;
-    let meta: serde_json::Value = serde_json::from_str(&text)
-        .map_err(|e| Failure::User(format!("{}: {e}", json.display())))?;
+    let user = |e: String| Failure::User(format!("{}: {e}", src.name()));
+    let meta = src.json().map_err(Failure::User)?;
     let cfg: zlayer_model::pelc::DecConfig = serde_json::from_value(meta["config"].clone())
-        .map_err(|e| Failure::User(format!("{}: config: {e}", json.display())))?;
-    let vb = zlayer_model::train::load_weights(path, dev).map_err(user)?;
+        .map_err(|e| Failure::User(format!("{}: config: {e}", src.json_name())))?;
+    let vb = src.weights(dev).map_err(user)?;
     let dec = DecFormer::new(&cfg, vb.set_dtype(DType::F32)).map_err(|e| user(e.to_string()))?;
     Ok((dec, meta))
 }

@@ -34,7 +34,7 @@ pub enum Suite {
 #[derive(Debug, Args)]
 pub struct SuiteArgs {
     /// With --suite: model folder (vae, base, the bundled branch, variants/NAME/), or
-    /// `bundled` (the built-in models/tiny).
+    /// `bundled` (the built-in models/tiny16).
     #[arg(long, default_value = ModelDir::BUNDLED, value_parser = ModelDir::parse)]
     model: ModelDir,
     /// With --suite: held-out scenes per split.

@@ -36,7 +36,7 @@ pub struct GenerateArgs {
     #[arg(short, long)]
     pub(crate) output: PathBuf,
     /// Model folder with vae.safetensors and base.safetensors (and their .json); `bundled`,
-    /// the built-in models/tiny, which goes wherever the binary goes; or `flux-dev` for
+    /// the built-in models/tiny16, which goes wherever the binary goes; or `flux-dev` for
     /// FLUX.1-dev weights given with --weights (docs/flux-dev.md).
     #[arg(long, default_value = ModelDir::BUNDLED, value_parser = ModelDir::parse)]
     pub(crate) model: ModelDir,

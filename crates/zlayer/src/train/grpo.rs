@@ -95,7 +95,7 @@ pub fn run(a: GrpoArgs) -> Result<(), Failure> {
         Some(p) => p.clone(),
         None => a.model.layout_path("occlusionformer").ok_or_else(|| {
             Failure::User(
-                "the bundled model's branch is built in: pass --start models/tiny/layout.safetensors or --model DIR"
+                "the bundled model's branch is built in: pass --start models/tiny16/layout.safetensors or --model DIR"
                     .into(),
             )
         })?,

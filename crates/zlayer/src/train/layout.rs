@@ -21,7 +21,7 @@ use zlayer_synth::Split;
 #[derive(Debug, Args)]
 pub struct LayoutArgs {
     /// Model folder with the trained vae and base (their weights stay frozen), or `bundled`
-    /// (the built-in models/tiny).
+    /// (the built-in models/tiny16).
     #[arg(long, default_value = ModelDir::BUNDLED, value_parser = ModelDir::parse)]
     model: ModelDir,
     /// Run folder (created; an existing checkpoint there is resumed).

@@ -213,7 +213,7 @@ pub struct VaeArgs {
     /// Held-out scenes for the final PSNR.
     #[arg(long, default_value_t = 96)]
     heldout: usize,
-    /// Fine-tune only the decoder of this trained VAE (e.g. models/tiny/vae.safetensors): its
+    /// Fine-tune only the decoder of this trained VAE (e.g. models/tiny16/vae.safetensors): its
     /// encoder, latent shift and scale stay as they are, so base models trained on its latents
     /// keep working with the new decoder.
     #[arg(long)]

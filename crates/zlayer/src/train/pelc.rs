@@ -5,7 +5,7 @@ use candle_core::{DType, Device};
 use clap::Args;
 use std::path::PathBuf;
 use zlayer_app::Failure;
-use zlayer_app::pelc::{LossWeights, check_size, gate, loss, pair, tensors};
+use zlayer_app::pelc::{LossWeights, PixelTarget, check_size, gate, loss, pair, tensors};
 use zlayer_app::report::Progress;
 use zlayer_model::pelc::{DecConfig, DecFormer};
 use zlayer_model::train::{parameters, train_loop};
@@ -43,6 +43,16 @@ pub struct PelcArgs {
     /// λ_G, the weight of the pixel-gradient L1 (our stand-in for LPIPS).
     #[arg(long, default_value_t = 1.0)]
     gradient_weight: f64,
+    /// What the decoded blend is trained to match: `round-trip`, the VAE's rendering
+    /// D(E(x)) of the composite x of the two images, or `composite`, the composite of the
+    /// decoded inputs (1 − m)·D(z_A) + m·D(z_B) that `eval-pelc` scores against.
+    #[arg(long, default_value = "round-trip", value_parser = str::parse::<PixelTarget>)]
+    pixel_target: PixelTarget,
+    /// Start from this trained DecFormer (pelc.safetensors, its .json beside it) instead of
+    /// fresh weights; its config is kept and the optimiser starts afresh. A checkpoint in
+    /// --out still wins, so a resumed run goes on where it stopped.
+    #[arg(long)]
+    init: Option<PathBuf>,
     /// Data seed (evaluation uses seed + 1,000,000).
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -60,14 +70,33 @@ pub fn run(a: PelcArgs) -> Result<(), Failure> {
     let size = size as usize;
     check_size(size, vae.cfg.factor())?;
     let factor = vae.cfg.factor();
-    let cfg = DecConfig {
-        latent: vae.cfg.latent,
-        factor,
-        // One stride-2 convolution per halving, widening as the tiny preset's do.
-        prior: (0..factor.trailing_zeros()).map(|k| 16 << k).collect(),
-        // The halo band: 2 px at 64 px (the paper's 8 px at 512, widened for our VAE's reach).
-        halo_px: (size / 32).max(1),
-        ..DecConfig::tiny()
+    let cfg = match &a.init {
+        Some(path) => {
+            let src = zlayer_model::bundle::Source::File(path.clone());
+            let json = src.json().map_err(Failure::User)?;
+            let cfg: DecConfig = serde_json::from_value(json["config"].clone())
+                .map_err(|e| Failure::User(format!("{}: config: {e}", src.json_name())))?;
+            if (cfg.latent, cfg.factor) != (vae.cfg.latent, factor) {
+                return Err(Failure::User(format!(
+                    "--init {}: it blends {}-channel latents at {}×, the VAE {} makes {}-channel latents at {factor}×",
+                    path.display(),
+                    cfg.latent,
+                    cfg.factor,
+                    a.vae.display(),
+                    vae.cfg.latent
+                )));
+            }
+            cfg
+        }
+        None => DecConfig {
+            latent: vae.cfg.latent,
+            factor,
+            // One stride-2 convolution per halving, widening as the tiny preset's do.
+            prior: (0..factor.trailing_zeros()).map(|k| 16 << k).collect(),
+            // The halo band: 2 px at 64 px (the paper's 8 px at 512, widened for our VAE's reach).
+            halo_px: (size / 32).max(1),
+            ..DecConfig::tiny()
+        },
     };
     let vm = candle_nn::VarMap::new();
     let dec = DecFormer::new(
@@ -75,13 +104,17 @@ pub fn run(a: PelcArgs) -> Result<(), Failure> {
         zlayer_model::init::seeded(&vm, a.seed, DType::F32, &dev),
     )
     .map_err(|e| Failure::User(format!("DecFormer for {}: {e}", a.vae.display())))?;
+    if let Some(path) = &a.init {
+        zlayer_model::init::load_into(&vm, path).map_err(Failure::User)?;
+    }
     let weights = LossWeights {
         latent: a.latent_weight,
         halo: a.halo_weight,
         gradient: a.gradient_weight,
+        target: a.pixel_target,
     };
     let lc = loop_config(a.steps, a.lr);
-    let meta = serde_json::json!({"kind": "pelc", "config": cfg, "vae": a.vae, "image_size": size, "loss": weights, "alpha_steps": a.alpha_steps, "warmup_s": a.warmup_s, "seed": a.seed, "batch": a.batch, "loop": lc, "parameters": parameters(&vm)});
+    let meta = serde_json::json!({"kind": "pelc", "config": cfg, "vae": a.vae, "image_size": size, "loss": weights, "alpha_steps": a.alpha_steps, "warmup_s": a.warmup_s, "init": a.init, "seed": a.seed, "batch": a.batch, "loop": lc, "parameters": parameters(&vm)});
     eprintln!(
         "DecFormer: {} parameters on {}",
         parameters(&vm),
