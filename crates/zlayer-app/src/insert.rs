@@ -73,6 +73,11 @@ pub struct Inserted {
     pub band: Vec<bool>,
     /// What was changed to fit the tiny model, one line each.
     pub notes: Vec<String>,
+    /// How far the latent blend is from pixel-equivalent: the mean error (per channel, in
+    /// [0, 1]) of its decoding against the pixel composite (1 − M)·D(z_A) + M·D(z_B), within
+    /// [`crate::pelc::eval::EDGE_PX`] model pixels of the new object's edge, before the
+    /// refinement redraws the object.
+    pub seam_l1: f64,
 }
 
 fn user(e: impl std::fmt::Display) -> Failure {
@@ -467,6 +472,7 @@ pub fn insert(
     }
     .and_then(|z| to_tokens(&z))
     .map_err(internal)?;
+    let seam_l1 = seam_error(p, &[&z_a, &blended], &x_b, &mask_t, &mask).map_err(internal)?;
     let z = if req.refine > 0.0 {
         let near = dilate(&mask, (size, size), factor);
         let keep = keep_tokens(&near, size, g, dev).map_err(internal)?;
@@ -519,5 +525,33 @@ pub fn insert(
         visible,
         band,
         notes,
+        seam_l1,
     })
+}
+
+/// [`Inserted::seam_l1`]: `[z_A, ẑ]` as tokens, D(z_B) as `x_b`, M as a tensor and as bits.
+fn seam_error(
+    p: &Pipeline,
+    [z_a, blended]: &[&Tensor; 2],
+    x_b: &Tensor,
+    mask_t: &Tensor,
+    mask: &[bool],
+) -> candle_core::Result<f64> {
+    let (size, vae) = (p.model.size, &p.model.vae);
+    let g = size / vae.cfg.factor();
+    let x_a = vae.decode_tokens(z_a, g, g)?;
+    let m = mask_t.broadcast_as(x_a.shape())?;
+    let x_star = ((&x_a * (1.0 - &m)?)? + (x_b * &m)?)?;
+    let got = vae.decode_tokens(blended, g, g)?;
+    // Images are in [−1, 1]: half the mean absolute difference over channels is in [0, 1].
+    let err: Vec<f64> = ((got - x_star)?.abs()?.mean(1)? / 2.0)?
+        .flatten_all()?
+        .to_vec1::<f32>()?
+        .into_iter()
+        .map(f64::from)
+        .collect();
+    Ok(
+        zlayer_metrics::boundary::halo_l1(&err, mask, size, size, crate::pelc::eval::EDGE_PX)
+            .unwrap_or(0.0),
+    )
 }

@@ -235,10 +235,11 @@ pub fn run(a: InsertArgs) -> Result<(), Failure> {
     };
     let changed = out.band.iter().filter(|&&b| b).count();
     eprintln!(
-        "inserted {:?} as {id:?}: behind {}, in front of {}; latent blend {blend}; {changed} of {} pixels within {band} px of it redrawn, the rest kept bit for bit",
+        "inserted {:?} as {id:?}: behind {}, in front of {}; latent blend {blend}, {:.4} from the pixel composite within 8 model px of the edge; {changed} of {} pixels within {band} px of it redrawn, the rest kept bit for bit",
         a.caption,
         names(g.occluders(new)),
         names(g.occludees(new)),
+        out.seam_l1,
         image.width * image.height,
     );
     if let Some(path) = &a.show {
@@ -262,7 +263,7 @@ pub fn run(a: InsertArgs) -> Result<(), Failure> {
             scene: s.clone(),
             provenance: serde_json::json!({
                 "model": a.model, "method": a.variant, "seed": a.denoise.seed, "steps": a.denoise.steps,
-                "refine": a.refine, "band": band, "latent_blend": blend, "input": a.image,
+                "refine": a.refine, "band": band, "latent_blend": blend, "seam_l1": out.seam_l1, "input": a.image,
             }),
         };
         let stack = zlayer_app::layers::cutouts(
