@@ -1081,6 +1081,10 @@ fn train_and_generate_end_to_end_smoke() {
     let run = zlayer(&suite);
     assert_eq!(run.status.code(), Some(0), "{}", text(&run.stderr));
     let md = std::fs::read_to_string(report.join("results.md")).unwrap();
+    assert!(
+        md.contains(&format!("Model: `{}`.", model.display())),
+        "the model is not named:\n{md}"
+    );
     for want in [
         "| static-sigma | one learned density vector for every instance and time | **not trained** |",
         "## Order flip (complex split)",

@@ -360,8 +360,13 @@ fn line(label: &str, budget: &str, r: Option<&Row>) -> String {
 
 /// results.md.
 fn report(a: &SuiteArgs, res: &Results, focus: Split) -> String {
+    let model = match &a.model {
+        ModelDir::Bundled => "the bundled model (models/tiny16)".to_string(),
+        ModelDir::Dir(d) => format!("`{}`", d.display()),
+    };
     let mut s = format!(
         "# Results: OcclusionFormer's tables on the tiny model\n\n\
+         Model: {model}.\n\n\
          Written by `zlayer eval --suite paper` ({} held-out scenes per split, data seed {}: \
          training uses seed 0; {} Euler steps, no guidance; every method draws the same noise \
          for the same scene). Each branch samples with the grounding ratio stored in its model \
