@@ -377,13 +377,11 @@ pub fn insert(
     let (size, factor) = (m.size, m.vae.cfg.factor());
     let g = size / factor;
     if let Some(d) = dec {
-        let c = d.config();
-        if (c.latent, c.factor) != (m.vae.cfg.latent, factor) {
-            return Err(user(format!(
-                "the DecFormer blends {}-channel latents at {}×; this model's VAE makes {}-channel latents at {factor}×: train one for it with `zlayer train pelc --vae …`",
-                c.latent, c.factor, m.vae.cfg.latent
-            )));
-        }
+        crate::pelc::fits(d.config(), &m.vae.cfg).map_err(|e| {
+            user(format!(
+                "{e}: train one for this model's VAE with `zlayer train pelc --vae …`"
+            ))
+        })?;
     }
     let placed = placed_scene(req.scene, &req.instance, &req.place)?;
     let scene = placed.scene();
@@ -539,9 +537,7 @@ fn seam_error(
 ) -> candle_core::Result<f64> {
     let (size, vae) = (p.model.size, &p.model.vae);
     let g = size / vae.cfg.factor();
-    let x_a = vae.decode_tokens(z_a, g, g)?;
-    let m = mask_t.broadcast_as(x_a.shape())?;
-    let x_star = ((&x_a * (1.0 - &m)?)? + (x_b * &m)?)?;
+    let x_star = crate::pelc::pixel_composite(&vae.decode_tokens(z_a, g, g)?, x_b, mask_t)?;
     let got = vae.decode_tokens(blended, g, g)?;
     // Images are in [−1, 1]: half the mean absolute difference over channels is in [0, 1].
     let err: Vec<f64> = ((got - x_star)?.abs()?.mean(1)? / 2.0)?

@@ -26,19 +26,24 @@ fn vae(dev: &Device) -> VaeBundle {
     }
 }
 
-/// Trains 6 steps (stage one for 3, then the residual warms up) in `dir`, failing once at
-/// `fail_at` when given, and returns the final EMA weights.
-fn run(dir: &std::path::Path, fail_at: Option<usize>) -> Vec<(String, Vec<f32>)> {
-    let dev = Device::Cpu;
-    let bundle = vae(&dev);
-    let cfg = DecConfig {
+/// A DecFormer small enough for a test, over [`vae`]'s 4-channel latents.
+fn small() -> DecConfig {
+    DecConfig {
         latent: 4,
         prior: vec![8, 8],
         features: 8,
         width: 32,
         heads: 4,
         ..DecConfig::tiny()
-    };
+    }
+}
+
+/// Trains 6 steps (stage one for 3, then the residual warms up) in `dir`, failing once at
+/// `fail_at` when given, and returns the final EMA weights.
+fn run(dir: &std::path::Path, fail_at: Option<usize>) -> Vec<(String, Vec<f32>)> {
+    let dev = Device::Cpu;
+    let bundle = vae(&dev);
+    let cfg = small();
     let lc = LoopConfig {
         steps: 6,
         lr: 1e-3,
@@ -130,14 +135,7 @@ fn alpha_one_and_no_residual_is_z_b_exactly() {
 fn the_composite_target_is_the_blend_of_the_decoded_inputs() {
     let dev = Device::Cpu;
     let bundle = vae(&dev);
-    let cfg = DecConfig {
-        latent: 4,
-        prior: vec![8, 8],
-        features: 8,
-        width: 32,
-        heads: 4,
-        ..DecConfig::tiny()
-    };
+    let cfg = small();
     let vm = VarMap::new();
     let dec = DecFormer::new(&cfg, seeded(&vm, 3, DType::F32, &dev)).unwrap();
     // Indices 0 and 2 give instance and soft masks: fractional values, where the targets part.

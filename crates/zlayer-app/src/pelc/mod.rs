@@ -14,7 +14,8 @@ pub mod eval;
 use crate::Failure;
 use candle_core::{DType, Device, Result, Tensor};
 use zlayer_model::bundle::{Source, VaeBundle};
-use zlayer_model::pelc::DecFormer;
+use zlayer_model::pelc::{DecConfig, DecFormer};
+use zlayer_model::vae::VaeConfig;
 use zlayer_synth::{Params, Split, scene_at};
 
 /// The kinds of mask, in the order pairs cycle through them.
@@ -216,9 +217,13 @@ impl std::str::FromStr for PixelTarget {
 
 /// x* = (1 − m)·D(z_A) + m·D(z_B): the pixel composite of two decoded latents.
 pub fn decoded_composite(vae: &VaeBundle, za: &Tensor, zb: &Tensor, m: &Tensor) -> Result<Tensor> {
-    let (xa, xb) = (decode(vae, za)?, decode(vae, zb)?);
+    pixel_composite(&decode(vae, za)?, &decode(vae, zb)?, m)
+}
+
+/// (1 − m)·x_A + m·x_B for images (B, C, H, W) and a mask (B, 1, H, W).
+pub fn pixel_composite(xa: &Tensor, xb: &Tensor, m: &Tensor) -> Result<Tensor> {
     let mb = m.broadcast_as(xa.shape())?;
-    (&xa * (1.0 - &mb)?)? + (&xb * &mb)?
+    (xa * (1.0 - &mb)?)? + (xb * &mb)?
 }
 
 /// Mean |∂x/∂x| + |∂x/∂y| differences between two images (B, 3, H, W).
@@ -283,12 +288,33 @@ pub fn load(
     dev: &Device,
 ) -> std::result::Result<(DecFormer, serde_json::Value), Failure> {
     let user = |e: String| Failure::User(format!("{}: {e}", src.name()));
-    let meta = src.json().map_err(Failure::User)?;
-    let cfg: zlayer_model::pelc::DecConfig = serde_json::from_value(meta["config"].clone())
-        .map_err(|e| Failure::User(format!("{}: config: {e}", src.json_name())))?;
+    let (cfg, meta) = config_of(src)?;
     let vb = src.weights(dev).map_err(user)?;
     let dec = DecFormer::new(&cfg, vb.set_dtype(DType::F32)).map_err(|e| user(e.to_string()))?;
     Ok((dec, meta))
+}
+
+/// A trained DecFormer's config, and the whole JSON it sits in.
+pub fn config_of(src: &Source) -> std::result::Result<(DecConfig, serde_json::Value), Failure> {
+    let meta = src.json().map_err(Failure::User)?;
+    let cfg = serde_json::from_value(meta["config"].clone())
+        .map_err(|e| Failure::User(format!("{}: config: {e}", src.json_name())))?;
+    Ok((cfg, meta))
+}
+
+/// Whether a DecFormer of `cfg` blends the latents of the VAE `vae`; if not, a sentence that
+/// says both shapes.
+pub fn fits(cfg: &DecConfig, vae: &VaeConfig) -> std::result::Result<(), String> {
+    if (cfg.latent, cfg.factor) == (vae.latent, vae.factor()) {
+        return Ok(());
+    }
+    Err(format!(
+        "the DecFormer blends {}-channel latents at {}×; this VAE makes {}-channel latents at {}×",
+        cfg.latent,
+        cfg.factor,
+        vae.latent,
+        vae.factor()
+    ))
 }
 
 /// Errors of the data side, as the front ends report them.

@@ -5,7 +5,9 @@ use candle_core::{DType, Device};
 use clap::Args;
 use std::path::PathBuf;
 use zlayer_app::Failure;
-use zlayer_app::pelc::{LossWeights, PixelTarget, check_size, gate, loss, pair, tensors};
+use zlayer_app::pelc::{
+    LossWeights, PixelTarget, check_size, config_of, fits, gate, loss, pair, tensors,
+};
 use zlayer_app::report::Progress;
 use zlayer_model::pelc::{DecConfig, DecFormer};
 use zlayer_model::train::{parameters, train_loop};
@@ -72,20 +74,14 @@ pub fn run(a: PelcArgs) -> Result<(), Failure> {
     let factor = vae.cfg.factor();
     let cfg = match &a.init {
         Some(path) => {
-            let src = zlayer_model::bundle::Source::File(path.clone());
-            let json = src.json().map_err(Failure::User)?;
-            let cfg: DecConfig = serde_json::from_value(json["config"].clone())
-                .map_err(|e| Failure::User(format!("{}: config: {e}", src.json_name())))?;
-            if (cfg.latent, cfg.factor) != (vae.cfg.latent, factor) {
-                return Err(Failure::User(format!(
-                    "--init {}: it blends {}-channel latents at {}×, the VAE {} makes {}-channel latents at {factor}×",
+            let (cfg, _) = config_of(&zlayer_model::bundle::Source::File(path.clone()))?;
+            fits(&cfg, &vae.cfg).map_err(|e| {
+                Failure::User(format!(
+                    "--init {}: {e} ({})",
                     path.display(),
-                    cfg.latent,
-                    cfg.factor,
-                    a.vae.display(),
-                    vae.cfg.latent
-                )));
-            }
+                    a.vae.display()
+                ))
+            })?;
             cfg
         }
         None => DecConfig {
