@@ -20,5 +20,6 @@ pub mod layout;
 pub mod matting;
 pub mod occlusion;
 pub mod reward;
+pub mod seeds;
 pub mod segment;
 pub mod summary;

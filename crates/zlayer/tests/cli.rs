@@ -1129,6 +1129,60 @@ fn train_and_generate_end_to_end_smoke() {
     );
     let md = std::fs::read_to_string(report.join("results.md")).unwrap();
     assert!(md.contains("| base | **2 of 3 generated** |"), "{md}");
+    // Two "seeds" of the suite's scores, the second with one method missing: the seeds
+    // summary counts each method's seeds and sets every method beside occlusionformer.
+    let twin = dir.join("suite-twin");
+    for split in ["simple", "complex"] {
+        for m in ["realrenders", "global-rank", "occlusionformer"] {
+            let from = work.join(format!("{split}/eval/{m}/per_scene.csv"));
+            let to = twin.join(format!("{split}/eval/{m}"));
+            std::fs::create_dir_all(&to).unwrap();
+            std::fs::copy(&from, to.join("per_scene.csv")).unwrap();
+        }
+    }
+    let runs = format!("{},{}", work.display(), twin.display());
+    let seeds_out = dir.join("seeds");
+    let run = zlayer(&[
+        "eval",
+        "--suite",
+        "seeds",
+        "--runs",
+        &runs,
+        "--out",
+        seeds_out.to_str().unwrap(),
+    ]);
+    assert_eq!(run.status.code(), Some(0), "{}", text(&run.stderr));
+    let md = std::fs::read_to_string(seeds_out.join("results-seeds.md")).unwrap();
+    assert_eq!(text(&run.stdout), md);
+    for want in [
+        "## simple (3 scenes)",
+        "## complex (3 scenes)",
+        "| real renders (ceiling) | 2 |",
+        "| base | 1 |",
+        "| occlusionformer | 2 |",
+        "Δ Occ. F1 (95% interval)",
+    ] {
+        assert!(md.contains(want), "{want:?} missing:\n{md}");
+    }
+    // Identical seeds: no spread, and global-rank's difference is the same on both.
+    let line = md
+        .lines()
+        .find(|l| l.starts_with("| global-rank | 2 |"))
+        .unwrap_or_else(|| panic!("no global-rank row:\n{md}"));
+    assert!(line.contains(" ± 0.000 |"), "{line}");
+    let run = zlayer(&[
+        "eval",
+        "--suite",
+        "seeds",
+        "--runs",
+        &runs[..runs.find(',').unwrap()],
+    ]);
+    assert_eq!(run.status.code(), Some(2), "{}", text(&run.stderr));
+    assert!(
+        text(&run.stderr).contains("two or more `eval --suite paper` output folders"),
+        "{}",
+        text(&run.stderr)
+    );
     for (flag, value, err) in [
         ("--methods", "base,unicorn", "unknown method \"unicorn\""),
         (

@@ -1,6 +1,7 @@
 //! `zlayer eval`: score generated images of synthetic scenes against their ground truth.
 
 use zlayer_app::report::write_report;
+pub mod seeds;
 pub mod suite;
 
 use clap::Args;
@@ -30,7 +31,9 @@ pub struct EvalArgs {
     #[arg(long)]
     plot: bool,
     /// Generate and score a whole benchmark instead of one folder: `paper` runs every method
-    /// on held-out scenes of every split and writes results.md (hours on a CPU; resumable).
+    /// on held-out scenes of every split and writes results.md (hours on a CPU; resumable);
+    /// `seeds` sums up several `paper` runs, one per training seed (--runs), into
+    /// results-seeds.md: mean ± std over seeds and bootstrap intervals.
     #[arg(long, value_enum, conflicts_with_all = ["pred", "gt", "split", "plot"])]
     suite: Option<suite::Suite>,
     #[command(flatten)]
@@ -45,7 +48,12 @@ fn user(e: impl std::fmt::Display) -> Failure {
 pub fn run(a: EvalArgs) -> Result<(), Failure> {
     if a.suite.is_some() {
         let out = a.out.clone().unwrap_or_else(|| "paper-eval".into());
-        return suite::run(&a.suite_args, &out);
+        return match a.suite {
+            Some(suite::Suite::Seeds) => {
+                seeds::run(&a.suite_args.runs, &out, a.suite_args.report.as_deref())
+            }
+            _ => suite::run(&a.suite_args, &out),
+        };
     }
     let (Some(mut pred), Some(mut gt)) = (a.pred.clone(), a.gt.clone()) else {
         return Err(user("give --pred and --gt, or --suite"));

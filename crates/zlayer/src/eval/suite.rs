@@ -28,6 +28,8 @@ use zlayer_synth::Split;
 pub enum Suite {
     /// OcclusionFormer's main and ablation tables and the order-flip test (docs/results.md).
     Paper,
+    /// Several `paper` runs, one per training seed, summed up (docs/results-seeds.md).
+    Seeds,
 }
 
 /// Flags of `zlayer eval --suite paper`.
@@ -70,7 +72,11 @@ pub struct SuiteArgs {
     batch: usize,
     /// With --suite: also write results.md and its pictures to this folder (say, docs).
     #[arg(long)]
-    report: Option<PathBuf>,
+    pub report: Option<PathBuf>,
+    /// With --suite seeds: the `--suite paper` output folders to sum up, one per training
+    /// seed of the same recipe, scored on the same held-out scenes.
+    #[arg(long, value_delimiter = ',')]
+    pub runs: Vec<PathBuf>,
     /// With --suite: generate nothing; report what earlier (or concurrent) runs finished and
     /// mark the rest as partial.
     #[arg(long)]
