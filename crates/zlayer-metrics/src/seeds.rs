@@ -179,8 +179,9 @@ pub struct Difference {
 
 /// The difference `method − reference` in measure `m`, averaged over seeds (`method[s]` and
 /// `reference[s]` are one seed's tables), with a percentile bootstrap interval: `draws` times
-/// the scenes are drawn with replacement, the same draw for every seed and both methods, so
-/// the interval reflects which scenes were held out as well as the seeds' spread.
+/// the scenes are drawn with replacement, the same draw for every seed and both methods. The
+/// interval reflects which scenes were held out, given these seeds; it does not treat the
+/// seeds as a sample (with three, their spread is the standard deviation beside it).
 ///
 /// Every table must list the same scenes in the same order. `None` when the measure is
 /// undefined on all scenes.

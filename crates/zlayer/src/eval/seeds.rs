@@ -47,7 +47,8 @@ pub fn run(runs: &[PathBuf], out: &Path, report: Option<&Path>) -> Result<(), Fa
          mean ± standard deviation over the seeds that have the method. Δ is the method's \
          difference to occlusionformer, averaged over the seeds, with a 95% percentile bootstrap \
          interval from {DRAWS} resamplings of the scenes (the same scenes for every seed and both \
-         methods).\n",
+         methods). The interval reflects which scenes were held out, given these seeds; how the \
+         seeds themselves spread is the ± beside each value.\n",
         runs.len(),
         runs.len(),
         runs.iter()
