@@ -215,6 +215,14 @@ fn read_progress(file: &Path) -> Option<Progress> {
     serde_json::from_str(&std::fs::read_to_string(file).ok()?).ok()
 }
 
+/// The label of the real renders scored as predictions: the suites' ceiling.
+pub const REAL_RENDERS: &str = "real renders";
+
+/// The folder under `evals` that [`score`] writes `label`'s report to.
+pub fn report_folder(label: &str) -> String {
+    label.replace([' ', '(', ')'], "")
+}
+
 /// Scores `pred` against `gt` and writes the report under `evals/<label>`.
 pub fn score(
     evals: &Path,
@@ -226,7 +234,7 @@ pub fn score(
 ) -> Result<Row, Failure> {
     let results = evaluate_dirs(pred, gt).map_err(user)?;
     let summary = summarize(&results);
-    let out = evals.join(label.replace([' ', '(', ')'], ""));
+    let out = evals.join(report_folder(label));
     write_report(
         &out,
         &summary,

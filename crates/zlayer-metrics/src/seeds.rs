@@ -186,8 +186,8 @@ pub struct Difference {
 /// Every table must list the same scenes in the same order. `None` when the measure is
 /// undefined on all scenes.
 pub fn paired_difference(
-    method: &[SceneTable],
-    reference: &[SceneTable],
+    method: &[&SceneTable],
+    reference: &[&SceneTable],
     m: Measure,
     draws: usize,
     seed: u64,

@@ -51,6 +51,10 @@ fn table(rs: &[SceneResult]) -> SceneTable {
     SceneTable::parse(&csv(rs)).expect("zlayer's own CSV parses")
 }
 
+fn refs(v: &[SceneTable]) -> Vec<&SceneTable> {
+    v.iter().collect()
+}
+
 fn summary_value(s: &zlayer_metrics::summary::Summary, m: Measure) -> Option<f64> {
     match m {
         Measure::OrderAccuracy => s.order_accuracy,
@@ -119,7 +123,7 @@ fn mean_and_std_match_the_textbook_formulas() {
 #[test]
 fn a_method_against_itself_differs_by_exactly_zero() {
     let seeds: Vec<SceneTable> = (0..3).map(|s| table(&results(s, 50))).collect();
-    let d = paired_difference(&seeds, &seeds, Measure::OccF1, 500, 1)
+    let d = paired_difference(&refs(&seeds), &refs(&seeds), Measure::OccF1, 500, 1)
         .unwrap()
         .unwrap();
     assert_eq!((d.mean, d.low, d.high), (0.0, 0.0, 0.0));
@@ -141,9 +145,15 @@ fn a_constant_shift_is_found_with_a_zero_width_interval() {
         })
         .collect();
     let t = |v: &[Vec<SceneResult>]| v.iter().map(|r| table(r)).collect::<Vec<_>>();
-    let d = paired_difference(&t(&shifted), &t(&base), Measure::MaskMiou, 400, 2)
-        .unwrap()
-        .unwrap();
+    let d = paired_difference(
+        &refs(&t(&shifted)),
+        &refs(&t(&base)),
+        Measure::MaskMiou,
+        400,
+        2,
+    )
+    .unwrap()
+    .unwrap();
     for v in [d.mean, d.low, d.high] {
         assert!((v - 0.125).abs() < 1e-6, "{d:?}");
     }
@@ -154,7 +164,7 @@ fn the_interval_holds_the_estimate_and_narrows_with_more_scenes() {
     let width = |n: usize| {
         let a: Vec<SceneTable> = (0..3).map(|s| table(&results(s + 100, n))).collect();
         let b: Vec<SceneTable> = (0..3).map(|s| table(&results(s + 200, n))).collect();
-        let d = paired_difference(&a, &b, Measure::OccF1, 1000, 5)
+        let d = paired_difference(&refs(&a), &refs(&b), Measure::OccF1, 1000, 5)
             .unwrap()
             .unwrap();
         assert!(d.low <= d.mean && d.mean <= d.high, "{d:?}");
@@ -168,9 +178,9 @@ fn the_interval_holds_the_estimate_and_narrows_with_more_scenes() {
 fn runs_over_different_scenes_are_refused() {
     let a = vec![table(&results(1, 30))];
     let b = vec![table(&results(1, 31))];
-    let e = paired_difference(&a, &b, Measure::OccF1, 10, 0).unwrap_err();
+    let e = paired_difference(&refs(&a), &refs(&b), Measure::OccF1, 10, 0).unwrap_err();
     assert!(e.contains("same held-out scenes"), "{e}");
-    let e = paired_difference(&a, &[], Measure::OccF1, 10, 0).unwrap_err();
+    let e = paired_difference(&refs(&a), &[], Measure::OccF1, 10, 0).unwrap_err();
     assert!(e.contains("one of each per seed"), "{e}");
 }
 

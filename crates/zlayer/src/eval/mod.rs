@@ -46,13 +46,13 @@ fn user(e: impl std::fmt::Display) -> Failure {
 
 /// Runs the command.
 pub fn run(a: EvalArgs) -> Result<(), Failure> {
-    if a.suite.is_some() {
+    if let Some(which) = a.suite {
         let out = a.out.clone().unwrap_or_else(|| "paper-eval".into());
-        return match a.suite {
-            Some(suite::Suite::Seeds) => {
+        return match which {
+            suite::Suite::Paper => suite::run(&a.suite_args, &out),
+            suite::Suite::Seeds => {
                 seeds::run(&a.suite_args.runs, &out, a.suite_args.report.as_deref())
             }
-            _ => suite::run(&a.suite_args, &out),
         };
     }
     let (Some(mut pred), Some(mut gt)) = (a.pred.clone(), a.gt.clone()) else {

@@ -6,15 +6,13 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use zlayer_app::Failure;
 use zlayer_app::method::Method;
+use zlayer_app::protocol::{REAL_RENDERS, report_folder};
 use zlayer_composite::atomic_write;
 use zlayer_metrics::seeds::{Measure, SceneTable, mean_std, paired_difference};
 use zlayer_synth::Split;
 
 /// Bootstrap resamplings of the scenes per interval.
 const DRAWS: usize = 2000;
-
-/// The run folder's name for the real renders scored as predictions.
-const TRUTH: &str = "realrenders";
 
 fn user(e: impl std::fmt::Display) -> Failure {
     Failure::User(e.to_string())
@@ -23,6 +21,8 @@ fn user(e: impl std::fmt::Display) -> Failure {
 /// One method's tables on one split, one per run (`None` where that run lacks it).
 struct MethodRuns {
     name: String,
+    /// The real renders scored as predictions (the ceiling), not a method.
+    truth: bool,
     tables: Vec<Option<SceneTable>>,
 }
 
@@ -98,8 +98,9 @@ fn read_split(runs: &[PathBuf], split: Split) -> Result<Vec<MethodRuns>, Failure
             }
         }
     }
+    let truth = report_folder(REAL_RENDERS);
     let rank = |n: &str| {
-        if n == TRUTH {
+        if n == truth {
             return 0;
         }
         Method::all()
@@ -128,7 +129,11 @@ fn read_split(runs: &[PathBuf], split: Split) -> Result<Vec<MethodRuns>, Failure
                         .map_err(|e| user(format!("{}: {e}", p.display())))
                 })
                 .collect::<Result<_, Failure>>()?;
-            Ok(MethodRuns { name, tables })
+            Ok(MethodRuns {
+                truth: name == truth,
+                name,
+                tables,
+            })
         })
         .collect()
 }
@@ -153,7 +158,7 @@ fn split_table(split: Split, methods: &[MethodRuns]) -> Result<String, Failure> 
     s += &"---|".repeat(Measure::ALL.len() + 2);
     s += "\n";
     for m in methods {
-        let label = if m.name == TRUTH {
+        let label = if m.truth {
             "real renders (ceiling)"
         } else {
             &m.name
@@ -170,7 +175,7 @@ fn split_table(split: Split, methods: &[MethodRuns]) -> Result<String, Failure> 
             };
         }
         for measure in [Measure::OccF1, Measure::OrderAccuracy] {
-            s += &match full.filter(|f| f.name != m.name && m.name != TRUTH) {
+            s += &match full.filter(|f| f.name != m.name && !m.truth) {
                 Some(f) => delta(m, f, measure)?,
                 None => " – |".into(),
             };
@@ -182,11 +187,11 @@ fn split_table(split: Split, methods: &[MethodRuns]) -> Result<String, Failure> 
 
 /// `m − full` over the seeds both have, with its interval.
 fn delta(m: &MethodRuns, full: &MethodRuns, measure: Measure) -> Result<String, Failure> {
-    let (a, b): (Vec<SceneTable>, Vec<SceneTable>) = m
+    let (a, b): (Vec<&SceneTable>, Vec<&SceneTable>) = m
         .tables
         .iter()
         .zip(&full.tables)
-        .filter_map(|(a, b)| Some((a.clone()?, b.clone()?)))
+        .filter_map(|(a, b)| Some((a.as_ref()?, b.as_ref()?)))
         .unzip();
     if a.is_empty() {
         return Ok(" no common seed |".into());

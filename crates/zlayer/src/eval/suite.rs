@@ -18,7 +18,7 @@ use zlayer_app::method::{Method, SceneSampler};
 use zlayer_app::model::Model;
 use zlayer_app::model::ModelDir;
 use zlayer_app::protocol::{
-    Generated, Protocol, Row, generated, name, score, write_grid, write_truth,
+    Generated, Protocol, REAL_RENDERS, Row, generated, name, score, write_grid, write_truth,
 };
 use zlayer_composite::atomic_write;
 use zlayer_synth::Split;
@@ -150,9 +150,9 @@ pub fn run(a: &SuiteArgs, out: &Path) -> Result<(), Failure> {
         let held = scenes(a.seed, 0, a.n, m.size as u32, &[split]);
         let (gt, render) = write_truth(&held, &dir, m.size)?;
         let evals = dir.join("eval");
-        let truth = score(&evals, "real renders", &render, &gt, 0.0, None)?;
+        let truth = score(&evals, REAL_RENDERS, &render, &gt, 0.0, None)?;
         let mut cells = Vec::new();
-        let mut rows = vec![("real renders".to_string(), render.clone())];
+        let mut rows = vec![(REAL_RENDERS.to_string(), render.clone())];
         for &method in &a.methods {
             if method.is_ablation() && split != focus {
                 continue;
