@@ -10,7 +10,7 @@ use zlayer_model::base::{BaseModel, SampleOptions};
 use zlayer_model::bundle::{Source, load_layout};
 use zlayer_model::inpaint::Known;
 use zlayer_model::larender::{Copies, OPACITY};
-use zlayer_model::layout_model::{InstanceMaps, LayoutModel, SceneLayout, Variant};
+use zlayer_model::layout_model::{Grounding, InstanceMaps, LayoutModel, SceneLayout, Variant};
 
 /// A method that draws a scene.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -210,8 +210,11 @@ impl SceneSampler {
         match self {
             Self::Branch(m) => {
                 let p = m.prepare(layouts, grid, dev)?;
-                let ratio = requested_ratio.unwrap_or(m.grounding_ratio);
-                m.sample_maps(ids, &p, channels, opts, ratio, known)
+                let g = Grounding {
+                    ratio: requested_ratio.unwrap_or(m.grounding_ratio),
+                    ..m.grounding()
+                };
+                m.sample_maps(ids, &p, channels, opts, g, known)
             }
             Self::LaRender(_) if known.is_some() => {
                 candle_core::bail!("larender cannot keep a known latent; use a trained branch")

@@ -1,10 +1,13 @@
-//! The grounding ratio a trained branch samples with, chosen on validation scenes.
+//! The grounding ratio and layout guidance a trained branch samples with, chosen on
+//! validation scenes.
 //!
 //! The branch runs for the first `grounding_ratio` of the Euler steps (DESIGN.md §4.3). The
-//! official 0.3 suits FLUX.1-dev; a small model may need its branch on more steps. `zlayer
-//! train layout` ends by drawing held-out validation scenes at each candidate ratio and
-//! records the one with the best Occ. F1 in the branch's `layout.json`, so a fresh branch
-//! samples at its own best value. The validation scenes (data seed + 2,000,000) are not the
+//! official 0.3 suits FLUX.1-dev; a small model may need its branch on more steps. On those
+//! steps layout guidance λ can push the velocity further from the base's, through the
+//! branch's (docs/layout.md). `zlayer train layout` ends by drawing held-out validation scenes
+//! at each candidate ratio, then at the best ratio with each candidate λ, and records the pair
+//! with the best Occ. F1 in the branch's `layout.json`, so a fresh branch samples at its own
+//! best values; `zlayer tune` does the same for a branch already trained. The validation scenes (data seed + 2,000,000) are not the
 //! evaluation's (seed + 1,000,000).
 
 use crate::Failure;
@@ -14,7 +17,7 @@ use crate::model::Model;
 use crate::protocol::{Protocol, score, write_truth};
 use candle_core::Device;
 use std::path::Path;
-use zlayer_model::layout_model::OFFICIAL_GROUNDING_RATIO;
+use zlayer_model::layout_model::{Grounding, OFFICIAL_GROUNDING_RATIO};
 use zlayer_synth::Split;
 
 /// The offset of the validation scenes' data seed.
@@ -25,6 +28,8 @@ pub const VALIDATION_SEED: u64 = 2_000_000;
 pub struct RatioScore {
     /// The grounding ratio.
     pub ratio: f64,
+    /// The layout guidance.
+    pub guidance: f64,
     /// Occ. F1 (the choice).
     pub occ_f1: Option<f64>,
     /// Order accuracy.
@@ -37,6 +42,9 @@ pub struct RatioScore {
 pub struct Tuning<'a> {
     /// Candidate ratios, each in (0, 1].
     pub ratios: &'a [f64],
+    /// Candidate layout guidances, each ≥ 1, tried at the best ratio; 1 (none) is always a
+    /// candidate.
+    pub guidances: &'a [f64],
     /// Validation scenes per split.
     pub scenes: usize,
     /// The splits they come from.
@@ -47,97 +55,188 @@ pub struct Tuning<'a> {
     pub seed: u64,
 }
 
-/// Draws the validation scenes with the branch in `weights` at every candidate ratio (into
-/// `work`, resumable) and returns the best ratio (the smallest among equal scores) and
-/// every candidate's scores.
-pub fn grounding_ratio(
+/// Draws the validation scenes with the branch in `weights` at every candidate ratio without
+/// layout guidance, then at the best ratio with every candidate guidance (into `work`,
+/// resumable), and returns the best pair (among equal scores the cheaper: the smaller ratio,
+/// then the guidance nearer 1) and every candidate's scores.
+pub fn grounding(
     m: &Model,
     weights: &Path,
     t: &Tuning,
     work: &Path,
     dev: &Device,
-) -> Result<(f64, Vec<RatioScore>), Failure> {
+) -> Result<(Grounding, Vec<RatioScore>), Failure> {
     if let Some(bad) = t.ratios.iter().find(|r| !(**r > 0.0 && **r <= 1.0)) {
         return Err(Failure::User(format!(
             "grounding ratio {bad}: each candidate must be in (0, 1]"
         )));
     }
+    if let Some(bad) = t.guidances.iter().find(|g| !(**g >= 1.0 && g.is_finite())) {
+        return Err(Failure::User(format!(
+            "layout guidance {bad}: each candidate must be a number ≥ 1 (1: none)"
+        )));
+    }
     let seed = t.seed + VALIDATION_SEED;
     let held = scenes(seed, 0, t.scenes * t.splits.len(), m.size as u32, t.splits);
     let (gt, _) = write_truth(&held, work, m.size)?;
-    let sampler = SceneSampler::from_file(weights, m.base.clone(), dev)?;
-    let mut rows = Vec::new();
-    for &ratio in t.ratios {
+    let mut sampler = SceneSampler::from_file(weights, m.base.clone(), dev)?;
+    let mut rows: Vec<RatioScore> = Vec::new();
+    let mut score_at = |g: Grounding, rows: &mut Vec<RatioScore>| -> Result<(), Failure> {
+        if let SceneSampler::Branch(b) = &mut sampler {
+            b.layout_guidance = g.guidance;
+        }
         let p = Protocol {
             m,
             dev,
             seed,
             steps: t.steps,
             batch: 8,
-            ratio: Some(ratio),
+            ratio: Some(g.ratio),
             score_only: false,
         };
-        let dir = work.join(format!("ratio-{ratio}"));
+        // Ratio-only candidates keep the folder names of runs tuned before layout guidance.
+        let name = match g.guidance {
+            1.0 => format!("ratio-{}", g.ratio),
+            l => format!("ratio-{}-guidance-{l}", g.ratio),
+        };
+        let dir = work.join(&name);
         p.generate(Some(&sampler), &held, &dir)?;
-        let s = score(
-            &work.join("eval"),
-            &format!("ratio {ratio}"),
-            &dir,
-            &gt,
-            0.0,
-            Some(ratio),
-        )?;
+        let s = score(&work.join("eval"), &name, &dir, &gt, 0.0, Some(g.ratio))?;
         rows.push(RatioScore {
-            ratio,
+            ratio: g.ratio,
+            guidance: g.guidance,
             occ_f1: s.summary.occ_f1,
             order_accuracy: s.summary.order_accuracy,
             mask_miou: s.summary.mask_miou,
         });
+        Ok(())
+    };
+    for &ratio in t.ratios {
+        score_at(Grounding::ratio(ratio), &mut rows)?;
+    }
+    let ratio = best(&rows).ratio;
+    for &guidance in t.guidances.iter().filter(|g| **g != 1.0) {
+        score_at(Grounding { ratio, guidance }, &mut rows)?;
     }
     Ok((best(&rows), rows))
 }
 
-/// The ratio with the best Occ. F1; the smallest among equals (fewer steps pay the branch),
-/// and the official 0.3 when there is none.
-pub fn best(rows: &[RatioScore]) -> f64 {
+/// Records the choice `g` and every candidate's scores in a branch's metadata (its
+/// `layout.json`), where loading the branch reads them.
+pub fn record(meta: &mut serde_json::Value, g: Grounding, scores: &[RatioScore], t: &Tuning) {
+    meta["grounding_ratio"] = g.ratio.into();
+    meta["layout_guidance"] = g.guidance.into();
+    meta["grounding_tuning"] = serde_json::json!({
+        "scenes_per_split": t.scenes,
+        "steps": t.steps,
+        "scores": scores,
+    });
+}
+
+/// One line per candidate, for the terminal.
+pub fn describe(scores: &[RatioScore]) -> Vec<String> {
+    let f = |v: Option<f64>| v.map_or("–".into(), |v| format!("{v:.3}"));
+    scores
+        .iter()
+        .map(|s| {
+            format!(
+                "grounding ratio {}, layout guidance {}: Occ. F1 {}, order accuracy {}, mask mIoU {}",
+                s.ratio,
+                s.guidance,
+                f(s.occ_f1),
+                f(s.order_accuracy),
+                f(s.mask_miou)
+            )
+        })
+        .collect()
+}
+
+/// The candidate with the best Occ. F1; among equals the cheaper (the smaller ratio, then the
+/// smaller guidance); the official 0.3 without guidance when there is none.
+pub fn best(rows: &[RatioScore]) -> Grounding {
     let key = |r: &RatioScore| r.occ_f1.unwrap_or(f64::NEG_INFINITY);
+    let cheaper = |r: &RatioScore, b: &RatioScore| (r.ratio, r.guidance) < (b.ratio, b.guidance);
     rows.iter()
         .reduce(|b, r| {
-            if key(r) > key(b) || (key(r) == key(b) && r.ratio < b.ratio) {
+            if key(r) > key(b) || (key(r) == key(b) && cheaper(r, b)) {
                 r
             } else {
                 b
             }
         })
-        .map_or(OFFICIAL_GROUNDING_RATIO, |r| r.ratio)
+        .map_or(Grounding::ratio(OFFICIAL_GROUNDING_RATIO), |r| Grounding {
+            ratio: r.ratio,
+            guidance: r.guidance,
+        })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn row(ratio: f64, occ_f1: Option<f64>) -> RatioScore {
+    fn row(ratio: f64, guidance: f64, occ_f1: Option<f64>) -> RatioScore {
         RatioScore {
             ratio,
+            guidance,
             occ_f1,
             order_accuracy: None,
             mask_miou: None,
         }
     }
 
+    fn ratio(r: f64) -> Grounding {
+        Grounding::ratio(r)
+    }
+
     #[test]
-    fn the_best_occ_f1_wins_and_ties_go_to_the_smaller_ratio() {
-        assert_eq!(best(&[row(0.3, Some(0.5)), row(1.0, Some(0.6))]), 1.0);
+    fn the_best_occ_f1_wins_and_ties_go_to_the_cheaper_candidate() {
+        let best_of = |rows: &[(f64, f64, Option<f64>)]| {
+            best(
+                &rows
+                    .iter()
+                    .map(|&(r, g, f)| row(r, g, f))
+                    .collect::<Vec<_>>(),
+            )
+        };
         assert_eq!(
-            best(&[
-                row(1.0, Some(0.6)),
-                row(0.6, Some(0.6)),
-                row(0.3, Some(0.2))
-            ]),
-            0.6
+            best_of(&[(0.3, 1.0, Some(0.5)), (1.0, 1.0, Some(0.6))]),
+            ratio(1.0)
         );
-        assert_eq!(best(&[row(0.6, None), row(1.0, Some(0.1))]), 1.0);
-        assert_eq!(best(&[row(0.6, None)]), 0.6, "a lone candidate stands");
-        assert_eq!(best(&[]), OFFICIAL_GROUNDING_RATIO);
+        assert_eq!(
+            best_of(&[
+                (1.0, 1.0, Some(0.6)),
+                (0.6, 1.0, Some(0.6)),
+                (0.3, 1.0, Some(0.2))
+            ]),
+            ratio(0.6)
+        );
+        assert_eq!(
+            best_of(&[(0.6, 1.0, None), (1.0, 1.0, Some(0.1))]),
+            ratio(1.0)
+        );
+        assert_eq!(
+            best_of(&[(0.6, 1.0, None)]),
+            ratio(0.6),
+            "a lone candidate stands"
+        );
+        assert_eq!(best_of(&[]), ratio(OFFICIAL_GROUNDING_RATIO));
+        let guided = Grounding {
+            ratio: 1.0,
+            guidance: 2.0,
+        };
+        assert_eq!(
+            best_of(&[
+                (1.0, 1.0, Some(0.8)),
+                (1.0, 2.0, Some(0.9)),
+                (1.0, 3.0, Some(0.9))
+            ]),
+            guided,
+            "guidance wins on the score, and the smaller of two equal ones"
+        );
+        assert_eq!(
+            best_of(&[(1.0, 2.0, Some(0.8)), (1.0, 1.0, Some(0.8))]),
+            ratio(1.0),
+            "no guidance where it gains nothing"
+        );
     }
 }

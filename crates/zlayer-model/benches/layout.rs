@@ -14,7 +14,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use zlayer_model::Config;
 use zlayer_model::base::{BaseModel, SampleOptions};
-use zlayer_model::layout_model::{LayoutModel, SceneLayout, Variant};
+use zlayer_model::layout_model::{Grounding, LayoutModel, SceneLayout, Variant};
 use zlayer_model::text::{TextConfig, Tokenizer};
 
 /// Counts live heap bytes and their high-water mark.
@@ -156,7 +156,7 @@ fn generation(c: &mut Criterion) {
     ] {
         let p = m.prepare(&[scene(k, side)], (GRID, GRID), &dev).unwrap();
         let run = || {
-            m.sample(&ids, &p, 8, &opts, 1.0).unwrap();
+            m.sample(&ids, &p, 8, &opts, Grounding::ratio(1.0)).unwrap();
         };
         eprintln!(
             "peak heap, {label} ({} packed tokens): {:.1} MB",

@@ -69,6 +69,10 @@ pub struct LayoutInput<'a> {
     pub regional: Option<&'a Regional>,
     /// Record each layout token's attention map ([`BranchMaps::attention`]).
     pub attention_maps: bool,
+    /// Record the alignment logits and composition weights ([`BranchMaps::logits`],
+    /// [`BranchMaps::weights`]); sampling needs them at one step only, and the alignment
+    /// CNN is a tenth of an 8-instance step.
+    pub maps: bool,
 }
 
 /// What the layout blocks report besides the velocity, one entry per composing block.
@@ -224,9 +228,11 @@ impl<'a> LayoutState<'a> {
             sigma
         };
         let i = self.input;
-        self.maps
-            .logits
-            .push(parts.head.align_logits(canvases, &q, i.masks, i.grid)?);
+        if i.maps {
+            self.maps
+                .logits
+                .push(parts.head.align_logits(canvases, &q, i.masks, i.grid)?);
+        }
         let (z, w) = compose(
             canvases,
             &sigma,
@@ -235,7 +241,9 @@ impl<'a> LayoutState<'a> {
             &i.packing.scene,
             self.batch,
         )?;
-        self.maps.weights.push(w.detach().mean(D::Minus1)?);
+        if i.maps {
+            self.maps.weights.push(w.detach().mean(D::Minus1)?);
+        }
         Ok(z)
     }
 }

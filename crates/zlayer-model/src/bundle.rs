@@ -185,5 +185,15 @@ pub fn layout_with(
     if meta.get("grounding_ratio").is_some() {
         model.grounding_ratio = field(&meta, "grounding_ratio", src)?;
     }
+    if meta.get("layout_guidance").is_some() {
+        model.layout_guidance = field(&meta, "layout_guidance", src)?;
+        if !(model.layout_guidance.is_finite() && model.layout_guidance >= 0.0) {
+            return Err(format!(
+                "{}: layout_guidance {}: must be a number ≥ 0 (1: none)",
+                src.json_name(),
+                model.layout_guidance
+            ));
+        }
+    }
     Ok(model)
 }

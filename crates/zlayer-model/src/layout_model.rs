@@ -19,6 +19,28 @@ use zlayer_scene::ValidScene;
 pub const ALIGN_WEIGHT: f64 = 0.5;
 /// The official grounding ratio: the branch runs for the first 30% of the sampling steps.
 pub const OFFICIAL_GROUNDING_RATIO: f64 = 0.3;
+/// How sampling applies the branch.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Grounding {
+    /// The share of the Euler steps, the first ones, that run the branch.
+    pub ratio: f64,
+    /// Layout guidance λ on those steps: `v_base + λ·(v_branch − v_base)`, both with the
+    /// global prompt, so λ > 1 pushes further in the direction the branch moves the base
+    /// (its boxes and order). 1 takes the branch's velocity as it is and costs no extra pass;
+    /// any other value adds one base pass per grounded step.
+    pub guidance: f64,
+}
+
+impl Grounding {
+    /// The branch on the first `ratio` of the steps, without layout guidance.
+    pub fn ratio(ratio: f64) -> Self {
+        Self {
+            ratio,
+            guidance: 1.0,
+        }
+    }
+}
+
 /// Depth levels `global-rank` embeds; deeper instances share the last.
 pub const RANK_LEVELS: usize = 16;
 
@@ -250,6 +272,7 @@ impl Prepared {
             static_sigma: variant == Variant::StaticSigma,
             regional: self.regional.as_ref(),
             attention_maps: variant == Variant::AttnMapLoss,
+            maps: true,
         }
     }
 }
@@ -265,6 +288,9 @@ pub struct LayoutModel {
     /// The grounding ratio sampling uses unless told otherwise (a model file's
     /// `grounding_ratio`, else the official value).
     pub grounding_ratio: f64,
+    /// The layout guidance sampling uses (a model file's `layout_guidance`, else 1: none);
+    /// see [`Grounding::guidance`].
+    pub layout_guidance: f64,
     /// `global-rank`'s depth-level embedding (`rank_embed`).
     rank_embed: Option<candle_nn::Embedding>,
 }
@@ -291,6 +317,7 @@ impl LayoutModel {
             net,
             variant,
             grounding_ratio: OFFICIAL_GROUNDING_RATIO,
+            layout_guidance: 1.0,
             rank_embed,
         })
     }
@@ -319,6 +346,14 @@ impl LayoutModel {
         Prepared::new(scenes, grid, pooled.detach(), self.variant.regional())
     }
 
+    /// The ratio and layout guidance its file records (or the defaults).
+    pub fn grounding(&self) -> Grounding {
+        Grounding {
+            ratio: self.grounding_ratio,
+            guidance: self.layout_guidance,
+        }
+    }
+
     /// Velocity with the branch (B, L, C), and the maps of each layout block.
     pub fn velocity(
         &self,
@@ -327,6 +362,29 @@ impl LayoutModel {
         ids: &Tensor,
         p: &Prepared,
     ) -> Result<(Tensor, BranchMaps)> {
+        self.velocity_maps(x, t, ids, p, true)
+    }
+
+    /// [`Self::velocity`] alone: the alignment head is not run and no maps are kept.
+    pub fn velocity_only(
+        &self,
+        x: &Tensor,
+        t: &Tensor,
+        ids: &Tensor,
+        p: &Prepared,
+    ) -> Result<Tensor> {
+        Ok(self.velocity_maps(x, t, ids, p, false)?.0)
+    }
+
+    /// The velocity, with the branch's maps when `maps`.
+    fn velocity_maps(
+        &self,
+        x: &Tensor,
+        t: &Tensor,
+        ids: &Tensor,
+        p: &Prepared,
+        maps: bool,
+    ) -> Result<(Tensor, BranchMaps)> {
         let (b, lt) = ids.dims2()?;
         let dev = x.device();
         let (txt, y) = self.base.text.forward(ids)?;
@@ -334,7 +392,10 @@ impl LayoutModel {
         if let Some(e) = &self.rank_embed {
             tokens = (tokens + e.forward(&p.levels)?)?;
         }
-        let input = p.input(&tokens, self.variant);
+        let input = LayoutInput {
+            maps,
+            ..p.input(&tokens, self.variant)
+        };
         self.base.dit.forward_layout(
             &FluxInput {
                 img: x,
@@ -397,11 +458,9 @@ impl LayoutModel {
         p: &Prepared,
         channels: usize,
         opts: &SampleOptions,
-        grounding_ratio: f64,
+        g: Grounding,
     ) -> Result<Tensor> {
-        Ok(self
-            .sample_maps(ids, p, channels, opts, grounding_ratio, None)?
-            .0)
+        Ok(self.sample_maps(ids, p, channels, opts, g, None)?.0)
     }
 
     /// [`Self::sample`], also returning the instances' maps at the last grounded step (none
@@ -413,22 +472,31 @@ impl LayoutModel {
         p: &Prepared,
         channels: usize,
         opts: &SampleOptions,
-        grounding_ratio: f64,
+        g: Grounding,
         known: Option<&Known>,
     ) -> Result<(Tensor, Option<InstanceMaps>)> {
         let dev = ids.device();
         let n = ids.dim(0)?;
         let grid = p.grid;
         let times = schedule(opts.steps, grid.0 * grid.1, true);
-        let grounded = ((grounding_ratio * opts.steps as f64).ceil() as usize).min(opts.steps);
+        let grounded = ((g.ratio * opts.steps as f64).ceil() as usize).min(opts.steps);
         let last = RefCell::new(None);
         let empty = Tensor::zeros((n, 1), DType::U32, dev)?;
         let field = |x: &Tensor, t: f64, k: usize| -> Result<Tensor> {
             let tt = Tensor::full(t as f32, n, dev)?;
             let vc = if k < grounded {
-                let (v, maps) = self.velocity(x, &tt, ids, p)?;
-                *last.borrow_mut() = InstanceMaps::new(&maps)?;
-                v
+                let v = if k + 1 == grounded {
+                    let (v, maps) = self.velocity(x, &tt, ids, p)?;
+                    *last.borrow_mut() = InstanceMaps::new(&maps)?;
+                    v
+                } else {
+                    self.velocity_only(x, &tt, ids, p)?
+                };
+                if g.guidance == 1.0 {
+                    v
+                } else {
+                    guided(&v, &self.base.velocity(x, &tt, ids, grid)?, g.guidance)?
+                }
             } else {
                 self.base.velocity(x, &tt, ids, grid)?
             };

@@ -77,7 +77,7 @@ fn velocity(
     let n = x.dim(0)?;
     let dev = x.device();
     let tt = Tensor::full(t as f32, n, dev)?;
-    let (vc, _) = m.velocity(x, &tt, ids, p)?;
+    let vc = m.velocity_only(x, &tt, ids, p)?;
     if guidance <= 1.0 {
         return Ok((vc, None));
     }

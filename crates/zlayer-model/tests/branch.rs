@@ -123,6 +123,7 @@ fn forward_route(
         static_sigma: false,
         regional,
         attention_maps: true,
+        maps: true,
     };
     let x = FluxInput {
         img: &b.img,

@@ -243,6 +243,7 @@ fn the_official_parity_run_is_reproduced_with_its_layout_branch() {
         static_sigma: false,
         regional: None,
         attention_maps: false,
+        maps: true,
     };
     let (out, maps) = run_fixture(&model, &io, Some(&input));
     let d = max_diff(&out, &io["out_steady"]);
@@ -394,6 +395,7 @@ fn the_three_published_occlusionformer_forms_load_to_one_model() {
         static_sigma: false,
         regional: None,
         attention_maps: false,
+        maps: true,
     };
     let io: HashMap<String, Tensor> = [
         ("latents", noise((1, 36, 16), 6, &dev).unwrap()),

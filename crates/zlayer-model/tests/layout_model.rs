@@ -1,11 +1,12 @@
 //! Stage 2 end to end at toy size: scenes to tensors, the joint loss learns the alignment,
-//! and sampling with a grounding ratio of 0 is the base model's.
+//! sampling with a grounding ratio of 0 is the base model's, and layout guidance extrapolates
+//! from the base's velocity through the branch's.
 
 mod common;
 
 use candle_core::Device;
 use zlayer_model::base::SampleOptions;
-use zlayer_model::layout_model::SceneLayout;
+use zlayer_model::layout_model::{Grounding, SceneLayout};
 use zlayer_model::optim::{AdamWConfig, Trainer};
 use zlayer_model::sampling::noise;
 
@@ -59,15 +60,45 @@ fn the_alignment_loss_falls_and_a_zero_grounding_ratio_samples_like_the_base() {
         seed: 3,
     };
     let plain = model.base.sample(&ids, grid, 4, &opts).unwrap();
-    let off = model.sample(&ids, &p, 4, &opts, 0.0).unwrap();
-    let on = model.sample(&ids, &p, 4, &opts, 0.5).unwrap();
+    let off = model
+        .sample(&ids, &p, 4, &opts, Grounding::ratio(0.0))
+        .unwrap();
+    let on = model
+        .sample(&ids, &p, 4, &opts, Grounding::ratio(0.5))
+        .unwrap();
     let v = |t: &candle_core::Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
     assert_eq!(v(&plain), v(&off), "ratio 0: the base model's sample");
     assert_ne!(v(&plain), v(&on), "ratio 0.5: the trained branch acts");
     assert_eq!(
         v(&on),
-        v(&model.sample(&ids, &p, 4, &opts, 0.5).unwrap()),
+        v(&model
+            .sample(&ids, &p, 4, &opts, Grounding::ratio(0.5))
+            .unwrap()),
         "deterministic"
     );
+
+    // Layout guidance: λ = 0 on every step is the base model's sample, bit for bit, and on
+    // one Euler step λ = 2 lands at 2·(λ = 1) − (λ = 0), the extrapolation it is meant to be.
+    let at = |guidance: f64, steps: usize| {
+        let o = SampleOptions { steps, ..opts };
+        let g = Grounding {
+            ratio: 1.0,
+            guidance,
+        };
+        v(&model.sample(&ids, &p, 4, &o, g).unwrap())
+    };
+    assert_eq!(at(0.0, 4), v(&plain), "λ = 0: the base alone");
+    assert_eq!(
+        at(1.0, 4),
+        v(&model
+            .sample(&ids, &p, 4, &opts, Grounding::ratio(1.0))
+            .unwrap())
+    );
+    let (zero, one, two) = (at(0.0, 1), at(1.0, 1), at(2.0, 1));
+    let worst = (0..two.len())
+        .map(|i| (two[i] - (2.0 * one[i] - zero[i])).abs())
+        .fold(0f32, f32::max);
+    assert!(worst < 1e-5, "λ = 2 against 2·v₁ − v₀: {worst}");
+    assert!(one != zero, "the branch acts on that step");
     let _ = std::fs::remove_dir_all(&dir);
 }

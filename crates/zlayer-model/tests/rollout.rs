@@ -6,7 +6,7 @@ mod common;
 
 use candle_core::{DType, Device, Tensor};
 use zlayer_model::base::SampleOptions;
-use zlayer_model::layout_model::{LayoutModel, SceneLayout};
+use zlayer_model::layout_model::{Grounding, LayoutModel, SceneLayout};
 use zlayer_model::optim::{AdamWConfig, Trainer};
 use zlayer_model::rollout::{RolloutOptions, policy_loss, rollout};
 
@@ -30,6 +30,15 @@ fn rollouts_sample_as_the_sampler_and_an_update_follows_the_advantage() {
     };
     let prep = |n: usize| model.prepare(&vec![layout.clone(); n], grid, &dev).unwrap();
 
+    // The velocity without maps (what the sampler and rollouts use where no maps are kept)
+    // is the velocity with them, bit for bit.
+    let x = Tensor::randn(0f32, 1.0, (1, 64, 4), &dev).unwrap();
+    let tt = Tensor::full(0.6f32, 1, &dev).unwrap();
+    let (with, maps) = model.velocity(&x, &tt, &ids_for(1), &prep(1)).unwrap();
+    let alone = model.velocity_only(&x, &tt, &ids_for(1), &prep(1)).unwrap();
+    assert_eq!(rows(&with), rows(&alone));
+    assert!(!maps.logits.is_empty() && maps.logits.len() == maps.weights.len());
+
     // No SDE step, a group of one: exactly the sampler's image, guidance included.
     let plain = RolloutOptions {
         steps: 5,
@@ -45,7 +54,9 @@ fn rollouts_sample_as_the_sampler_and_an_update_follows_the_advantage() {
         guidance: 2.0,
         seed: 9,
     };
-    let sampled = model.sample(&ids_for(1), &prep(1), 4, &opts, 1.0).unwrap();
+    let sampled = model
+        .sample(&ids_for(1), &prep(1), 4, &opts, Grounding::ratio(1.0))
+        .unwrap();
     assert_eq!(rows(&r.latents), rows(&sampled));
     assert!(r.stored.is_empty());
 

@@ -109,3 +109,54 @@ pub fn print_stdout(text: &str) -> Result<(), zlayer_app::Failure> {
         _ => Ok(()),
     }
 }
+
+/// The candidates and validation scenes that choose a branch's grounding ratio and layout
+/// guidance (`train layout`, `tune`).
+#[derive(Debug, Args)]
+pub struct TuneFlags {
+    /// Candidate grounding ratios (the share of Euler steps the branch runs on). Validation
+    /// scenes are drawn at each and the best Occ. F1 is recorded in layout.json, so the
+    /// branch samples with it.
+    #[arg(
+        id = "tune_ratios",
+        long = "tune-ratios",
+        value_delimiter = ',',
+        default_value = "0.3,0.6,1.0"
+    )]
+    pub ratios: Vec<f64>,
+    /// Candidate layout guidances (each ≥ 1; 1 is none), tried at the best ratio: λ > 1
+    /// pushes each grounded step's velocity from the base's further through the branch's, for
+    /// one more base pass per step (docs/layout.md). The best is recorded beside the ratio.
+    #[arg(
+        id = "tune_guidance",
+        long = "tune-guidance",
+        value_delimiter = ',',
+        default_value = "1,2,3"
+    )]
+    pub guidance: Vec<f64>,
+    /// Validation scenes per split for that choice (data seed + 2,000,000, not the
+    /// evaluation's); 0 keeps the official 0.3 untested.
+    #[arg(id = "tune_scenes", long = "tune-scenes", default_value_t = 48)]
+    pub scenes: usize,
+    /// Euler steps per validation image.
+    #[arg(id = "tune_steps", long = "tune-steps", default_value_t = 20)]
+    pub steps: usize,
+}
+
+impl TuneFlags {
+    /// The tuning over `splits`, for a branch trained with data seed `seed`.
+    pub fn tuning<'a>(
+        &'a self,
+        splits: &'a [zlayer_synth::Split],
+        seed: u64,
+    ) -> zlayer_app::tune::Tuning<'a> {
+        zlayer_app::tune::Tuning {
+            ratios: &self.ratios,
+            guidances: &self.guidance,
+            scenes: self.scenes,
+            splits,
+            steps: self.steps,
+            seed,
+        }
+    }
+}

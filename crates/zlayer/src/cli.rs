@@ -197,6 +197,16 @@ enum Command {
     /// Train a model on SA-Z-synth, on the CPU (resumes from DIR's checkpoint).
     #[command(subcommand)]
     Train(crate::train::TrainCommand),
+    /// Choose a trained branch's grounding ratio and layout guidance on validation scenes.
+    ///
+    /// Draws validation scenes (data seed + 2,000,000, never the evaluation's) at each
+    /// candidate ratio, then at the best ratio with each candidate layout guidance, and records
+    /// the pair with the best Occ. F1 in the branch's layout.json, which every command then
+    /// samples with. `zlayer train layout` does this after training; this command re-tunes a
+    /// branch trained before, or by `train grpo`.
+    #[command(after_help = "Example:
+  cp -r models/tiny16 my-model && zlayer tune --model my-model --tune-guidance 1,1.5,2,3")]
+    Tune(crate::tune_cmd::TuneArgs),
     /// Stack PNG layers by source-over, first file at the bottom.
     ///
     /// Writes a flattened PNG, an OpenRaster (.ora) file that Krita and MyPaint open, or a
@@ -231,6 +241,7 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
         Command::Synth(args) => crate::synth_cmd::run(args),
         Command::Eval(args) => crate::eval::run(args),
         Command::Train(cmd) => crate::train::run(cmd),
+        Command::Tune(args) => crate::tune_cmd::run(args),
         Command::Generate(args) => crate::generate::run(args),
         Command::Insert(args) => crate::insert::run(args),
         Command::Recompose(args) => crate::recompose::run(args),

@@ -22,6 +22,7 @@ mod scene_cmd;
 mod serve;
 mod synth_cmd;
 mod train;
+mod tune_cmd;
 
 use clap::Parser;
 use std::process::ExitCode;

@@ -3,7 +3,7 @@
 mod common;
 
 use common::{repo, text, tmp, zlayer};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 #[test]
 fn every_example_validates_except_the_cycle() {
@@ -759,21 +759,12 @@ fn train_and_generate_end_to_end_smoke() {
             "1",
         ]);
         assert_eq!(run.status.code(), Some(0), "{}", text(&run.stderr));
-        // Training ends by choosing the grounding ratio on validation scenes.
+        // Training ends by choosing the grounding ratio, then the layout guidance at that
+        // ratio, on validation scenes: 3 ratios and 2 guidances besides none.
         let meta: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(out.join("layout.json")).unwrap())
                 .unwrap();
-        let tried = &meta["grounding_tuning"]["scores"];
-        assert_eq!(tried.as_array().map(Vec::len), Some(3), "{meta}");
-        let chosen = meta["grounding_ratio"].as_f64().unwrap();
-        assert!(
-            tried
-                .as_array()
-                .unwrap()
-                .iter()
-                .any(|s| s["ratio"] == chosen),
-            "{meta}"
-        );
+        assert_chosen_among_tried(&meta, 5);
         layouts.push(out.join("layout.safetensors"));
     }
     let read = |p: &PathBuf| std::fs::read(p).unwrap();
@@ -791,6 +782,46 @@ fn train_and_generate_end_to_end_smoke() {
         )
         .unwrap();
     }
+
+    // `zlayer tune` re-tunes a trained branch in place: the candidates it was given, the
+    // choice among them recorded, the weights untouched. A folder without a branch is refused.
+    let weights_before = std::fs::read(model.join("layout.safetensors")).unwrap();
+    let tune = |m: &Path| {
+        zlayer(&[
+            "tune",
+            "--model",
+            m.to_str().unwrap(),
+            "--work",
+            dir.join("tune-work").to_str().unwrap(),
+            "--splits",
+            "complex",
+            "--tune-scenes",
+            "1",
+            "--tune-steps",
+            "1",
+            "--tune-ratios",
+            "1.0",
+            "--tune-guidance",
+            "1,2",
+        ])
+    };
+    let run = tune(&model);
+    assert_eq!(run.status.code(), Some(0), "{}", text(&run.stderr));
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(model.join("layout.json")).unwrap()).unwrap();
+    assert_chosen_among_tried(&meta, 2);
+    assert_eq!(meta["grounding_ratio"], 1.0, "{meta}");
+    assert_eq!(
+        std::fs::read(model.join("layout.safetensors")).unwrap(),
+        weights_before
+    );
+    let run = tune(&dir.join("no-such-model"));
+    assert_eq!(run.status.code(), Some(2));
+    assert!(
+        text(&run.stderr).contains("no trained occlusionformer branch"),
+        "{}",
+        text(&run.stderr)
+    );
 
     // GRPO on that branch: two fresh runs give the same bytes; held-out rows before and
     // after each iteration; a branch every command loads, with its GRPO settings.
@@ -1384,4 +1415,19 @@ fn bench_train_times_the_step_and_says_why_the_peer_is_missing() {
     let run = zlayer(&["bench-train", "--steps", "0"]);
     assert_eq!(run.status.code(), Some(2));
     assert!(text(&run.stderr).contains("--steps must be positive"));
+}
+
+/// A branch's layout.json records `n` tuning candidates and a choice that is one of them.
+fn assert_chosen_among_tried(meta: &serde_json::Value, n: usize) {
+    let tried = meta["grounding_tuning"]["scores"]
+        .as_array()
+        .expect("scores");
+    assert_eq!(tried.len(), n, "{meta}");
+    let (ratio, guidance) = (&meta["grounding_ratio"], &meta["layout_guidance"]);
+    assert!(
+        tried
+            .iter()
+            .any(|s| &s["ratio"] == ratio && &s["guidance"] == guidance),
+        "{meta}"
+    );
 }

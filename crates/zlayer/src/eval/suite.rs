@@ -375,8 +375,9 @@ fn report(a: &SuiteArgs, res: &Results, focus: Split) -> String {
          Model: {model}.\n\n\
          Written by `zlayer eval --suite paper` ({} held-out scenes per split, data seed {}: \
          training uses seed 0; {} Euler steps, no guidance; every method draws the same noise \
-         for the same scene). Each branch samples with the grounding ratio stored in its model \
-         file, tuned on validation scenes (seed 2,000,000). Order accuracy, Occ. F1 and WHDR \
+         for the same scene). Each branch samples with the grounding ratio and layout guidance \
+         stored in its model file (guidance 1, none, where it records none), tuned on \
+         validation scenes (seed 2,000,000). Order accuracy, Occ. F1 and WHDR \
          count the declared overlapping pairs whose order the real render shows; mIoU and \
          O-mIoU compare segmented visible masks (docs/metrics.md). Every trained branch of a \
          table had the same budget, given in its row as steps × scenes per step (the minutes \

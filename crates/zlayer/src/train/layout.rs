@@ -1,8 +1,8 @@
 //! `zlayer train layout`: stage 2, the layout branch on a frozen base (DESIGN.md §4.3).
 
 use super::loop_config;
-use crate::args::SplitArg;
 use crate::args::parse_variant;
+use crate::args::{SplitArg, TuneFlags};
 use candle_core::{DType, Device};
 use clap::Args;
 use std::path::PathBuf;
@@ -12,7 +12,7 @@ use zlayer_app::flip::paired_batch;
 use zlayer_app::model::Model;
 use zlayer_app::model::ModelDir;
 use zlayer_app::report::Progress;
-use zlayer_app::tune::{Tuning, grounding_ratio};
+use zlayer_app::tune;
 use zlayer_model::layout_model::{LayoutModel, Variant};
 use zlayer_model::train::{export_f16, train_loop};
 use zlayer_synth::Split;
@@ -62,18 +62,9 @@ pub struct LayoutArgs {
     /// only thing that tells them apart.
     #[arg(long)]
     paired_flips: bool,
-    /// Candidate grounding ratios (the share of Euler steps the branch runs on). After
-    /// training, validation scenes are drawn at each and the best Occ. F1 is recorded in
-    /// layout.json, so the branch samples with it.
-    #[arg(long, value_delimiter = ',', default_value = "0.3,0.6,1.0")]
-    tune_ratios: Vec<f64>,
-    /// Validation scenes per split for that choice (data seed + 2,000,000, not the
-    /// evaluation's); 0 keeps the official 0.3 untested.
-    #[arg(long, default_value_t = 48)]
-    tune_scenes: usize,
-    /// Euler steps per validation image.
-    #[arg(long, default_value_t = 20)]
-    tune_steps: usize,
+    /// How the sampling settings are chosen after training.
+    #[command(flatten)]
+    tune: TuneFlags,
 }
 
 /// Runs the command.
@@ -161,30 +152,18 @@ pub fn run(a: LayoutArgs) -> Result<(), Failure> {
     meta["steps"] = trainer.step.into();
     meta["train_minutes"] = (start.elapsed().as_secs_f64() / 60.0).into();
     let ema = trainer.ema();
-    if a.tune_scenes > 0 && !a.tune_ratios.is_empty() {
-        let t = Tuning {
-            ratios: &a.tune_ratios,
-            scenes: a.tune_scenes,
-            splits: &splits,
-            steps: a.tune_steps,
-            seed: a.seed,
-        };
-        let (best, scores) = grounding_ratio(&m, &weights, &t, &a.out.join("tune"), &dev)?;
-        for s in &scores {
-            let f = |v: Option<f64>| v.map_or("–".into(), |v| format!("{v:.3}"));
-            eprintln!(
-                "grounding ratio {}: Occ. F1 {}, order accuracy {}, mask mIoU {}",
-                s.ratio,
-                f(s.occ_f1),
-                f(s.order_accuracy),
-                f(s.mask_miou)
-            );
+    if a.tune.scenes > 0 && !a.tune.ratios.is_empty() {
+        let t = a.tune.tuning(&splits, a.seed);
+        let (best, scores) = tune::grounding(&m, &weights, &t, &a.out.join("tune"), &dev)?;
+        for line in tune::describe(&scores) {
+            eprintln!("{line}");
         }
-        meta["grounding_ratio"] = best.into();
-        meta["grounding_tuning"] = serde_json::json!({"scenes_per_split": a.tune_scenes, "steps": a.tune_steps, "scores": scores});
+        tune::record(&mut meta, best, &scores, &t);
         export_f16(&ema, &weights, &meta).map_err(Failure::Internal)?;
         eprintln!(
-            "recorded grounding ratio {best} in {}",
+            "recorded grounding ratio {} and layout guidance {} in {}",
+            best.ratio,
+            best.guidance,
             weights.with_extension("json").display()
         );
     }
