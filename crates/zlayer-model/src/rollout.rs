@@ -64,7 +64,8 @@ pub struct Rollout {
     pub t_cap: f64,
 }
 
-/// The guided velocity with the branch, and the unconditional one it was guided against.
+/// The guided velocity with the branch (and its layout guidance), and the unconditional one
+/// it was guided against.
 fn velocity(
     m: &LayoutModel,
     x: &Tensor,
@@ -77,7 +78,12 @@ fn velocity(
     let n = x.dim(0)?;
     let dev = x.device();
     let tt = Tensor::full(t as f32, n, dev)?;
-    let vc = m.velocity_only(x, &tt, ids, p)?;
+    let mut vc = m.velocity_only(x, &tt, ids, p)?;
+    if m.layout_guidance != 1.0 {
+        // As the sampler draws a branch tuned with layout guidance; the base is frozen.
+        let vb = m.base.velocity(x, &tt, ids, p.grid_size())?.detach();
+        vc = guided(&vc, &vb, m.layout_guidance)?;
+    }
     if guidance <= 1.0 {
         return Ok((vc, None));
     }
