@@ -365,6 +365,23 @@ impl LayoutModel {
         self.velocity_maps(x, t, ids, p, true)
     }
 
+    /// The branch's velocity `v` at `x`, `t` under layout guidance `lambda`
+    /// ([`Grounding::guidance`]): `v` itself at 1, else extrapolated from the frozen base's.
+    pub fn layout_guided(
+        &self,
+        v: Tensor,
+        x: &Tensor,
+        t: &Tensor,
+        ids: &Tensor,
+        grid: (usize, usize),
+        lambda: f64,
+    ) -> Result<Tensor> {
+        if lambda == 1.0 {
+            return Ok(v);
+        }
+        guided(&v, &self.base.velocity(x, t, ids, grid)?.detach(), lambda)
+    }
+
     /// [`Self::velocity`] alone: the alignment head is not run and no maps are kept.
     pub fn velocity_only(
         &self,
@@ -492,11 +509,7 @@ impl LayoutModel {
                 } else {
                     self.velocity_only(x, &tt, ids, p)?
                 };
-                if g.guidance == 1.0 {
-                    v
-                } else {
-                    guided(&v, &self.base.velocity(x, &tt, ids, grid)?, g.guidance)?
-                }
+                self.layout_guided(v, x, &tt, ids, grid, g.guidance)?
             } else {
                 self.base.velocity(x, &tt, ids, grid)?
             };

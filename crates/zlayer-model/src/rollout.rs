@@ -78,12 +78,15 @@ fn velocity(
     let n = x.dim(0)?;
     let dev = x.device();
     let tt = Tensor::full(t as f32, n, dev)?;
-    let mut vc = m.velocity_only(x, &tt, ids, p)?;
-    if m.layout_guidance != 1.0 {
-        // As the sampler draws a branch tuned with layout guidance; the base is frozen.
-        let vb = m.base.velocity(x, &tt, ids, p.grid_size())?.detach();
-        vc = guided(&vc, &vb, m.layout_guidance)?;
-    }
+    // With the branch's layout guidance, as the sampler draws it.
+    let vc = m.layout_guided(
+        m.velocity_only(x, &tt, ids, p)?,
+        x,
+        &tt,
+        ids,
+        p.grid_size(),
+        m.layout_guidance,
+    )?;
     if guidance <= 1.0 {
         return Ok((vc, None));
     }
