@@ -120,6 +120,7 @@ pub struct TuneFlags {
     #[arg(
         id = "tune_ratios",
         long = "tune-ratios",
+        value_name = "RATIOS",
         value_delimiter = ',',
         default_value = "0.3,0.6,1.0"
     )]
@@ -130,16 +131,27 @@ pub struct TuneFlags {
     #[arg(
         id = "tune_guidance",
         long = "tune-guidance",
+        value_name = "GUIDANCES",
         value_delimiter = ',',
         default_value = "1,2,3"
     )]
     pub guidance: Vec<f64>,
     /// Validation scenes per split for that choice (data seed + 2,000,000, not the
     /// evaluation's); 0 keeps the official 0.3 untested.
-    #[arg(id = "tune_scenes", long = "tune-scenes", default_value_t = 48)]
+    #[arg(
+        id = "tune_scenes",
+        long = "tune-scenes",
+        value_name = "N",
+        default_value_t = 48
+    )]
     pub scenes: usize,
     /// Euler steps per validation image.
-    #[arg(id = "tune_steps", long = "tune-steps", default_value_t = 20)]
+    #[arg(
+        id = "tune_steps",
+        long = "tune-steps",
+        value_name = "N",
+        default_value_t = 20
+    )]
     pub steps: usize,
 }
 
