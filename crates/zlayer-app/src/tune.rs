@@ -1,14 +1,16 @@
-//! The grounding ratio and layout guidance a trained branch samples with, chosen on
-//! validation scenes.
+//! The grounding ratio, layout guidance and order guidance a trained branch samples with,
+//! chosen on validation scenes.
 //!
 //! The branch runs for the first `grounding_ratio` of the Euler steps (DESIGN.md §4.3). The
 //! official 0.3 suits FLUX.1-dev; a small model may need its branch on more steps. On those
 //! steps layout guidance λ can push the velocity further from the base's, through the
-//! branch's (docs/layout.md). `zlayer train layout` ends by drawing held-out validation scenes
-//! at each candidate ratio, then at the best ratio with each candidate λ, and records the pair
-//! with the best Occ. F1 in the branch's `layout.json`, so a fresh branch samples at its own
-//! best values; `zlayer tune` does the same for a branch already trained. The validation scenes (data seed + 2,000,000) are not the
-//! evaluation's (seed + 1,000,000).
+//! branch's, and order guidance μ away from the branch with every occlusion reversed
+//! (docs/layout.md). `zlayer train layout` ends by drawing held-out validation scenes
+//! at each candidate ratio, then at the best ratio with each candidate λ, then with each μ,
+//! and records the choice with the best Occ. F1 in the branch's `layout.json`, so a fresh
+//! branch samples at its own best values; `zlayer tune` does the same for a branch already
+//! trained. The validation scenes (data seed + 2,000,000) are not the evaluation's
+//! (seed + 1,000,000).
 
 use crate::Failure;
 use crate::data::scenes;
@@ -30,6 +32,8 @@ pub struct RatioScore {
     pub ratio: f64,
     /// The layout guidance.
     pub guidance: f64,
+    /// The order guidance.
+    pub order: f64,
     /// Occ. F1 (the choice).
     pub occ_f1: Option<f64>,
     /// Order accuracy.
@@ -45,6 +49,9 @@ pub struct Tuning<'a> {
     /// Candidate layout guidances, each ≥ 1, tried at the best ratio; 1 (none) is always a
     /// candidate.
     pub guidances: &'a [f64],
+    /// Candidate order guidances, each ≥ 0, tried at the best ratio and layout guidance; 0
+    /// (none) is always a candidate.
+    pub orders: &'a [f64],
     /// Validation scenes per split.
     pub scenes: usize,
     /// The splits they come from.
@@ -56,9 +63,10 @@ pub struct Tuning<'a> {
 }
 
 /// Draws the validation scenes with the branch in `weights` at every candidate ratio without
-/// layout guidance, then at the best ratio with every candidate guidance (into `work`,
-/// resumable), and returns the best pair (among equal scores the cheaper: the smaller ratio,
-/// then the guidance nearer 1) and every candidate's scores.
+/// guidance, then at the best ratio with every candidate layout guidance, then at the best of
+/// those with every candidate order guidance (into `work`, resumable), and returns the best
+/// (among equal scores the cheaper: the smaller ratio, then the smaller guidances) and every
+/// candidate's scores.
 pub fn grounding(
     m: &Model,
     weights: &Path,
@@ -76,6 +84,11 @@ pub fn grounding(
             "layout guidance {bad}: each candidate must be a number ≥ 1 (1: none)"
         )));
     }
+    if let Some(bad) = t.orders.iter().find(|g| !(**g >= 0.0 && g.is_finite())) {
+        return Err(Failure::User(format!(
+            "order guidance {bad}: each candidate must be a number ≥ 0 (0: none)"
+        )));
+    }
     let seed = t.seed + VALIDATION_SEED;
     let held = scenes(seed, 0, t.scenes * t.splits.len(), m.size as u32, t.splits);
     let (gt, _) = write_truth(&held, work, m.size)?;
@@ -84,6 +97,7 @@ pub fn grounding(
     let mut score_at = |g: Grounding, rows: &mut Vec<RatioScore>| -> Result<(), Failure> {
         if let SceneSampler::Branch(b) = &mut sampler {
             b.layout_guidance = g.guidance;
+            b.order_guidance = g.order;
         }
         let p = Protocol {
             m,
@@ -94,17 +108,21 @@ pub fn grounding(
             ratio: Some(g.ratio),
             score_only: false,
         };
-        // Ratio-only candidates keep the folder names of runs tuned before layout guidance.
-        let name = match g.guidance {
-            1.0 => format!("ratio-{}", g.ratio),
-            l => format!("ratio-{}-guidance-{l}", g.ratio),
-        };
+        // Unguided candidates keep the folder names of runs tuned before the guidances.
+        let mut name = format!("ratio-{}", g.ratio);
+        if g.guidance != 1.0 {
+            name += &format!("-guidance-{}", g.guidance);
+        }
+        if g.order != 0.0 {
+            name += &format!("-order-{}", g.order);
+        }
         let dir = work.join(&name);
         p.generate(Some(&sampler), &held, &dir)?;
         let s = score(&work.join("eval"), &name, &dir, &gt, 0.0, Some(g.ratio))?;
         rows.push(RatioScore {
             ratio: g.ratio,
             guidance: g.guidance,
+            order: g.order,
             occ_f1: s.summary.occ_f1,
             order_accuracy: s.summary.order_accuracy,
             mask_miou: s.summary.mask_miou,
@@ -116,7 +134,17 @@ pub fn grounding(
     }
     let ratio = best(&rows).ratio;
     for &guidance in t.guidances.iter().filter(|g| **g != 1.0) {
-        score_at(Grounding { ratio, guidance }, &mut rows)?;
+        score_at(
+            Grounding {
+                guidance,
+                ..Grounding::ratio(ratio)
+            },
+            &mut rows,
+        )?;
+    }
+    let chosen = best(&rows);
+    for &order in t.orders.iter().filter(|o| **o != 0.0) {
+        score_at(Grounding { order, ..chosen }, &mut rows)?;
     }
     Ok((best(&rows), rows))
 }
@@ -126,6 +154,7 @@ pub fn grounding(
 pub fn record(meta: &mut serde_json::Value, g: Grounding, scores: &[RatioScore], t: &Tuning) {
     meta["grounding_ratio"] = g.ratio.into();
     meta["layout_guidance"] = g.guidance.into();
+    meta["order_guidance"] = g.order.into();
     meta["grounding_tuning"] = serde_json::json!({
         "scenes_per_split": t.scenes,
         "steps": t.steps,
@@ -140,9 +169,10 @@ pub fn describe(scores: &[RatioScore]) -> Vec<String> {
         .iter()
         .map(|s| {
             format!(
-                "grounding ratio {}, layout guidance {}: Occ. F1 {}, order accuracy {}, mask mIoU {}",
+                "grounding ratio {}, layout guidance {}, order guidance {}: Occ. F1 {}, order accuracy {}, mask mIoU {}",
                 s.ratio,
                 s.guidance,
+                s.order,
                 f(s.occ_f1),
                 f(s.order_accuracy),
                 f(s.mask_miou)
@@ -155,7 +185,9 @@ pub fn describe(scores: &[RatioScore]) -> Vec<String> {
 /// smaller guidance); the official 0.3 without guidance when there is none.
 pub fn best(rows: &[RatioScore]) -> Grounding {
     let key = |r: &RatioScore| r.occ_f1.unwrap_or(f64::NEG_INFINITY);
-    let cheaper = |r: &RatioScore, b: &RatioScore| (r.ratio, r.guidance) < (b.ratio, b.guidance);
+    let cheaper = |r: &RatioScore, b: &RatioScore| {
+        (r.ratio, r.guidance, r.order) < (b.ratio, b.guidance, b.order)
+    };
     rows.iter()
         .reduce(|b, r| {
             if key(r) > key(b) || (key(r) == key(b) && cheaper(r, b)) {
@@ -167,6 +199,7 @@ pub fn best(rows: &[RatioScore]) -> Grounding {
         .map_or(Grounding::ratio(OFFICIAL_GROUNDING_RATIO), |r| Grounding {
             ratio: r.ratio,
             guidance: r.guidance,
+            order: r.order,
         })
 }
 
@@ -178,6 +211,7 @@ mod tests {
         RatioScore {
             ratio,
             guidance,
+            order: 0.0,
             occ_f1,
             order_accuracy: None,
             mask_miou: None,
@@ -221,8 +255,8 @@ mod tests {
         );
         assert_eq!(best_of(&[]), ratio(OFFICIAL_GROUNDING_RATIO));
         let guided = Grounding {
-            ratio: 1.0,
             guidance: 2.0,
+            ..ratio(1.0)
         };
         assert_eq!(
             best_of(&[

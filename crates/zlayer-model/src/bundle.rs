@@ -185,14 +185,19 @@ pub fn layout_with(
     if meta.get("grounding_ratio").is_some() {
         model.grounding_ratio = field(&meta, "grounding_ratio", src)?;
     }
-    if meta.get("layout_guidance").is_some() {
-        model.layout_guidance = field(&meta, "layout_guidance", src)?;
-        if !(model.layout_guidance.is_finite() && model.layout_guidance >= 0.0) {
-            return Err(format!(
-                "{}: layout_guidance {}: must be a number ≥ 0 (1: none)",
-                src.json_name(),
-                model.layout_guidance
-            ));
+    for (key, slot, none) in [
+        ("layout_guidance", &mut model.layout_guidance, 1),
+        ("order_guidance", &mut model.order_guidance, 0),
+    ] {
+        if meta.get(key).is_some() {
+            let v: f64 = field(&meta, key, src)?;
+            if !(v.is_finite() && v >= 0.0) {
+                return Err(format!(
+                    "{}: {key} {v}: must be a number ≥ 0 ({none}: none)",
+                    src.json_name()
+                ));
+            }
+            *slot = v;
         }
     }
     Ok(model)

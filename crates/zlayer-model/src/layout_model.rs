@@ -29,14 +29,21 @@ pub struct Grounding {
     /// (its boxes and order). 1 takes the branch's velocity as it is and costs no extra pass;
     /// any other value adds one base pass per grounded step.
     pub guidance: f64,
+    /// Order guidance μ on those steps: adds `μ·(v_branch − v_branch,reversed)`, the branch
+    /// with every declared occlusion reversed as the reference, so only what the order
+    /// changes is amplified. 0 is none; any other value adds one branch pass per grounded
+    /// step. It acts through the Z-order composition: a scene without declared occlusions is
+    /// drawn bit for bit as without it.
+    pub order: f64,
 }
 
 impl Grounding {
-    /// The branch on the first `ratio` of the steps, without layout guidance.
+    /// The branch on the first `ratio` of the steps, without layout or order guidance.
     pub fn ratio(ratio: f64) -> Self {
         Self {
             ratio,
             guidance: 1.0,
+            order: 0.0,
         }
     }
 }
@@ -164,6 +171,7 @@ impl SceneLayout {
 }
 
 /// A batch of layouts as tensors (everything but the trainable layout tokens).
+#[derive(Clone)]
 pub struct Prepared {
     /// The packed instances.
     pub packing: Packing,
@@ -185,6 +193,19 @@ pub struct Prepared {
 }
 
 impl Prepared {
+    /// The same layouts with every declared occlusion reversed (j occludes i becomes i
+    /// occludes j).
+    pub fn reversed(&self) -> Self {
+        let mut r = self.clone();
+        r.occluders = vec![Vec::new(); self.occluders.len()];
+        for (i, occ) in self.occluders.iter().enumerate() {
+            for &j in occ {
+                r.occluders[j].push(i);
+            }
+        }
+        r
+    }
+
     /// Tensors for a batch of scene layouts on `grid`, with each instance's pooled caption
     /// (N, pooled) from whatever text encoder the model uses; `regional` adds the per-scene
     /// sequences of the `global` variants.
@@ -291,6 +312,9 @@ pub struct LayoutModel {
     /// The layout guidance sampling uses (a model file's `layout_guidance`, else 1: none);
     /// see [`Grounding::guidance`].
     pub layout_guidance: f64,
+    /// The order guidance sampling uses (a model file's `order_guidance`, else 0: none); see
+    /// [`Grounding::order`].
+    pub order_guidance: f64,
     /// `global-rank`'s depth-level embedding (`rank_embed`).
     rank_embed: Option<candle_nn::Embedding>,
 }
@@ -318,6 +342,7 @@ impl LayoutModel {
             variant,
             grounding_ratio: OFFICIAL_GROUNDING_RATIO,
             layout_guidance: 1.0,
+            order_guidance: 0.0,
             rank_embed,
         })
     }
@@ -346,11 +371,12 @@ impl LayoutModel {
         Prepared::new(scenes, grid, pooled.detach(), self.variant.regional())
     }
 
-    /// The ratio and layout guidance its file records (or the defaults).
+    /// The ratio, layout and order guidance its file records (or the defaults).
     pub fn grounding(&self) -> Grounding {
         Grounding {
             ratio: self.grounding_ratio,
             guidance: self.layout_guidance,
+            order: self.order_guidance,
         }
     }
 
@@ -365,21 +391,32 @@ impl LayoutModel {
         self.velocity_maps(x, t, ids, p, true)
     }
 
-    /// The branch's velocity `v` at `x`, `t` under layout guidance `lambda`
-    /// ([`Grounding::guidance`]): `v` itself at 1, else extrapolated from the frozen base's.
+    /// The branch's velocity `v` at `x`, `t` for layouts `p` under `g`'s layout and order
+    /// guidance ([`Grounding`]): `v` itself at λ = 1 and μ = 0.
     pub fn layout_guided(
         &self,
         v: Tensor,
         x: &Tensor,
         t: &Tensor,
         ids: &Tensor,
-        grid: (usize, usize),
-        lambda: f64,
+        p: &Prepared,
+        g: Grounding,
     ) -> Result<Tensor> {
-        if lambda == 1.0 {
-            return Ok(v);
+        let order = if g.order == 0.0 {
+            None
+        } else {
+            Some(((&v - self.velocity_only(x, t, ids, &p.reversed())?)? * g.order)?)
+        };
+        let v = if g.guidance == 1.0 {
+            v
+        } else {
+            let base = self.base.velocity(x, t, ids, p.grid)?.detach();
+            guided(&v, &base, g.guidance)?
+        };
+        match order {
+            Some(o) => v + o,
+            None => Ok(v),
         }
-        guided(&v, &self.base.velocity(x, t, ids, grid)?.detach(), lambda)
     }
 
     /// [`Self::velocity`] alone: the alignment head is not run and no maps are kept.
@@ -509,7 +546,7 @@ impl LayoutModel {
                 } else {
                     self.velocity_only(x, &tt, ids, p)?
                 };
-                self.layout_guided(v, x, &tt, ids, grid, g.guidance)?
+                self.layout_guided(v, x, &tt, ids, p, g)?
             } else {
                 self.base.velocity(x, &tt, ids, grid)?
             };

@@ -64,7 +64,7 @@ pub struct Rollout {
     pub t_cap: f64,
 }
 
-/// The guided velocity with the branch (and its layout guidance), and the unconditional one
+/// The guided velocity with the branch (and its layout and order guidance), and the unconditional one
 /// it was guided against.
 fn velocity(
     m: &LayoutModel,
@@ -78,14 +78,14 @@ fn velocity(
     let n = x.dim(0)?;
     let dev = x.device();
     let tt = Tensor::full(t as f32, n, dev)?;
-    // With the branch's layout guidance, as the sampler draws it.
+    // With the branch's layout and order guidance, as the sampler draws it.
     let vc = m.layout_guided(
         m.velocity_only(x, &tt, ids, p)?,
         x,
         &tt,
         ids,
-        p.grid_size(),
-        m.layout_guidance,
+        p,
+        m.grounding(),
     )?;
     if guidance <= 1.0 {
         return Ok((vc, None));

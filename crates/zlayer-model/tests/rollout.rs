@@ -59,13 +59,15 @@ fn rollouts_sample_as_the_sampler_and_an_update_follows_the_advantage() {
         .unwrap();
     assert_eq!(rows(&r.latents), rows(&sampled));
     assert!(r.stored.is_empty());
-    // So does the same branch when it samples with layout guidance.
+    // So does the same branch when it samples with layout and order guidance.
     let (mut lg, _) = common::toy_branch(&dev, &dir, 1);
     lg.layout_guidance = 2.0;
+    lg.order_guidance = 1.0;
     let r = rollout(&lg, None, &ids_for(1), &prep(1), 4, &plain).unwrap();
     let g = Grounding {
         ratio: 1.0,
         guidance: 2.0,
+        order: 1.0,
     };
     let sampled_guided = lg.sample(&ids_for(1), &prep(1), 4, &opts, g).unwrap();
     assert_eq!(rows(&r.latents), rows(&sampled_guided));

@@ -136,6 +136,18 @@ pub struct TuneFlags {
         default_value = "1,2,3"
     )]
     pub guidance: Vec<f64>,
+    /// Candidate order guidances (each ≥ 0; 0 is none), tried at the best ratio and layout
+    /// guidance: μ > 0 adds μ times the difference between the branch with the declared
+    /// order and with every occlusion reversed, for one more branch pass per step
+    /// (docs/layout.md). The best is recorded beside the others.
+    #[arg(
+        id = "tune_order",
+        long = "tune-order",
+        value_name = "ORDERS",
+        value_delimiter = ',',
+        default_value = "0,1,2"
+    )]
+    pub order: Vec<f64>,
     /// Validation scenes per split for that choice (data seed + 2,000,000, not the
     /// evaluation's); 0 keeps the official 0.3 untested.
     #[arg(
@@ -165,6 +177,7 @@ impl TuneFlags {
         zlayer_app::tune::Tuning {
             ratios: &self.ratios,
             guidances: &self.guidance,
+            orders: &self.order,
             scenes: self.scenes,
             splits,
             steps: self.steps,

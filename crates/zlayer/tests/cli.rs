@@ -760,11 +760,12 @@ fn train_and_generate_end_to_end_smoke() {
         ]);
         assert_eq!(run.status.code(), Some(0), "{}", text(&run.stderr));
         // Training ends by choosing the grounding ratio, then the layout guidance at that
-        // ratio, on validation scenes: 3 ratios and 2 guidances besides none.
+        // ratio, then the order guidance, on validation scenes: 3 ratios, 2 layout and 2
+        // order guidances besides none.
         let meta: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(out.join("layout.json")).unwrap())
                 .unwrap();
-        assert_chosen_among_tried(&meta, 5);
+        assert_chosen_among_tried(&meta, 7);
         layouts.push(out.join("layout.safetensors"));
     }
     let read = |p: &PathBuf| std::fs::read(p).unwrap();
@@ -803,6 +804,8 @@ fn train_and_generate_end_to_end_smoke() {
             "1.0",
             "--tune-guidance",
             "1,2",
+            "--tune-order",
+            "0",
         ])
     };
     let run = tune(&model);
@@ -1423,11 +1426,10 @@ fn assert_chosen_among_tried(meta: &serde_json::Value, n: usize) {
         .as_array()
         .expect("scores");
     assert_eq!(tried.len(), n, "{meta}");
-    let (ratio, guidance) = (&meta["grounding_ratio"], &meta["layout_guidance"]);
-    assert!(
-        tried
-            .iter()
-            .any(|s| &s["ratio"] == ratio && &s["guidance"] == guidance),
-        "{meta}"
-    );
+    let chosen = |s: &serde_json::Value| {
+        s["ratio"] == meta["grounding_ratio"]
+            && s["guidance"] == meta["layout_guidance"]
+            && s["order"] == meta["order_guidance"]
+    };
+    assert!(tried.iter().any(chosen), "{meta}");
 }
