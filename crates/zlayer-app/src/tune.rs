@@ -162,6 +162,17 @@ pub fn record(meta: &mut serde_json::Value, g: Grounding, scores: &[RatioScore],
     });
 }
 
+/// The line that says what was chosen and where it went.
+pub fn chosen(g: Grounding, json: &Path) -> String {
+    format!(
+        "recorded grounding ratio {}, layout guidance {} and order guidance {} in {}",
+        g.ratio,
+        g.guidance,
+        g.order,
+        json.display()
+    )
+}
+
 /// One line per candidate, for the terminal.
 pub fn describe(scores: &[RatioScore]) -> Vec<String> {
     let f = |v: Option<f64>| v.map_or("–".into(), |v| format!("{v:.3}"));

@@ -74,11 +74,6 @@ pub fn run(a: TuneArgs) -> Result<(), Failure> {
     let out = serde_json::to_string_pretty(&meta).map_err(|e| Failure::Internal(e.to_string()))?;
     atomic_write(&json, |f| f.write_all(out.as_bytes()))
         .map_err(|e| Failure::User(e.to_string()))?;
-    eprintln!(
-        "recorded grounding ratio {} and layout guidance {} in {}",
-        best.ratio,
-        best.guidance,
-        json.display()
-    );
+    eprintln!("{}", tune::chosen(best, &json));
     Ok(())
 }

@@ -160,12 +160,7 @@ pub fn run(a: LayoutArgs) -> Result<(), Failure> {
         }
         tune::record(&mut meta, best, &scores, &t);
         export_f16(&ema, &weights, &meta).map_err(Failure::Internal)?;
-        eprintln!(
-            "recorded grounding ratio {} and layout guidance {} in {}",
-            best.ratio,
-            best.guidance,
-            weights.with_extension("json").display()
-        );
+        eprintln!("{}", tune::chosen(best, &weights.with_extension("json")));
     }
     Ok(())
 }
