@@ -43,6 +43,7 @@ pub mod inpaint;
 pub mod larender;
 pub mod layers;
 pub mod layout;
+pub mod layout_batch;
 pub mod layout_model;
 pub mod omni;
 pub mod optim;
