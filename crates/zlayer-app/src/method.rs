@@ -103,6 +103,25 @@ impl serde::Serialize for Method {
     }
 }
 
+/// Layout and order guidance a request asks for in place of the branch file's
+/// (docs/layout.md); `None` keeps the file's.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct BranchGuidance {
+    /// Layout guidance λ (1: none).
+    pub layout: Option<f64>,
+    /// Order guidance μ (0: none).
+    pub order: Option<f64>,
+    /// The share of the steps, the first ones, that get them (1: every grounded step).
+    pub guided: Option<f64>,
+}
+
+impl BranchGuidance {
+    /// Whether it changes nothing.
+    pub fn is_none(&self) -> bool {
+        self.layout.is_none() && self.order.is_none() && self.guided.is_none()
+    }
+}
+
 /// A scene sampler.
 pub enum SceneSampler {
     /// A trained branch on the base.
@@ -180,6 +199,43 @@ impl SceneSampler {
         match self {
             Self::Branch(m) => &m.base,
             Self::LaRender(b) => b,
+        }
+    }
+
+    /// Samples with `g`'s layout and order guidance where it sets them; a sampler without a
+    /// branch (LaRender) has nothing to guide, which is the request's error.
+    pub fn steer(&mut self, g: BranchGuidance) -> Result<(), Failure> {
+        for (name, v, least) in [("layout", g.layout, 0.0), ("order", g.order, 0.0)] {
+            if let Some(v) = v.filter(|v| !(v.is_finite() && *v >= least)) {
+                return Err(Failure::User(format!(
+                    "{name} guidance {v}: must be a number ≥ 0 (layout: 1 is none; order: 0 is none)"
+                )));
+            }
+        }
+        if let Some(v) = g.guided.filter(|v| !(*v > 0.0 && *v <= 1.0)) {
+            return Err(Failure::User(format!(
+                "guided ratio {v}: a share of the steps in (0, 1] (1: every grounded step)"
+            )));
+        }
+        match self {
+            Self::Branch(m) => {
+                m.layout_guidance = g.layout.unwrap_or(m.layout_guidance);
+                m.order_guidance = g.order.unwrap_or(m.order_guidance);
+                m.guided_ratio = g.guided.unwrap_or(m.guided_ratio);
+                Ok(())
+            }
+            Self::LaRender(_) if g.is_none() => Ok(()),
+            Self::LaRender(_) => Err(Failure::User(
+                "layout and order guidance steer a trained branch; larender has none (drop the guidance or pick a branch method)".into(),
+            )),
+        }
+    }
+
+    /// The layout and order guidance it samples with (`None` for LaRender).
+    pub fn guidance(&self) -> Option<(f64, f64)> {
+        match self {
+            Self::Branch(m) => Some((m.layout_guidance, m.order_guidance)),
+            Self::LaRender(_) => None,
         }
     }
 

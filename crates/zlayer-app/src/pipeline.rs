@@ -6,7 +6,7 @@
 //! returned as notes, not printed, so each front end shows them its own way.
 
 use crate::layers::InstanceLayers;
-use crate::method::{Method, SceneSampler};
+use crate::method::{BranchGuidance, Method, SceneSampler};
 use crate::model::{Model, ModelDir};
 use crate::output::at_canvas;
 use crate::{Failure, internal};
@@ -41,6 +41,8 @@ pub struct SceneRequest<'a> {
     pub opts: SampleOptions,
     /// Fraction of steps that run the branch (else the model file's).
     pub grounding_ratio: Option<f64>,
+    /// Layout and order guidance instead of the model file's.
+    pub branch_guidance: BranchGuidance,
     /// Refuse captions outside the vocabulary instead of fitting them.
     pub strict: bool,
     /// Also return the first sample's instance maps (a branch that composes layers only).
@@ -172,7 +174,18 @@ impl Pipeline {
             Some(p) => p.clone(),
             None => scene_prompt(req.scene, &captions, &m.base.tokenizer, &mut notes),
         };
-        let sampler = SceneSampler::for_method(&self.dir, req.method, m.base.clone(), &self.dev)?;
+        let mut sampler =
+            SceneSampler::for_method(&self.dir, req.method, m.base.clone(), &self.dev)?;
+        match sampler.as_mut() {
+            Some(s) => s.steer(req.branch_guidance)?,
+            None if !req.branch_guidance.is_none() => {
+                return Err(Failure::User(format!(
+                    "layout and order guidance steer a trained branch; {} has none",
+                    req.method
+                )));
+            }
+            None => {}
+        }
         if req.maps {
             let has = sampler.as_ref().is_some_and(SceneSampler::has_maps);
             let zero = sampler.as_ref().and_then(|s| s.ratio(req.grounding_ratio)) == Some(0.0);

@@ -7,6 +7,7 @@
 //! branch's, and order guidance μ away from the branch with every occlusion reversed
 //! (docs/layout.md). `zlayer train layout` ends by drawing held-out validation scenes
 //! at each candidate ratio, then at the best ratio with each candidate λ, then with each μ,
+//! then with the guidance on only the first share of the steps (the guidance interval),
 //! and records the choice with the best Occ. F1 in the branch's `layout.json`, so a fresh
 //! branch samples at its own best values; `zlayer tune` does the same for a branch already
 //! trained. The validation scenes (data seed + 2,000,000) are not the evaluation's
@@ -34,6 +35,8 @@ pub struct RatioScore {
     pub guidance: f64,
     /// The order guidance.
     pub order: f64,
+    /// The share of the steps with layout and order guidance.
+    pub guided: f64,
     /// Occ. F1 (the choice).
     pub occ_f1: Option<f64>,
     /// Order accuracy.
@@ -52,6 +55,10 @@ pub struct Tuning<'a> {
     /// Candidate order guidances, each ≥ 0, tried at the best ratio and layout guidance; 0
     /// (none) is always a candidate.
     pub orders: &'a [f64],
+    /// Candidate shares of the steps, the first ones, with layout and order guidance, each in
+    /// (0, 1], tried with the best guidances when there are any; 1 (every grounded step) is
+    /// always a candidate.
+    pub guided: &'a [f64],
     /// Validation scenes per split.
     pub scenes: usize,
     /// The splits they come from.
@@ -64,9 +71,10 @@ pub struct Tuning<'a> {
 
 /// Draws the validation scenes with the branch in `weights` at every candidate ratio without
 /// guidance, then at the best ratio with every candidate layout guidance, then at the best of
-/// those with every candidate order guidance (into `work`, resumable), and returns the best
-/// (among equal scores the cheaper: the smaller ratio, then the smaller guidances) and every
-/// candidate's scores.
+/// those with every candidate order guidance, then with those guidances on every candidate
+/// share of the steps (into `work`, resumable), and returns the best (among equal scores the
+/// cheaper: the smaller ratio, then the smaller guidances, then the shorter interval) and
+/// every candidate's scores.
 pub fn grounding(
     m: &Model,
     weights: &Path,
@@ -89,6 +97,11 @@ pub fn grounding(
             "order guidance {bad}: each candidate must be a number ≥ 0 (0: none)"
         )));
     }
+    if let Some(bad) = t.guided.iter().find(|g| !(**g > 0.0 && **g <= 1.0)) {
+        return Err(Failure::User(format!(
+            "guided share {bad}: each candidate must be in (0, 1] (1: every grounded step)"
+        )));
+    }
     let seed = t.seed + VALIDATION_SEED;
     let held = scenes(seed, 0, t.scenes * t.splits.len(), m.size as u32, t.splits);
     let (gt, _) = write_truth(&held, work, m.size)?;
@@ -98,6 +111,7 @@ pub fn grounding(
         if let SceneSampler::Branch(b) = &mut sampler {
             b.layout_guidance = g.guidance;
             b.order_guidance = g.order;
+            b.guided_ratio = g.guided;
         }
         let p = Protocol {
             m,
@@ -116,6 +130,9 @@ pub fn grounding(
         if g.order != 0.0 {
             name += &format!("-order-{}", g.order);
         }
+        if g.guided != 1.0 {
+            name += &format!("-guided-{}", g.guided);
+        }
         let dir = work.join(&name);
         p.generate(Some(&sampler), &held, &dir)?;
         let s = score(&work.join("eval"), &name, &dir, &gt, 0.0, Some(g.ratio))?;
@@ -123,6 +140,7 @@ pub fn grounding(
             ratio: g.ratio,
             guidance: g.guidance,
             order: g.order,
+            guided: g.guided,
             occ_f1: s.summary.occ_f1,
             order_accuracy: s.summary.order_accuracy,
             mask_miou: s.summary.mask_miou,
@@ -146,6 +164,12 @@ pub fn grounding(
     for &order in t.orders.iter().filter(|o| **o != 0.0) {
         score_at(Grounding { order, ..chosen }, &mut rows)?;
     }
+    let chosen = best(&rows);
+    if chosen.guidance != 1.0 || chosen.order != 0.0 {
+        for &guided in t.guided.iter().filter(|g| **g != 1.0) {
+            score_at(Grounding { guided, ..chosen }, &mut rows)?;
+        }
+    }
     Ok((best(&rows), rows))
 }
 
@@ -155,6 +179,7 @@ pub fn record(meta: &mut serde_json::Value, g: Grounding, scores: &[RatioScore],
     meta["grounding_ratio"] = g.ratio.into();
     meta["layout_guidance"] = g.guidance.into();
     meta["order_guidance"] = g.order.into();
+    meta["guided_ratio"] = g.guided.into();
     meta["grounding_tuning"] = serde_json::json!({
         "scenes_per_split": t.scenes,
         "steps": t.steps,
@@ -165,10 +190,11 @@ pub fn record(meta: &mut serde_json::Value, g: Grounding, scores: &[RatioScore],
 /// The line that says what was chosen and where it went.
 pub fn chosen(g: Grounding, json: &Path) -> String {
     format!(
-        "recorded grounding ratio {}, layout guidance {} and order guidance {} in {}",
+        "recorded grounding ratio {}, layout guidance {} and order guidance {} (on {} of the steps) in {}",
         g.ratio,
         g.guidance,
         g.order,
+        g.guided,
         json.display()
     )
 }
@@ -180,10 +206,11 @@ pub fn describe(scores: &[RatioScore]) -> Vec<String> {
         .iter()
         .map(|s| {
             format!(
-                "grounding ratio {}, layout guidance {}, order guidance {}: Occ. F1 {}, order accuracy {}, mask mIoU {}",
+                "grounding ratio {}, layout guidance {}, order guidance {} on {} of the steps: Occ. F1 {}, order accuracy {}, mask mIoU {}",
                 s.ratio,
                 s.guidance,
                 s.order,
+                s.guided,
                 f(s.occ_f1),
                 f(s.order_accuracy),
                 f(s.mask_miou)
@@ -193,11 +220,11 @@ pub fn describe(scores: &[RatioScore]) -> Vec<String> {
 }
 
 /// The candidate with the best Occ. F1; among equals the cheaper (the smaller ratio, then the
-/// smaller guidance); the official 0.3 without guidance when there is none.
+/// smaller guidances, then the shorter interval); the official 0.3 without guidance when there is none.
 pub fn best(rows: &[RatioScore]) -> Grounding {
     let key = |r: &RatioScore| r.occ_f1.unwrap_or(f64::NEG_INFINITY);
     let cheaper = |r: &RatioScore, b: &RatioScore| {
-        (r.ratio, r.guidance, r.order) < (b.ratio, b.guidance, b.order)
+        (r.ratio, r.guidance, r.order, r.guided) < (b.ratio, b.guidance, b.order, b.guided)
     };
     rows.iter()
         .reduce(|b, r| {
@@ -211,6 +238,7 @@ pub fn best(rows: &[RatioScore]) -> Grounding {
             ratio: r.ratio,
             guidance: r.guidance,
             order: r.order,
+            guided: r.guided,
         })
 }
 
@@ -223,6 +251,7 @@ mod tests {
             ratio,
             guidance,
             order: 0.0,
+            guided: 1.0,
             occ_f1,
             order_accuracy: None,
             mask_miou: None,

@@ -200,5 +200,15 @@ pub fn layout_with(
             *slot = v;
         }
     }
+    if meta.get("guided_ratio").is_some() {
+        let v: f64 = field(&meta, "guided_ratio", src)?;
+        if !(v > 0.0 && v <= 1.0) {
+            return Err(format!(
+                "{}: guided_ratio {v}: must be in (0, 1] (the share of the steps with layout and order guidance; 1: every grounded step)",
+                src.json_name()
+            ));
+        }
+        model.guided_ratio = v;
+    }
     Ok(model)
 }

@@ -33,6 +33,12 @@ pub struct Grounding {
     /// step. It acts through the Z-order composition: a scene without declared occlusions is
     /// drawn bit for bit as without it.
     pub order: f64,
+    /// The share of the steps, the first ones, on which λ and μ act; the grounded steps
+    /// after them take the branch's velocity as it is, without the guidance's extra passes:
+    /// a speed option, since the order is not settled by the first steps alone (the bundled
+    /// branch keeps most, not all, of the guidance's gain on a quarter of the steps;
+    /// docs/layout.md). 1 guides every grounded step.
+    pub guided: f64,
 }
 
 impl Grounding {
@@ -42,6 +48,21 @@ impl Grounding {
             ratio,
             guidance: 1.0,
             order: 0.0,
+            guided: 1.0,
+        }
+    }
+
+    /// What applies on step `k` of `steps`: itself within the guided share of the steps,
+    /// else the same ratio without layout or order guidance.
+    pub fn at(self, k: usize, steps: usize) -> Self {
+        if k < (self.guided * steps as f64).ceil() as usize {
+            self
+        } else {
+            Self {
+                guidance: 1.0,
+                order: 0.0,
+                ..self
+            }
         }
     }
 }
@@ -147,6 +168,9 @@ pub struct LayoutModel {
     /// The order guidance sampling uses (a model file's `order_guidance`, else 0: none); see
     /// [`Grounding::order`].
     pub order_guidance: f64,
+    /// The share of the steps with layout and order guidance (a model file's `guided_ratio`,
+    /// else 1: every grounded step); see [`Grounding::guided`].
+    pub guided_ratio: f64,
     /// `global-rank`'s depth-level embedding (`rank_embed`).
     rank_embed: Option<candle_nn::Embedding>,
 }
@@ -175,6 +199,7 @@ impl LayoutModel {
             grounding_ratio: OFFICIAL_GROUNDING_RATIO,
             layout_guidance: 1.0,
             order_guidance: 0.0,
+            guided_ratio: 1.0,
             rank_embed,
         })
     }
@@ -209,6 +234,7 @@ impl LayoutModel {
             ratio: self.grounding_ratio,
             guidance: self.layout_guidance,
             order: self.order_guidance,
+            guided: self.guided_ratio,
         }
     }
 
@@ -378,7 +404,7 @@ impl LayoutModel {
                 } else {
                     self.velocity_only(x, &tt, ids, p)?
                 };
-                self.layout_guided(v, x, &tt, ids, p, g)?
+                self.layout_guided(v, x, &tt, ids, p, g.at(k, opts.steps))?
             } else {
                 self.base.velocity(x, &tt, ids, grid)?
             };

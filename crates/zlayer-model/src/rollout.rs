@@ -69,7 +69,7 @@ pub struct Rollout {
 fn velocity(
     m: &LayoutModel,
     x: &Tensor,
-    t: f64,
+    (t, k, steps): (f64, usize, usize),
     ids: &Tensor,
     p: &Prepared,
     guidance: f64,
@@ -85,7 +85,7 @@ fn velocity(
         &tt,
         ids,
         p,
-        m.grounding(),
+        m.grounding().at(k, steps),
     )?;
     if guidance <= 1.0 {
         return Ok((vc, None));
@@ -131,7 +131,7 @@ pub fn rollout(
     let mut stored = Vec::new();
     for (k, w) in times.windows(2).enumerate() {
         let (t, next) = (w[0], w[1]);
-        let (v, vu) = velocity(policy, &x, t, ids, p, o.guidance, None)?;
+        let (v, vu) = velocity(policy, &x, (t, k, o.steps), ids, p, o.guidance, None)?;
         let v = v.detach();
         if !o.sde.contains(&k) {
             x = (&x + (v * (next - t))?)?;
@@ -141,7 +141,7 @@ pub fn rollout(
         let x_next = step.sample(step_seed(o.seed, k))?;
         let mean_ref = reference
             .map(|r| -> Result<Tensor> {
-                let (vr, _) = velocity(r, &x, t, ids, p, o.guidance, vu.as_ref())?;
+                let (vr, _) = velocity(r, &x, (t, k, o.steps), ids, p, o.guidance, vu.as_ref())?;
                 Ok(sde_step(&x, &vr.detach(), t, next, o.noise_level, t_cap)?.mean)
             })
             .transpose()?;
@@ -198,7 +198,15 @@ pub fn policy_loss(
         let rows = |t: &Tensor| t.narrow(0, first, len);
         let x = rows(&s.x)?;
         let uncond = s.uncond.as_ref().map(rows).transpose()?;
-        let (v, _) = velocity(policy, &x, s.t, ids, p, o.guidance, uncond.as_ref())?;
+        let (v, _) = velocity(
+            policy,
+            &x,
+            (s.t, s.k, o.steps),
+            ids,
+            p,
+            o.guidance,
+            uncond.as_ref(),
+        )?;
         let step: SdeStep = sde_step(&x, &v, s.t, s.next, o.noise_level, roll.t_cap)?;
         let logp = step.log_prob(&rows(&s.x_next)?)?;
         let (mut loss, clipped) = clipped_objective(&logp, &rows(&s.logp_old)?, adv, clip)?;

@@ -100,6 +100,23 @@ fn the_alignment_loss_falls_and_a_zero_grounding_ratio_samples_like_the_base() {
         .fold(0f32, f32::max);
     assert!(worst < 1e-5, "λ = 2 against 2·v₁ − v₀: {worst}");
     assert!(one != zero, "the branch acts on that step");
+    // The guidance interval: the first ⌈guided·steps⌉ steps keep λ and μ, the rest have none.
+    let g = Grounding {
+        guidance: 3.0,
+        order: 1.0,
+        guided: 0.3,
+        ..Grounding::ratio(1.0)
+    };
+    let kept: Vec<bool> = (0..20).map(|k| g.at(k, 20) == g).collect();
+    assert_eq!(kept, (0..20).map(|k| k < 6).collect::<Vec<_>>());
+    assert_eq!(
+        g.at(6, 20),
+        Grounding {
+            guided: 0.3,
+            ..Grounding::ratio(1.0)
+        }
+    );
+    assert_eq!(g.at(0, 1), g, "a positive share guides at least one step");
 
     // Order guidance: the reversed layouts swap every declared occlusion; on one Euler step
     // μ = 1 lands at 2·(declared) − (reversed); a scene without declared occlusions is drawn

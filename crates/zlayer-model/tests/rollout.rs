@@ -68,10 +68,19 @@ fn rollouts_sample_as_the_sampler_and_an_update_follows_the_advantage() {
         ratio: 1.0,
         guidance: 2.0,
         order: 1.0,
+        guided: 1.0,
     };
     let sampled_guided = lg.sample(&ids_for(1), &prep(1), 4, &opts, g).unwrap();
     assert_eq!(rows(&r.latents), rows(&sampled_guided));
     assert_ne!(rows(&sampled_guided), rows(&sampled));
+    // And with the guidance on the first half of the steps only: the same step count.
+    lg.guided_ratio = 0.5;
+    let r = rollout(&lg, None, &ids_for(1), &prep(1), 4, &plain).unwrap();
+    let half = Grounding { guided: 0.5, ..g };
+    let sampled_half = lg.sample(&ids_for(1), &prep(1), 4, &opts, half).unwrap();
+    assert_eq!(rows(&r.latents), rows(&sampled_half));
+    assert_ne!(rows(&sampled_half), rows(&sampled_guided));
+    assert_ne!(rows(&sampled_half), rows(&sampled));
 
     // A group of 4 with SDE steps 1 and 3: a shared start, four different ends.
     let o = RolloutOptions {

@@ -12,7 +12,7 @@ use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use zlayer_app::decompose::{LayerModel, OmniMeta, decompose_image};
-use zlayer_app::method::Method;
+use zlayer_app::method::{BranchGuidance, Method};
 use zlayer_app::pipeline::{Pipeline, SceneRequest};
 use zlayer_composite::BitDepth;
 use zlayer_model::base::SampleOptions;
@@ -53,6 +53,8 @@ pub struct JobSpec {
     pub opts: SampleOptions,
     /// Fraction of grounded steps (else the model file's).
     pub grounding_ratio: Option<f64>,
+    /// Layout and order guidance (else the model file's).
+    pub branch_guidance: BranchGuidance,
     /// Refuse captions outside the vocabulary.
     pub strict: bool,
     /// Write the model's native size instead of the canvas.
@@ -362,6 +364,7 @@ fn run(
         n: spec.n,
         opts: spec.opts,
         grounding_ratio: spec.grounding_ratio,
+        branch_guidance: spec.branch_guidance,
         strict: spec.strict,
         maps: spec.method.has_layers(),
     };

@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 use std::sync::Arc;
 use std::time::Duration;
-use zlayer_app::method::Method;
+use zlayer_app::method::{BranchGuidance, Method};
 use zlayer_composite::BitDepth;
 use zlayer_model::base::SampleOptions;
 use zlayer_scene::{Format, Loaded, export, load_str};
@@ -157,6 +157,12 @@ pub struct JobRequest {
     guidance: Option<f64>,
     /// Fraction of grounded steps.
     grounding_ratio: Option<f64>,
+    /// Layout guidance λ (default: the branch file's; 1: none).
+    layout_guidance: Option<f64>,
+    /// Order guidance μ (default: the branch file's; 0: none).
+    order_guidance: Option<f64>,
+    /// The share of the steps with them (default: the branch file's).
+    guided_ratio: Option<f64>,
     /// Refuse captions outside the vocabulary.
     #[serde(default)]
     strict: bool,
@@ -208,7 +214,32 @@ pub async fn submit(Shared(st): Shared<Arc<State>>, body: String) -> Result<Resp
     {
         return Err(bad("guidance: 0 to 20 (1 or less: none)"));
     }
+    for (name, v) in [
+        ("layout_guidance", req.layout_guidance),
+        ("order_guidance", req.order_guidance),
+    ] {
+        if v.is_some_and(|g| !(g.is_finite() && (0.0..=20.0).contains(&g))) {
+            return Err(bad(format!(
+                "{name}: 0 to 20 (layout guidance 1 and order guidance 0 are none)"
+            )));
+        }
+    }
     let method = Method::parse(req.method.as_deref().unwrap_or("occlusionformer")).map_err(bad)?;
+    if req.guided_ratio.is_some_and(|r| !(r > 0.0 && r <= 1.0)) {
+        return Err(bad(
+            "guided_ratio: a share of the steps, more than 0 and at most 1",
+        ));
+    }
+    let branch_guidance = BranchGuidance {
+        layout: req.layout_guidance,
+        order: req.order_guidance,
+        guided: req.guided_ratio,
+    };
+    if matches!(method, Method::Base | Method::LaRender) && !branch_guidance.is_none() {
+        return Err(bad(format!(
+            "layout_guidance, order_guidance and guided_ratio steer a trained branch; method {method} has none"
+        )));
+    }
     let loaded = scene(&req.scene.to_string())?;
     let s = loaded.scene.scene();
     let pixels = s.width as u64 * s.height as u64 * req.n as u64;
@@ -228,6 +259,7 @@ pub async fn submit(Shared(st): Shared<Arc<State>>, body: String) -> Result<Resp
             seed: req.seed,
         },
         grounding_ratio: req.grounding_ratio,
+        branch_guidance,
         strict: req.strict,
         native: req.native,
     };

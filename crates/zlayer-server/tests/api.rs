@@ -310,6 +310,16 @@ async fn bad_job_requests_are_4xx_with_what_to_send() {
             "unknown method",
         ),
         (
+            serde_json::json!({"scene": scene, "order_guidance": -1}),
+            400,
+            "order_guidance: 0 to 20",
+        ),
+        (
+            serde_json::json!({"scene": scene, "method": "larender", "layout_guidance": 2}),
+            400,
+            "method larender has none",
+        ),
+        (
             serde_json::json!({"scene": scene, "colour": "red"}),
             400,
             "unknown field",

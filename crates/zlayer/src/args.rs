@@ -36,6 +36,24 @@ pub fn ratio(s: &str) -> Result<f64, String> {
     }
 }
 
+/// A guidance weight: a finite number ≥ 0.
+pub fn weight(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(w) if w.is_finite() && w >= 0.0 => Ok(w),
+        _ => Err(format!("{s:?}: a number ≥ 0")),
+    }
+}
+
+/// A share of the steps in (0, 1].
+pub fn share(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(r) if r > 0.0 && r <= 1.0 => Ok(r),
+        _ => Err(format!(
+            "{s:?}: a share of the steps, more than 0 and at most 1"
+        )),
+    }
+}
+
 /// A flow time where a refinement starts: a number in (0, 1].
 pub fn flow_time(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
@@ -110,8 +128,8 @@ pub fn print_stdout(text: &str) -> Result<(), zlayer_app::Failure> {
     }
 }
 
-/// The candidates and validation scenes that choose a branch's grounding ratio and layout
-/// guidance (`train layout`, `tune`).
+/// The candidates and validation scenes that choose a branch's grounding ratio, layout and
+/// order guidance and guidance interval (`train layout`, `tune`).
 #[derive(Debug, Args)]
 pub struct TuneFlags {
     /// Candidate grounding ratios (the share of Euler steps the branch runs on). Validation
@@ -148,6 +166,18 @@ pub struct TuneFlags {
         default_value = "0,1,2"
     )]
     pub order: Vec<f64>,
+    /// Candidate shares of the steps, the first ones, that get the chosen layout and order
+    /// guidance (each in (0, 1]; 1 is every grounded step), tried when a guidance was
+    /// chosen: a shorter interval saves the guidance's passes on the later steps, and where
+    /// it scores as well it is kept (docs/layout.md). The best is recorded beside the others.
+    #[arg(
+        id = "tune_guided",
+        long = "tune-guided",
+        value_name = "SHARES",
+        value_delimiter = ',',
+        default_value = "1"
+    )]
+    pub guided: Vec<f64>,
     /// Validation scenes per split for that choice (data seed + 2,000,000, not the
     /// evaluation's); 0 keeps the official 0.3 untested.
     #[arg(
@@ -178,6 +208,7 @@ impl TuneFlags {
             ratios: &self.ratios,
             guidances: &self.guidance,
             orders: &self.order,
+            guided: &self.guided,
             scenes: self.scenes,
             splits,
             steps: self.steps,

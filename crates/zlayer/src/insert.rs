@@ -299,6 +299,7 @@ fn generated(
         n: 1,
         opts,
         grounding_ratio: a.grounding_ratio,
+        branch_guidance: Default::default(),
         strict: a.strict,
         maps: false,
     };

@@ -1010,6 +1010,40 @@ fn train_and_generate_end_to_end_smoke() {
         "{}",
         text(&run.stderr)
     );
+    // Layout guidance 0 takes the base's velocity on every step: the base's image, bit for
+    // bit. Guidance needs a branch to steer, and a number ≥ 0.
+    let read = || std::fs::read(&png).unwrap();
+    let run = zlayer(&[&base_args[..], &["--variant", "base"]].concat());
+    assert_eq!(run.status.code(), Some(0), "{}", text(&run.stderr));
+    let base_png = read();
+    let run = zlayer(
+        &[
+            &base_args[..],
+            &[
+                "--grounding-ratio",
+                "1",
+                "--layout-guidance",
+                "0",
+                "--order-guidance",
+                "0",
+            ],
+        ]
+        .concat(),
+    );
+    assert_eq!(run.status.code(), Some(0), "{}", text(&run.stderr));
+    assert_eq!(read(), base_png, "λ = 0 is the base");
+    for (extra, err) in [
+        (
+            &["--variant", "larender", "--order-guidance", "1"][..],
+            "larender has none",
+        ),
+        (&["--layout-guidance=-1"][..], "a number ≥ 0"),
+        (&["--guided-ratio", "0"][..], "a share of the steps"),
+    ] {
+        let run = zlayer(&[&base_args[..], extra].concat());
+        assert_eq!(run.status.code(), Some(2), "{}", text(&run.stderr));
+        assert!(text(&run.stderr).contains(err), "{}", text(&run.stderr));
+    }
     let bad = dir.join("bad.json");
     std::fs::write(
         &bad,
@@ -1430,6 +1464,7 @@ fn assert_chosen_among_tried(meta: &serde_json::Value, n: usize) {
         s["ratio"] == meta["grounding_ratio"]
             && s["guidance"] == meta["layout_guidance"]
             && s["order"] == meta["order_guidance"]
+            && s["guided"] == meta["guided_ratio"]
     };
     assert!(tried.iter().any(chosen), "{meta}");
 }
