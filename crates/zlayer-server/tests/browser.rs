@@ -35,6 +35,10 @@ fn start_server() -> String {
 }
 
 const WAIT: Duration = Duration::from_secs(60);
+/// One generation (two 20-step samples with the bundle's layout and order guidance, then
+/// their layers) takes tens of seconds in a test build on an idle 2-core machine; beside
+/// another job it once took over 60.
+const GENERATION_WAIT: Duration = Duration::from_secs(240);
 
 /// The id of the job that finished after `before` ("" for the first), once its image and
 /// both layers have loaded in the page.
@@ -44,7 +48,7 @@ fn finished_job(b: &Browser, before: &str) -> String {
             "const t = document.getElementById('state').innerText; return /: (succeeded|failed|canceled)/.test(t) && ('{before}' === '' || !t.startsWith('{before}:')) ? t : null;"
         ),
         "a generation to finish",
-        WAIT,
+        GENERATION_WAIT,
     );
     let state = state.as_str().unwrap();
     assert!(state.ends_with(": succeeded"), "{state}");
