@@ -120,6 +120,31 @@ impl BranchGuidance {
     pub fn is_none(&self) -> bool {
         self.layout.is_none() && self.order.is_none() && self.guided.is_none()
     }
+
+    /// Checks its values, and that `method` has a trained branch for them to steer.
+    pub fn check(&self, method: Method) -> Result<(), String> {
+        for (name, v) in [
+            ("layout_guidance", self.layout),
+            ("order_guidance", self.order),
+        ] {
+            if let Some(v) = v.filter(|v| !(v.is_finite() && *v >= 0.0)) {
+                return Err(format!(
+                    "{name} {v}: a number ≥ 0 (layout guidance 1 and order guidance 0 are none)"
+                ));
+            }
+        }
+        if let Some(v) = self.guided.filter(|v| !(*v > 0.0 && *v <= 1.0)) {
+            return Err(format!(
+                "guided_ratio {v}: a share of the steps, more than 0 and at most 1"
+            ));
+        }
+        if !self.is_none() && matches!(method, Method::Base | Method::LaRender) {
+            return Err(format!(
+                "layout_guidance, order_guidance and guided_ratio steer a trained branch; method {method} has none"
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// A scene sampler.
@@ -202,40 +227,13 @@ impl SceneSampler {
         }
     }
 
-    /// Samples with `g`'s layout and order guidance where it sets them; a sampler without a
-    /// branch (LaRender) has nothing to guide, which is the request's error.
-    pub fn steer(&mut self, g: BranchGuidance) -> Result<(), Failure> {
-        for (name, v, least) in [("layout", g.layout, 0.0), ("order", g.order, 0.0)] {
-            if let Some(v) = v.filter(|v| !(v.is_finite() && *v >= least)) {
-                return Err(Failure::User(format!(
-                    "{name} guidance {v}: must be a number ≥ 0 (layout: 1 is none; order: 0 is none)"
-                )));
-            }
-        }
-        if let Some(v) = g.guided.filter(|v| !(*v > 0.0 && *v <= 1.0)) {
-            return Err(Failure::User(format!(
-                "guided ratio {v}: a share of the steps in (0, 1] (1: every grounded step)"
-            )));
-        }
-        match self {
-            Self::Branch(m) => {
-                m.layout_guidance = g.layout.unwrap_or(m.layout_guidance);
-                m.order_guidance = g.order.unwrap_or(m.order_guidance);
-                m.guided_ratio = g.guided.unwrap_or(m.guided_ratio);
-                Ok(())
-            }
-            Self::LaRender(_) if g.is_none() => Ok(()),
-            Self::LaRender(_) => Err(Failure::User(
-                "layout and order guidance steer a trained branch; larender has none (drop the guidance or pick a branch method)".into(),
-            )),
-        }
-    }
-
-    /// The layout and order guidance it samples with (`None` for LaRender).
-    pub fn guidance(&self) -> Option<(f64, f64)> {
-        match self {
-            Self::Branch(m) => Some((m.layout_guidance, m.order_guidance)),
-            Self::LaRender(_) => None,
+    /// Samples with `g`'s layout and order guidance where it sets them (a branch's; checked
+    /// by [`BranchGuidance::check`]).
+    pub fn steer(&mut self, g: BranchGuidance) {
+        if let Self::Branch(m) = self {
+            m.layout_guidance = g.layout.unwrap_or(m.layout_guidance);
+            m.order_guidance = g.order.unwrap_or(m.order_guidance);
+            m.guided_ratio = g.guided.unwrap_or(m.guided_ratio);
         }
     }
 

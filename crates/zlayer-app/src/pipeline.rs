@@ -174,17 +174,13 @@ impl Pipeline {
             Some(p) => p.clone(),
             None => scene_prompt(req.scene, &captions, &m.base.tokenizer, &mut notes),
         };
+        req.branch_guidance
+            .check(req.method)
+            .map_err(Failure::User)?;
         let mut sampler =
             SceneSampler::for_method(&self.dir, req.method, m.base.clone(), &self.dev)?;
-        match sampler.as_mut() {
-            Some(s) => s.steer(req.branch_guidance)?,
-            None if !req.branch_guidance.is_none() => {
-                return Err(Failure::User(format!(
-                    "layout and order guidance steer a trained branch; {} has none",
-                    req.method
-                )));
-            }
-            None => {}
+        if let Some(s) = sampler.as_mut() {
+            s.steer(req.branch_guidance);
         }
         if req.maps {
             let has = sampler.as_ref().is_some_and(SceneSampler::has_maps);

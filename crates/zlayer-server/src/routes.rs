@@ -225,21 +225,12 @@ pub async fn submit(Shared(st): Shared<Arc<State>>, body: String) -> Result<Resp
         }
     }
     let method = Method::parse(req.method.as_deref().unwrap_or("occlusionformer")).map_err(bad)?;
-    if req.guided_ratio.is_some_and(|r| !(r > 0.0 && r <= 1.0)) {
-        return Err(bad(
-            "guided_ratio: a share of the steps, more than 0 and at most 1",
-        ));
-    }
     let branch_guidance = BranchGuidance {
         layout: req.layout_guidance,
         order: req.order_guidance,
         guided: req.guided_ratio,
     };
-    if matches!(method, Method::Base | Method::LaRender) && !branch_guidance.is_none() {
-        return Err(bad(format!(
-            "layout_guidance, order_guidance and guided_ratio steer a trained branch; method {method} has none"
-        )));
-    }
+    branch_guidance.check(method).map_err(bad)?;
     let loaded = scene(&req.scene.to_string())?;
     let s = loaded.scene.scene();
     let pixels = s.width as u64 * s.height as u64 * req.n as u64;
