@@ -81,6 +81,14 @@ impl DecConfig {
 }
 
 impl DecConfig {
+    /// This shape with `n` more patch-1 blocks after its own.
+    pub fn grown(&self, n: usize) -> Self {
+        Self {
+            patches: [self.patches.clone(), vec![1; n]].concat(),
+            ..self.clone()
+        }
+    }
+
     /// Multiply-add FLOPs (2 per MAC) of one blend of latents `h × w` (the mask is `factor`
     /// times larger): convolutions, projections, MLPs and attention; element-wise work is
     /// left out, as in [`crate::base::BaseModel::forward_flops`].
@@ -434,6 +442,24 @@ impl DecFormer {
             .to_dtype(za.dtype())?;
         (za * (1.0 - &a)?)? + (zb * &a)?
     }
+}
+
+/// Sets the variables of `vm`, a DecFormer of shape `grown` built under the root, from
+/// `path`, a trained one with `added` fewer blocks: the added blocks keep their zero
+/// write-back, so the grown model starts as exactly the trained one. Returns how many
+/// variables it set.
+pub fn load_grown(
+    vm: &candle_nn::VarMap,
+    path: &std::path::Path,
+    grown: &DecConfig,
+    added: usize,
+) -> std::result::Result<usize, String> {
+    let kept = grown.patches.len().saturating_sub(added);
+    crate::init::load_into_except(vm, path, |name| {
+        name.strip_prefix("blocks.")
+            .and_then(|rest| rest.split('.').next()?.parse::<usize>().ok())
+            .is_some_and(|k| k >= kept)
+    })
 }
 
 /// ẑ = (1 − α) ⊙ z_A + α ⊙ z_B + gate · s (DESIGN.md §4.4); a zero gate adds nothing.

@@ -1,7 +1,8 @@
 //! DecFormer: both presets build and run; a fresh one is exactly the linear blend with the
 //! area-downsampled mask; α stays in [0, 1] and, with the residual gated off, every output
 //! lies between its two inputs, whatever the weights; the halo band is the mask's edge; and
-//! a few steps on a toy target move it off the baseline towards the target.
+//! a few steps on a toy target move it off the baseline towards the target; and a grown one
+//! starts as the one it grew from.
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarMap;
@@ -272,4 +273,63 @@ fn the_flop_count_applies_every_weight_where_it_runs() {
         let got = cfg.flops(h, w);
         assert!((got - want).abs() < 1e-9 * want, "{got} against {want}");
     }
+}
+
+#[test]
+fn a_grown_decformer_starts_as_the_one_it_grew_from() {
+    let dev = Device::Cpu;
+    let c = DecConfig::tiny();
+    let vm = VarMap::new();
+    let dec = DecFormer::new(&c, seeded(&vm, 0, DType::F32, &dev)).unwrap();
+    shake(&vm, 0.05);
+    let dir = std::env::temp_dir().join(format!("zlayer-pelc-grow-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("pelc.safetensors");
+    vm.save(&path).unwrap();
+
+    let grown = c.grown(2);
+    assert_eq!(grown.patches, [4, 2, 1, 1, 1, 1]);
+    let big = VarMap::new();
+    let dec2 = DecFormer::new(&grown, seeded(&big, 9, DType::F32, &dev)).unwrap();
+    let set = zlayer_model::pelc::load_grown(&big, &path, &grown, 2).unwrap();
+    assert_eq!(set, vm.all_vars().len());
+    assert!(parameters(&big) > parameters(&vm));
+
+    let za = noise((2, 16, 16, 16), 3, &dev).unwrap();
+    let zb = noise((2, 16, 16, 16), 4, &dev).unwrap();
+    let mask = Tensor::cat(
+        &[
+            disk(64, 20.0, 33.0, 12.5, &dev),
+            disk(64, 44.0, 40.0, 20.0, &dev),
+        ],
+        0,
+    )
+    .unwrap();
+    let (a, b) = (
+        dec.forward(&za, &zb, &mask, 1.0).unwrap(),
+        dec2.forward(&za, &zb, &mask, 1.0).unwrap(),
+    );
+    assert_eq!(
+        values(&a.z),
+        values(&b.z),
+        "the added blocks change nothing yet"
+    );
+    assert_ne!(
+        values(&a.z),
+        values(&DecFormer::linear_blend(&za, &zb, &mask, 4).unwrap()),
+        "the shaken model is not the baseline, so the equality above means something"
+    );
+
+    // Growing a model that already has those blocks would drop trained weights: refused.
+    big.save(&path).unwrap();
+    let again = VarMap::new();
+    DecFormer::new(&grown, seeded(&again, 9, DType::F32, &dev)).unwrap();
+    let err = zlayer_model::pelc::load_grown(&again, &path, &grown, 2).unwrap_err();
+    let added = |e: &str| e.contains("\"blocks.4.") || e.contains("\"blocks.5.");
+    assert!(added(&err) && err.contains("afresh"), "{err}");
+    // And an ungrown load of the smaller file names what it lacks.
+    vm.save(&path).unwrap();
+    let err = zlayer_model::init::load_into(&again, &path).unwrap_err();
+    assert!(added(&err) && err.contains("no tensor"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -32,6 +32,12 @@ pub struct EvalPelcArgs {
     /// Output folder: pelc-eval.json, pelc-eval.md, pelc-curve.png and pelc-grid.png.
     #[arg(long, default_value = "pelc-eval")]
     out: PathBuf,
+    /// Also score an oracle: per pair, the ceiling's latent moved by this many Adam steps on
+    /// its decoded image's L1 against x*. It estimates the best any latent decodes to, so it
+    /// shows how much of the gap to x* a latent blend could close (slow: a decode and its
+    /// backward pass per step). 0: no oracle.
+    #[arg(long, default_value_t = 0)]
+    oracle_steps: usize,
 }
 
 fn user(e: impl std::fmt::Display) -> Failure {
@@ -75,7 +81,13 @@ pub fn run(a: EvalPelcArgs) -> Result<(), Failure> {
     let pairs: Vec<_> = (0..a.n as u64)
         .map(|i| pair(a.seed, i, size as u32))
         .collect();
-    let (scores, shown) = evaluate(&vae, dec.as_ref(), &pairs, size, a.show, &dev)?;
+    let (scores, shown) = evaluate(
+        &vae,
+        dec.as_ref(),
+        &pairs,
+        (size, a.show, a.oracle_steps),
+        &dev,
+    )?;
     let dit = dit_step_ms(&dev)?;
     std::fs::create_dir_all(&a.out).map_err(|e| user(format!("{}: {e}", a.out.display())))?;
     let latent_side = size / vae.cfg.factor();

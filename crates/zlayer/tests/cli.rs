@@ -478,6 +478,8 @@ fn train_and_generate_end_to_end_smoke() {
         "4",
         "--out",
         scored.to_str().unwrap(),
+        "--oracle-steps",
+        "5",
     ]);
     assert_eq!(run.status.code(), Some(0), "{}", text(&run.stderr));
     let report: serde_json::Value =
@@ -489,7 +491,10 @@ fn train_and_generate_end_to_end_smoke() {
         .iter()
         .map(|m| m["method"].as_str().unwrap())
         .collect();
-    assert_eq!(methods, ["linear", "decformer", "pixel"]);
+    assert_eq!(methods, ["linear", "decformer", "pixel", "oracle"]);
+    // The oracle starts from the ceiling's latent and descends on the L1 against x*.
+    let l1 = |k: usize| report["methods"][k]["l1"].as_f64().unwrap();
+    assert!(l1(3) < l1(2), "oracle {} against pixel {}", l1(3), l1(2));
     // Against the VAE's own rendering of the composite, the ceiling is exact by definition.
     let pixel = &report["methods"][2];
     assert_eq!(pixel["bands"]["edge_l1_target"], 0.0, "{pixel}");
@@ -501,6 +506,34 @@ fn train_and_generate_end_to_end_smoke() {
         "{}",
         text(&run.stdout)
     );
+
+    // Growing the trained DecFormer by a block keeps its config and adds one patch-1 block.
+    let grown = dir.join("pelc-grown");
+    let run = zlayer(&[
+        "train",
+        "pelc",
+        "--vae",
+        vae_dir.join("vae.safetensors").to_str().unwrap(),
+        "--init",
+        pelc.join("pelc.safetensors").to_str().unwrap(),
+        "--add-blocks",
+        "1",
+        "--out",
+        grown.to_str().unwrap(),
+        "--steps",
+        "1",
+        "--batch",
+        "2",
+    ]);
+    assert_eq!(run.status.code(), Some(0), "{}", text(&run.stderr));
+    let bigger: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(grown.join("pelc.json")).unwrap()).unwrap();
+    let patches = |v: &serde_json::Value| v["config"]["patches"].as_array().unwrap().clone();
+    assert_eq!(
+        patches(&bigger)[..patches(&described).len()],
+        patches(&described)[..]
+    );
+    assert_eq!(patches(&bigger).len(), patches(&described).len() + 1);
 
     // A decoder fine-tune keeps the encoder's latent statistics exactly.
     let tuned = dir.join("tuned");

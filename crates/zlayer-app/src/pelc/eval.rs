@@ -4,7 +4,10 @@
 //! - `linear`: (1 − m↓)·z_A + m↓·z_B with the area-downsampled mask (diffusers, ComfyUI);
 //! - `decformer`: the trained DecFormer;
 //! - `pixel`: decode both, composite, encode again (the ceiling: its error is the VAE's own
-//!   round trip, at the cost of two decodes and an encode).
+//!   round trip, at the cost of two decodes and an encode);
+//! - `oracle` (on request): the pixel ceiling's latent moved by Adam on the L1 of its decoded
+//!   image against x* itself, an estimate of the best any latent can decode to, and so of
+//!   the room a latent blend has above the ceiling.
 //!
 //! Each is decoded and compared with x*: per-pixel error (mean over channels, in [0, 1])
 //! against signed distance to the mask edge (m ≥ ½), its mean within 2 px of the edge (halo
@@ -200,24 +203,27 @@ impl Acc {
 /// each method's decoded blend and, but for the ceiling's, its error against x* (×4).
 pub type Panels = Vec<(String, Vec<[u8; 3]>)>;
 
-/// Scores the methods on `pairs` (DecFormer's only when `dec` is given), in batches of 8,
-/// and shows the first `show` pairs.
+/// Scores the methods on `pairs` (DecFormer's only when `dec` is given, the oracle's only
+/// with `oracle_steps` > 0), in batches of 8, and shows the first `show` pairs.
 pub fn evaluate(
     vae: &VaeBundle,
     dec: Option<&DecFormer>,
     pairs: &[Pair],
-    size: usize,
-    show: usize,
+    (size, show, oracle_steps): (usize, usize, usize),
     dev: &Device,
 ) -> std::result::Result<(Vec<MethodScore>, Vec<Panels>), Failure> {
     let mut accs = vec![Acc::new("linear"), Acc::new("pixel")];
     if dec.is_some() {
         accs.insert(1, Acc::new("decformer"));
     }
+    if oracle_steps > 0 {
+        accs.push(Acc::new("oracle"));
+    }
     let mut shown = Vec::new();
     for chunk in pairs.chunks(8) {
         let wanted = show.saturating_sub(shown.len()).min(chunk.len());
-        let panels = batch(vae, dec, chunk, size, dev, &mut accs, wanted).map_err(internal)?;
+        let shape = (size, wanted, oracle_steps);
+        let panels = batch(vae, dec, chunk, shape, dev, &mut accs).map_err(internal)?;
         shown.extend(panels);
     }
     Ok((accs.into_iter().map(Acc::finish).collect(), shown))
@@ -244,10 +250,9 @@ fn batch(
     vae: &VaeBundle,
     dec: Option<&DecFormer>,
     chunk: &[Pair],
-    size: usize,
+    (size, show, oracle_steps): (usize, usize, usize),
     dev: &Device,
     accs: &mut [Acc],
-    show: usize,
 ) -> Result<Vec<Panels>> {
     let [a, b, _, m] = tensors(chunk, size, dev)?;
     let (za, zb) = (encode(vae, &a)?, encode(vae, &b)?);
@@ -277,6 +282,7 @@ fn batch(
             ("decformer", Some(d)) => d.forward(&za, &zb, &m, 1.0)?.z,
             // The ceiling pays for its own decodes.
             ("pixel", _) => encode(vae, &decoded_composite(vae, &za, &zb, &m)?)?,
+            ("oracle", _) => oracle(vae, &x_star, oracle_steps)?,
             _ => DecFormer::linear_blend(&za, &zb, &m, vae.cfg.factor())?,
         };
         acc.seconds += t.elapsed().as_secs_f64();
@@ -286,7 +292,7 @@ fn batch(
         }
         for (k, shown) in panels.iter_mut().enumerate() {
             shown.push((acc.method.into(), to8(&got[k])));
-            if acc.method != "pixel" {
+            if !matches!(acc.method, "pixel" | "oracle") {
                 // The bitmap font is ASCII, and a column is 16 characters wide.
                 shown.push(("|err| x4".into(), difference(&got[k], &want[k])));
             }
@@ -294,6 +300,29 @@ fn batch(
     }
     Ok(panels)
 }
+
+/// The latent whose decoding is nearest `x_star` in L1 that `steps` of Adam find, from the
+/// pixel ceiling's E(x*). Each image's latent moves on its own gradient: Adam's step is
+/// per element, so batching them changes nothing.
+fn oracle(vae: &VaeBundle, x_star: &Tensor, steps: usize) -> Result<Tensor> {
+    use candle_nn::Optimizer;
+    let z = candle_core::Var::from_tensor(&encode(vae, x_star)?)?;
+    let params = candle_nn::ParamsAdamW {
+        lr: ORACLE_LR,
+        weight_decay: 0.0,
+        ..Default::default()
+    };
+    let mut opt = candle_nn::AdamW::new(vec![z.clone()], params)?;
+    for _ in 0..steps {
+        let loss = (decode(vae, z.as_tensor())? - x_star)?.abs()?.mean_all()?;
+        opt.backward_step(&loss)?;
+    }
+    Ok(z.as_tensor().detach())
+}
+
+/// The oracle's Adam step on normalised latents (unit scale): 0.01 moves a latent by about
+/// a tenth of its spread in ten steps, and a few hundred steps settle.
+const ORACLE_LR: f64 = 0.01;
 
 /// Milliseconds of one forward of the tiny DiT (random weights: the cost is the shape's) at
 /// batch 1, the median of 5, for the cost column.

@@ -55,6 +55,10 @@ pub struct PelcArgs {
     /// --out still wins, so a resumed run goes on where it stopped.
     #[arg(long)]
     init: Option<PathBuf>,
+    /// Grow the --init DecFormer by this many patch-1 blocks after its own. Each starts
+    /// with a zero write-back, so the grown model begins as exactly the one it grew from.
+    #[arg(long, default_value_t = 0, requires = "init")]
+    add_blocks: usize,
     /// Data seed (evaluation uses seed + 1,000,000).
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -82,7 +86,7 @@ pub fn run(a: PelcArgs) -> Result<(), Failure> {
                     a.vae.display()
                 ))
             })?;
-            cfg
+            cfg.grown(a.add_blocks)
         }
         None => DecConfig {
             latent: vae.cfg.latent,
@@ -101,7 +105,7 @@ pub fn run(a: PelcArgs) -> Result<(), Failure> {
     )
     .map_err(|e| Failure::User(format!("DecFormer for {}: {e}", a.vae.display())))?;
     if let Some(path) = &a.init {
-        zlayer_model::init::load_into(&vm, path).map_err(Failure::User)?;
+        zlayer_model::pelc::load_grown(&vm, path, &cfg, a.add_blocks).map_err(Failure::User)?;
     }
     let weights = LossWeights {
         latent: a.latent_weight,
