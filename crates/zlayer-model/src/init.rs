@@ -99,16 +99,6 @@ impl SimpleBackend for Seeded {
 /// start of a fine-tune. Returns how many it set; a variable the file lacks, or holds in
 /// another shape, is an error that names it.
 pub fn load_into(vm: &VarMap, path: &std::path::Path) -> std::result::Result<usize, String> {
-    load_into_except(vm, path, |_| false)
-}
-
-/// [`load_into`], except that the variables `fresh` names keep their initial values and
-/// must be absent from the file: the new parts of a grown model.
-pub fn load_into_except(
-    vm: &VarMap,
-    path: &std::path::Path,
-    fresh: impl Fn(&str) -> bool,
-) -> std::result::Result<usize, String> {
     let data = vm.data().lock().expect("var map lock");
     let dev = data
         .values()
@@ -117,26 +107,15 @@ pub fn load_into_except(
         .unwrap_or(Device::Cpu);
     let file = candle_core::safetensors::load(path, &dev)
         .map_err(|e| format!("{}: {e}", path.display()))?;
-    let mut set = 0;
     for (name, var) in data.iter() {
-        if fresh(name) {
-            if file.contains_key(name) {
-                return Err(format!(
-                    "{}: holds {name:?}, which this model adds afresh",
-                    path.display()
-                ));
-            }
-            continue;
-        }
         let t = file
             .get(name)
             .ok_or_else(|| format!("{}: no tensor {name:?}", path.display()))?;
         let t = t.to_dtype(var.dtype()).map_err(|e| e.to_string())?;
         var.set(&t)
             .map_err(|e| format!("{}: {name}: {e}", path.display()))?;
-        set += 1;
     }
-    Ok(set)
+    Ok(data.len())
 }
 
 /// DiT's adaLN-Zero start: zeroes every modulation (`*_mod.lin`, `*.modulation.lin`) and the

@@ -81,10 +81,12 @@ impl DecConfig {
 }
 
 impl DecConfig {
-    /// This shape with `n` more patch-1 blocks after its own.
-    pub fn grown(&self, n: usize) -> Self {
+    /// This shape with `blocks` more patch-1 blocks after its own and `features` more
+    /// feature channels.
+    pub fn grown(&self, blocks: usize, features: usize) -> Self {
         Self {
-            patches: [self.patches.clone(), vec![1; n]].concat(),
+            patches: [self.patches.clone(), vec![1; blocks]].concat(),
+            features: self.features + features,
             ..self.clone()
         }
     }
@@ -445,21 +447,81 @@ impl DecFormer {
 }
 
 /// Sets the variables of `vm`, a DecFormer of shape `grown` built under the root, from
-/// `path`, a trained one with `added` fewer blocks: the added blocks keep their zero
-/// write-back, so the grown model starts as exactly the trained one. Returns how many
-/// variables it set.
+/// `path`, a trained one of shape `from`. `grown` may add patch-1 blocks after `from`'s and
+/// widen the feature map; nothing else may differ. The grown model starts as the trained
+/// one: an added block's write-back is zero, and every weight that reads an added feature
+/// channel is zero, while those that write one keep their initial values, so the new
+/// channels carry a signal for their readers to learn from. Returns how many variables it
+/// set from the file.
 pub fn load_grown(
     vm: &candle_nn::VarMap,
     path: &std::path::Path,
+    from: &DecConfig,
     grown: &DecConfig,
-    added: usize,
 ) -> std::result::Result<usize, String> {
-    let kept = grown.patches.len().saturating_sub(added);
-    crate::init::load_into_except(vm, path, |name| {
+    let kept = from.patches.len();
+    let same = DecConfig {
+        patches: grown.patches[..kept.min(grown.patches.len())].to_vec(),
+        features: from.features,
+        ..grown.clone()
+    };
+    if same != *from
+        || grown.features < from.features
+        || grown.patches[kept..].iter().any(|&p| p != 1)
+    {
+        return Err(format!(
+            "{}: a DecFormer of {from:?} grows only by patch-1 blocks after its own and a wider feature map, not into {grown:?}",
+            path.display()
+        ));
+    }
+    let data = vm.data().lock().expect("var map lock");
+    let dev = data
+        .values()
+        .next()
+        .map(|v| v.device().clone())
+        .unwrap_or(candle_core::Device::Cpu);
+    let file = candle_core::safetensors::load(path, &dev)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    let added = |name: &str| {
         name.strip_prefix("blocks.")
             .and_then(|rest| rest.split('.').next()?.parse::<usize>().ok())
             .is_some_and(|k| k >= kept)
-    })
+    };
+    let mut set = 0;
+    for (name, var) in data.iter() {
+        if added(name) {
+            continue;
+        }
+        let old = file
+            .get(name)
+            .ok_or_else(|| format!("{}: no tensor {name:?}", path.display()))?;
+        let fail = |e: candle_core::Error| format!("{}: {name}: {e}", path.display());
+        let old = old.to_dtype(var.dtype()).map_err(fail)?;
+        let t = embed(var.as_tensor(), &old).map_err(fail)?;
+        var.set(&t).map_err(fail)?;
+        set += 1;
+    }
+    Ok(set)
+}
+
+/// `old` in the leading corner of `init`'s shape: the rest of `old`'s rows (dimension 0) is
+/// zero, the rows beyond them keep `init`.
+fn embed(init: &Tensor, old: &Tensor) -> Result<Tensor> {
+    if init.dims() == old.dims() {
+        return Ok(old.clone());
+    }
+    let (new, was) = (init.dims(), old.dims());
+    if new.len() != was.len() || new.iter().zip(was).any(|(n, w)| w > n) {
+        candle_core::bail!("{was:?} does not fit in {new:?}");
+    }
+    let rows: Vec<std::ops::Range<usize>> = std::iter::once(0..was[0])
+        .chain(new[1..].iter().map(|&n| 0..n))
+        .collect();
+    let mut zero_shape = new.to_vec();
+    zero_shape[0] = was[0];
+    let zero = Tensor::zeros(zero_shape, init.dtype(), init.device())?;
+    let corner: Vec<std::ops::Range<usize>> = was.iter().map(|&w| 0..w).collect();
+    init.slice_assign(&rows, &zero)?.slice_assign(&corner, old)
 }
 
 /// ẑ = (1 − α) ⊙ z_A + α ⊙ z_B + gate · s (DESIGN.md §4.4); a zero gate adds nothing.

@@ -59,6 +59,10 @@ pub struct PelcArgs {
     /// with a zero write-back, so the grown model begins as exactly the one it grew from.
     #[arg(long, default_value_t = 0, requires = "init")]
     add_blocks: usize,
+    /// Widen the --init DecFormer's feature map by this many channels. What reads them
+    /// starts at zero, so the grown model begins as (up to rounding) the one it grew from.
+    #[arg(long, default_value_t = 0, requires = "init")]
+    add_features: usize,
     /// Data seed (evaluation uses seed + 1,000,000).
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -76,7 +80,7 @@ pub fn run(a: PelcArgs) -> Result<(), Failure> {
     let size = size as usize;
     check_size(size, vae.cfg.factor())?;
     let factor = vae.cfg.factor();
-    let cfg = match &a.init {
+    let trained = match &a.init {
         Some(path) => {
             let (cfg, _) = config_of(&zlayer_model::bundle::Source::File(path.clone()))?;
             fits(&cfg, &vae.cfg).map_err(|e| {
@@ -86,8 +90,12 @@ pub fn run(a: PelcArgs) -> Result<(), Failure> {
                     a.vae.display()
                 ))
             })?;
-            cfg.grown(a.add_blocks)
+            Some((path, cfg))
         }
+        None => None,
+    };
+    let cfg = match &trained {
+        Some((_, cfg)) => cfg.grown(a.add_blocks, a.add_features),
         None => DecConfig {
             latent: vae.cfg.latent,
             factor,
@@ -104,8 +112,8 @@ pub fn run(a: PelcArgs) -> Result<(), Failure> {
         zlayer_model::init::seeded(&vm, a.seed, DType::F32, &dev),
     )
     .map_err(|e| Failure::User(format!("DecFormer for {}: {e}", a.vae.display())))?;
-    if let Some(path) = &a.init {
-        zlayer_model::pelc::load_grown(&vm, path, &cfg, a.add_blocks).map_err(Failure::User)?;
+    if let Some((path, from)) = &trained {
+        zlayer_model::pelc::load_grown(&vm, path, from, &cfg).map_err(Failure::User)?;
     }
     let weights = LossWeights {
         latent: a.latent_weight,
