@@ -99,6 +99,18 @@ impl SimpleBackend for Seeded {
 /// start of a fine-tune. Returns how many it set; a variable the file lacks, or holds in
 /// another shape, is an error that names it.
 pub fn load_into(vm: &VarMap, path: &std::path::Path) -> std::result::Result<usize, String> {
+    load_fitted(vm, path, |_| false, |_, t| Ok(t))
+}
+
+/// [`load_into`] for a model grown from the one in `path`: the variables `skip` names keep
+/// their values and need not be in the file, and each other one is set to `fit(its current
+/// value, the file's tensor in its dtype)`. Returns how many it set.
+pub fn load_fitted(
+    vm: &VarMap,
+    path: &std::path::Path,
+    skip: impl Fn(&str) -> bool,
+    fit: impl Fn(&Tensor, Tensor) -> Result<Tensor>,
+) -> std::result::Result<usize, String> {
     let data = vm.data().lock().expect("var map lock");
     let dev = data
         .values()
@@ -107,15 +119,17 @@ pub fn load_into(vm: &VarMap, path: &std::path::Path) -> std::result::Result<usi
         .unwrap_or(Device::Cpu);
     let file = candle_core::safetensors::load(path, &dev)
         .map_err(|e| format!("{}: {e}", path.display()))?;
-    for (name, var) in data.iter() {
+    let mut set = 0;
+    for (name, var) in data.iter().filter(|(name, _)| !skip(name)) {
         let t = file
             .get(name)
             .ok_or_else(|| format!("{}: no tensor {name:?}", path.display()))?;
-        let t = t.to_dtype(var.dtype()).map_err(|e| e.to_string())?;
-        var.set(&t)
-            .map_err(|e| format!("{}: {name}: {e}", path.display()))?;
+        let fail = |e: candle_core::Error| format!("{}: {name}: {e}", path.display());
+        let t = fit(var.as_tensor(), t.to_dtype(var.dtype()).map_err(fail)?).map_err(fail)?;
+        var.set(&t).map_err(fail)?;
+        set += 1;
     }
-    Ok(data.len())
+    Ok(set)
 }
 
 /// DiT's adaLN-Zero start: zeroes every modulation (`*_mod.lin`, `*.modulation.lin`) and the

@@ -474,41 +474,19 @@ pub fn load_grown(
             path.display()
         ));
     }
-    let data = vm.data().lock().expect("var map lock");
-    let dev = data
-        .values()
-        .next()
-        .map(|v| v.device().clone())
-        .unwrap_or(candle_core::Device::Cpu);
-    let file = candle_core::safetensors::load(path, &dev)
-        .map_err(|e| format!("{}: {e}", path.display()))?;
     let added = |name: &str| {
         name.strip_prefix("blocks.")
             .and_then(|rest| rest.split('.').next()?.parse::<usize>().ok())
             .is_some_and(|k| k >= kept)
     };
-    let mut set = 0;
-    for (name, var) in data.iter() {
-        if added(name) {
-            continue;
-        }
-        let old = file
-            .get(name)
-            .ok_or_else(|| format!("{}: no tensor {name:?}", path.display()))?;
-        let fail = |e: candle_core::Error| format!("{}: {name}: {e}", path.display());
-        let old = old.to_dtype(var.dtype()).map_err(fail)?;
-        let t = embed(var.as_tensor(), &old).map_err(fail)?;
-        var.set(&t).map_err(fail)?;
-        set += 1;
-    }
-    Ok(set)
+    crate::init::load_fitted(vm, path, added, embed)
 }
 
 /// `old` in the leading corner of `init`'s shape: the rest of `old`'s rows (dimension 0) is
 /// zero, the rows beyond them keep `init`.
-fn embed(init: &Tensor, old: &Tensor) -> Result<Tensor> {
+fn embed(init: &Tensor, old: Tensor) -> Result<Tensor> {
     if init.dims() == old.dims() {
-        return Ok(old.clone());
+        return Ok(old);
     }
     let (new, was) = (init.dims(), old.dims());
     if new.len() != was.len() || new.iter().zip(was).any(|(n, w)| w > n) {
@@ -521,7 +499,7 @@ fn embed(init: &Tensor, old: &Tensor) -> Result<Tensor> {
     zero_shape[0] = was[0];
     let zero = Tensor::zeros(zero_shape, init.dtype(), init.device())?;
     let corner: Vec<std::ops::Range<usize>> = was.iter().map(|&w| 0..w).collect();
-    init.slice_assign(&rows, &zero)?.slice_assign(&corner, old)
+    init.slice_assign(&rows, &zero)?.slice_assign(&corner, &old)
 }
 
 /// ẑ = (1 − α) ⊙ z_A + α ⊙ z_B + gate · s (DESIGN.md §4.4); a zero gate adds nothing.
